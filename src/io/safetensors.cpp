@@ -1,0 +1,280 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace dsmoe {
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::F64: return "F64";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
+    case DType::U8: return "U8";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: return 2;
+    case DType::F64: case DType::I64: return 8;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+static bool parse_dtype(const std::string& s, DType* out) {
+  static const std::pair<const char*, DType> table[] = {
+      {"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16}, {"F64", DType::F64},
+      {"I32", DType::I32}, {"I64", DType::I64}, {"U8", DType::U8}};
+  for (auto& [n, d] : table)
+    if (s == n) { *out = d; return true; }
+  return false;
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail("{}: cannot open safetensors file: {}", path, std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) { ::close(fd); fail("{}: cannot stat: {}", path, std::strerror(errno)); }
+  map_size_ = (size_t)st.st_size;
+  if (map_size_ < 8) { ::close(fd); fail("{}: truncated safetensors file ({} bytes, need at least 8 for the header length)", path, map_size_); }
+  map_ = mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) { map_ = nullptr; fail("{}: mmap failed: {}", path, std::strerror(errno)); }
+  const uint8_t* base = (const uint8_t*)map_;
+  uint64_t hlen = 0;
+  std::memcpy(&hlen, base, 8);
+  if (hlen > map_size_ - 8)
+    fail("{}: truncated or not a safetensors file: header length {} exceeds file size {}", path, hlen, map_size_);
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(std::string((const char*)base + 8, hlen));
+  } catch (const std::exception& e) {
+    fail("{}: safetensors header is not valid JSON: {}", path, e.what());
+  }
+  if (!header.is_object()) fail("{}: safetensors header is not a JSON object", path);
+  const uint8_t* data = base + 8 + hlen;
+  const size_t data_size = map_size_ - 8 - hlen;
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      if (!it->is_object()) fail("{}: __metadata__ must be an object of strings", path);
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        if (!m->is_string()) fail("{}: __metadata__.{} must be a string", path, m.key());
+        metadata_[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const auto& e = *it;
+    TensorInfo ti;
+    ti.name = it.key();
+    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+      fail("{}: tensor '{}': header entry needs dtype, shape and data_offsets", path, ti.name);
+    if (!e["dtype"].is_string() || !parse_dtype(e["dtype"].get<std::string>(), &ti.dtype))
+      fail("{}: tensor '{}': unsupported dtype {} (expected one of F32, F16, BF16, F64, I32, I64, U8)", path,
+           ti.name, e["dtype"].dump());
+    if (!e["shape"].is_array()) fail("{}: tensor '{}': shape must be an array", path, ti.name);
+    for (auto& s : e["shape"]) {
+      if (!s.is_number_integer() || s.get<int64_t>() < 0)
+        fail("{}: tensor '{}': shape entries must be non-negative integers", path, ti.name);
+      ti.shape.push_back(s.get<int64_t>());
+    }
+    const auto& off = e["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      fail("{}: tensor '{}': data_offsets must be [begin, end]", path, ti.name);
+    size_t b = off[0].get<size_t>(), en = off[1].get<size_t>();
+    if (b > en || en > data_size)
+      fail("{}: tensor '{}': data_offsets [{}, {}] outside the {} data bytes (file truncated?)", path, ti.name, b,
+           en, data_size);
+    ti.nbytes = en - b;
+    if ((size_t)ti.numel() * dtype_size(ti.dtype) != ti.nbytes)
+      fail("{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets give {}", path, ti.name,
+           shape_str(ti.shape), dtype_name(ti.dtype), ti.numel() * dtype_size(ti.dtype), ti.nbytes);
+    ti.data = data + b;
+    ranges.push_back({b, en});
+    tensors_[ti.name] = std::move(ti);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second) fail("{}: tensors' data_offsets overlap", path);
+}
+
+SafeTensorsFile::~SafeTensorsFile() {
+  if (map_) munmap(map_, map_size_);
+}
+
+const TensorInfo& SafeTensorsFile::get(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail("{}: missing tensor '{}'", path_, name);
+  return it->second;
+}
+
+float bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fff + ((u >> 16) & 1);
+  return (uint16_t)(u >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+  if (exp == 0) {
+    if (man == 0) u = sign;
+    else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) { man <<= 1; --exp; }
+      man &= 0x3ff;
+      u = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) u = sign | 0x7f800000 | (man << 13);
+  else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void SafeTensorsFile::read_f32_into(const std::string& name, float* dst, const std::vector<int64_t>& expect) const {
+  const auto& t = get(name);
+  if (!expect.empty() && t.shape != expect)
+    fail("{}: tensor '{}' has shape {}, expected {}", path_, name, shape_str(t.shape), shape_str(expect));
+  const int64_t n = t.numel();
+  switch (t.dtype) {
+    case DType::F32: std::memcpy(dst, t.data, n * 4); break;
+    case DType::F64: for (int64_t i = 0; i < n; ++i) { double v; std::memcpy(&v, t.data + 8 * i, 8); dst[i] = (float)v; } break;
+    case DType::BF16: for (int64_t i = 0; i < n; ++i) { uint16_t v; std::memcpy(&v, t.data + 2 * i, 2); dst[i] = bf16_to_f32(v); } break;
+    case DType::F16: for (int64_t i = 0; i < n; ++i) { uint16_t v; std::memcpy(&v, t.data + 2 * i, 2); dst[i] = f16_to_f32(v); } break;
+    default: fail("{}: tensor '{}' has dtype {}, expected a floating type (F32, BF16, F16, F64)", path_, name, dtype_name(t.dtype));
+  }
+}
+
+std::vector<float> SafeTensorsFile::read_f32(const std::string& name, const std::vector<int64_t>& expect) const {
+  std::vector<float> out(get(name).numel());
+  read_f32_into(name, out.data(), expect);
+  return out;
+}
+
+std::vector<int32_t> SafeTensorsFile::read_i32(const std::string& name, const std::vector<int64_t>& expect) const {
+  const auto& t = get(name);
+  if (!expect.empty() && t.shape != expect)
+    fail("{}: tensor '{}' has shape {}, expected {}", path_, name, shape_str(t.shape), shape_str(expect));
+  std::vector<int32_t> out(t.numel());
+  if (t.dtype == DType::I32) std::memcpy(out.data(), t.data, t.nbytes);
+  else if (t.dtype == DType::I64)
+    for (size_t i = 0; i < out.size(); ++i) { int64_t v; std::memcpy(&v, t.data + 8 * i, 8); out[i] = (int32_t)v; }
+  else fail("{}: tensor '{}' has dtype {}, expected I32 or I64", path_, name, dtype_name(t.dtype));
+  return out;
+}
+
+std::vector<uint8_t> SafeTensorsFile::read_bytes(const std::string& name, DType dtype) const {
+  const auto& t = get(name);
+  if (t.dtype != dtype) fail("{}: tensor '{}' has dtype {}, expected {}", path_, name, dtype_name(t.dtype), dtype_name(dtype));
+  return std::vector<uint8_t>(t.data, t.data + t.nbytes);
+}
+
+void SafeTensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data) {
+  Entry e{name, dtype, std::move(shape), {}};
+  int64_t n = 1;
+  for (auto s : e.shape) n *= s;
+  e.bytes.resize(n * dtype_size(dtype));
+  if (n) std::memcpy(e.bytes.data(), data, e.bytes.size());
+  entries_.push_back(std::move(e));
+}
+
+void SafeTensorsWriter::write(const std::string& path) const {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata_.empty()) header["__metadata__"] = metadata_;
+  size_t off = 0;
+  for (const auto& e : entries_) {
+    header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};
+    off += e.bytes.size();
+  }
+  std::string h = header.dump();
+  while ((h.size() + 8) % 8) h += ' ';  // align the data section to 8 bytes
+  std::string out;
+  out.reserve(8 + h.size() + off);
+  uint64_t hl = h.size();
+  out.append((const char*)&hl, 8);
+  out += h;
+  for (const auto& e : entries_) out.append((const char*)e.bytes.data(), e.bytes.size());
+  write_file_atomic(path, out);
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::string tmp = (dir / (p.filename().string() + ".tmp." + std::to_string(::getpid()))).string();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) fail("{}: cannot create temporary file {}: {}", path, tmp, std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      fail("{}: write failed: {} (previous file left untouched)", path, std::strerror(err));
+    }
+    done += (size_t)w;
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    fail("{}: fsync/close failed: {} (previous file left untouched)", path, std::strerror(errno));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    fail("{}: rename from {} failed: {}", path, tmp, std::strerror(err));
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) { ::fsync(dfd); ::close(dfd); }
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("{}: cannot open file: {}", path, std::strerror(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,89 @@
+// safetensors: the checkpoint format of dsmoe and of Hugging Face. Format: u64 little-endian header
+// length N, N bytes of JSON {name: {dtype, shape, data_offsets:[begin,end]}, "__metadata__": {str: str}},
+// then the raw tensor bytes. Reading memory-maps the file and validates every entry before use.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dsmoe {
+
+enum class DType { F32, F16, BF16, F64, I32, I64, U8 };
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // points into the mapping
+  size_t nbytes = 0;
+  int64_t numel() const;
+};
+
+// A read-only, memory-mapped safetensors file. Throws dsmoe::Error naming the file and the problem
+// for a missing file, a truncated file, a malformed header, overlapping or out-of-range offsets, or
+// a shape whose size disagrees with its byte range.
+class SafeTensorsFile {
+ public:
+  explicit SafeTensorsFile(const std::string& path);
+  ~SafeTensorsFile();
+  SafeTensorsFile(const SafeTensorsFile&) = delete;
+  SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  // Throws if absent.
+  const TensorInfo& get(const std::string& name) const;
+  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // Copies a tensor into fp32, converting from F32/F16/BF16/F64; checks the shape when `expect`
+  // is non-empty. The error names the file, the tensor and both shapes.
+  std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
+  void read_f32_into(const std::string& name, float* dst, const std::vector<int64_t>& expect) const;
+  std::vector<int32_t> read_i32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
+  // Raw bytes of a tensor that must have exactly this dtype (used for optimizer/RNG state).
+  std::vector<uint8_t> read_bytes(const std::string& name, DType dtype) const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::map<std::string, TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Collects tensors and writes them as one safetensors file, atomically: to `path.tmp.<pid>`, fsync,
+// then rename over `path`, so a crash mid-write leaves any previous file intact.
+class SafeTensorsWriter {
+ public:
+  void add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data);
+  void add_f32(const std::string& name, std::vector<int64_t> shape, const float* data) {
+    add(name, DType::F32, std::move(shape), data);
+  }
+  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  void write(const std::string& path) const;
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Entry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Write `bytes` to `path` atomically (tmp file in the same folder, fsync, rename, fsync folder).
+void write_file_atomic(const std::string& path, const std::string& bytes);
+std::string read_text_file(const std::string& path);
+
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);  // round to nearest even
+float f16_to_f32(uint16_t h);
+
+}  // namespace dsmoe

@@ -1,0 +1,23 @@
+// Routed experts (Megatron-Core's "Experts"): a grouped SwiGLU MLP over expert-sorted rows.
+// Weights are ONE 3-D tensor per projection with experts the slowest dimension (llama.cpp layout):
+//   w_gu [E, 2I, H] (gate rows then up rows), w_down [E, H, I].
+// The dense FFN and the shared experts are the E == 1 case over all tokens.
+#pragma once
+#include <cstdint>
+
+namespace dsmoe::ops {
+
+struct ExpertsShape {
+  int64_t n_experts, hidden, inter;  // E, H, I
+};
+
+// xs [rows, H] permuted rows, offsets [E+1] row ranges per expert -> ys [rows, H].
+// Saves gu [rows, 2I] and act [rows, I] (the SwiGLU output) for backward; both are required.
+void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
+                     const int64_t* offsets, const ExpertsShape& s);
+// dxs [rows, H] +=, dw_gu [E, 2I, H] +=, dw_down [E, H, I] +=. scratch needs rows * 3I floats.
+void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,
+                      const float* gu, const float* act, const float* w_gu, const float* w_down,
+                      const int64_t* offsets, const ExpertsShape& s, float* scratch);
+
+}  // namespace dsmoe::ops

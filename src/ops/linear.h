@@ -1,0 +1,13 @@
+// y = x W^T without bias (every projection of the model: attention, MLPs, router, lm_head).
+#pragma once
+#include <cstdint>
+
+namespace dsmoe::ops {
+
+// x [n, in], w [out, in] -> y [n, out]
+void linear_forward(float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out);
+// dx [n, in] += dy W ; dw [out, in] += dy^T x
+void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
+                     int64_t in, int64_t out);
+
+}  // namespace dsmoe::ops

@@ -1,0 +1,90 @@
+#include "test_util.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+namespace dsmoe::test {
+
+std::string source_dir() { return DSMOE_SOURCE_DIR; }
+
+uint64_t test_seed() {
+  static uint64_t seed = [] {
+    uint64_t s;
+    if (const char* e = std::getenv("DSMOE_TEST_SEED")) s = std::strtoull(e, nullptr, 10);
+    else s = (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count() % 1000000007ULL;
+    std::printf("[dsmoe test] random inputs with DSMOE_TEST_SEED=%llu\n", (unsigned long long)s);
+    return s;
+  }();
+  return seed;
+}
+
+std::string tmp_path(const std::string& name) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(DSMOE_TEST_TMP);
+  fs::create_directories(dir);
+  return (dir / name).string();
+}
+
+bool run_oracle(const std::string& script, const std::vector<std::string>& args) {
+  const char* py = std::getenv("DSMOE_PYTHON");
+  std::string cmd = std::string(py ? py : "/usr/bin/python3") + " " + source_dir() + "/tests/oracle/" + script;
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    ADD_FAILURE() << "cannot run oracle: " << cmd;
+    return false;
+  }
+  std::string out;
+  char buf[4096];
+  size_t r;
+  while ((r = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, r);
+  int rc = pclose(p);
+  if (rc != 0) {
+    ADD_FAILURE() << "oracle failed (exit " << rc << "): " << cmd << "\n" << out;
+    return false;
+  }
+  return true;
+}
+
+static std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
+  if (shape.empty()) return "[" + std::to_string(flat) + "]";
+  std::vector<int64_t> idx(shape.size());
+  for (int64_t d = (int64_t)shape.size() - 1; d >= 0; --d) {
+    idx[d] = shape[d] ? flat % shape[d] : 0;
+    flat = shape[d] ? flat / shape[d] : 0;
+  }
+  std::string s = "[";
+  for (size_t i = 0; i < idx.size(); ++i) s += (i ? ", " : "") + std::to_string(idx[i]);
+  return s + "]";
+}
+
+::testing::AssertionResult all_close(const std::string& what, const float* got, const float* want, int64_t n,
+                                     const std::vector<int64_t>& shape, double atol, double rtol) {
+  int64_t bad = 0, worst = -1;
+  double worst_excess = 0, max_abs = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double g = got[i], w = want[i];
+    double err = std::fabs(g - w);
+    if (!std::isfinite(g) || !std::isfinite(w)) err = (std::isnan(g) && std::isnan(w)) ? 0 : INFINITY;
+    max_abs = std::max(max_abs, err);
+    double excess = err - (atol + rtol * std::fabs(w));
+    if (excess > 0) {
+      ++bad;
+      if (worst < 0 || excess > worst_excess) { worst = i; worst_excess = excess; }
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  std::ostringstream os;
+  os.precision(9);
+  os << what << ": " << bad << " of " << n << " elements differ (atol " << atol << ", rtol " << rtol
+     << "); worst at " << index_str(worst, shape) << ": got " << got[worst] << ", expected " << want[worst]
+     << "; max abs error " << max_abs;
+  return ::testing::AssertionFailure() << os.str();
+}
+
+}  // namespace dsmoe::test
