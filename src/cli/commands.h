@@ -1,0 +1,10 @@
+// Each group of subcommands lives in its own cmd_*.cpp and registers itself here.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace dsmoe::cli {
+
+void add_model_commands(CLI::App& app);      // cmd_model.cpp: train, eval, generate, info, prepare
+void add_tokenizer_commands(CLI::App& app);  // cmd_tokenizer.cpp: tokenize, detokenize, tokenizer train
+
+}  // namespace dsmoe::cli
