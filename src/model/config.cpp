@@ -1,0 +1,314 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace dsmoe {
+
+using json = nlohmann::json;
+
+const char* router_type_name(RouterType r) { return r == RouterType::Hash ? "hash" : "softmax_topk"; }
+const char* schedule_name(Schedule s) {
+  switch (s) {
+    case Schedule::Step: return "step";
+    case Schedule::Cosine: return "cosine";
+    case Schedule::Constant: return "constant";
+  }
+  return "?";
+}
+
+namespace {
+
+// Reads j[key] into out when present (and not null), checking the JSON type.
+struct Reader {
+  const json& j;
+  const std::string& source;
+  std::string prefix;
+
+  const json* find(const char* key) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+  void get(const char* key, int64_t& out) const {
+    if (auto v = find(key)) {
+      if (v->is_number_integer()) out = v->get<int64_t>();
+      else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>()) out = (int64_t)v->get<double>();
+      else fail("{}: key '{}{}' must be an integer, got {}", source, prefix, key, v->dump());
+    }
+  }
+  void get(const char* key, uint64_t& out) const {
+    int64_t v = (int64_t)out;
+    get(key, v);
+    if (v < 0) fail("{}: key '{}{}' must be non-negative, got {}", source, prefix, key, v);
+    out = (uint64_t)v;
+  }
+  void get(const char* key, double& out) const {
+    if (auto v = find(key)) {
+      if (!v->is_number()) fail("{}: key '{}{}' must be a number, got {}", source, prefix, key, v->dump());
+      out = v->get<double>();
+    }
+  }
+  void get(const char* key, bool& out) const {
+    if (auto v = find(key)) {
+      if (!v->is_boolean()) fail("{}: key '{}{}' must be true or false, got {}", source, prefix, key, v->dump());
+      out = v->get<bool>();
+    }
+  }
+  void get(const char* key, std::string& out) const {
+    if (auto v = find(key)) {
+      if (!v->is_string()) fail("{}: key '{}{}' must be a string, got {}", source, prefix, key, v->dump());
+      out = v->get<std::string>();
+    }
+  }
+};
+
+// HF / transformers keys that may appear in a config.json and that dsmoe accepts without using.
+const std::set<std::string> kIgnoredHfKeys = {
+    "architectures", "auto_map", "model_type", "torch_dtype", "transformers_version", "use_cache",
+    "pretraining_tp", "pad_token_id", "_name_or_path", "attention_dropout", "attention_bias", "rope_scaling",
+    "initializer_range", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
+    "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training"};
+
+}  // namespace
+
+Config parse_config(const json& j, const std::string& source) {
+  if (!j.is_object()) fail("{}: a config must be a JSON object", source);
+  Config c;
+  ModelConfig& m = c.model;
+  Reader r{j, source, ""};
+  static const char* model_keys[] = {
+      "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+      "num_attention_heads", "num_key_value_heads", "n_shared_experts", "n_routed_experts",
+      "num_experts_per_tok", "moe_layer_freq", "first_k_dense_replace", "norm_topk_prob", "scoring_func",
+      "aux_loss_alpha", "seq_aux", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+      "tie_word_embeddings", "rope_theta", "bos_token_id", "eos_token_id", "router_type", "capacity_factor",
+      "n_device_groups", "device_aux_alpha"};
+  std::set<std::string> known(std::begin(model_keys), std::end(model_keys));
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!known.count(it.key()) && !kIgnoredHfKeys.count(it.key()))
+      std::fprintf(stderr, "dsmoe: warning: %s: unknown config key '%s' ignored\n", source.c_str(), it.key().c_str());
+
+  if (j.contains("model_type") && j["model_type"] != "deepseek")
+    fail("{}: model_type must be \"deepseek\" (DeepSeekMoE), got {}", source, j["model_type"].dump());
+  r.get("vocab_size", m.vocab_size);
+  r.get("hidden_size", m.hidden_size);
+  r.get("intermediate_size", m.intermediate_size);
+  r.get("moe_intermediate_size", m.moe_intermediate_size);
+  r.get("num_hidden_layers", m.num_hidden_layers);
+  r.get("num_attention_heads", m.num_attention_heads);
+  m.num_key_value_heads = m.num_attention_heads;
+  r.get("num_key_value_heads", m.num_key_value_heads);
+  r.get("n_shared_experts", m.n_shared_experts);
+  r.get("n_routed_experts", m.n_routed_experts);
+  r.get("num_experts_per_tok", m.num_experts_per_tok);
+  r.get("moe_layer_freq", m.moe_layer_freq);
+  r.get("first_k_dense_replace", m.first_k_dense_replace);
+  r.get("norm_topk_prob", m.norm_topk_prob);
+  r.get("scoring_func", m.scoring_func);
+  r.get("aux_loss_alpha", m.aux_loss_alpha);
+  r.get("seq_aux", m.seq_aux);
+  r.get("hidden_act", m.hidden_act);
+  r.get("max_position_embeddings", m.max_position_embeddings);
+  r.get("initializer_range", m.initializer_range);
+  r.get("rms_norm_eps", m.rms_norm_eps);
+  r.get("tie_word_embeddings", m.tie_word_embeddings);
+  r.get("rope_theta", m.rope_theta);
+  r.get("bos_token_id", m.bos_token_id);
+  r.get("eos_token_id", m.eos_token_id);
+  std::string router = router_type_name(m.router_type);
+  r.get("router_type", router);
+  if (router == "softmax_topk") m.router_type = RouterType::SoftmaxTopK;
+  else if (router == "hash") m.router_type = RouterType::Hash;
+  else fail("{}: key 'router_type' must be \"softmax_topk\" or \"hash\", got \"{}\"", source, router);
+  r.get("capacity_factor", m.capacity_factor);
+  r.get("n_device_groups", m.n_device_groups);
+  r.get("device_aux_alpha", m.device_aux_alpha);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    fail("{}: key 'rope_scaling' is not supported (expected null)", source);
+  if (j.value("attention_bias", false) == true)
+    fail("{}: key 'attention_bias' must be false (DeepSeekMoE has no biases)", source);
+
+  if (j.contains("training") && !j["training"].is_null()) {
+    const json& t = j["training"];
+    if (!t.is_object()) fail("{}: key 'training' must be an object", source);
+    static const char* train_keys[] = {"lr", "min_lr", "warmup_steps", "steps", "schedule", "beta1", "beta2",
+                                       "eps", "weight_decay", "grad_clip", "batch_size", "seq_len",
+                                       "grad_accum", "seed", "init_std", "log_interval", "eval_interval",
+                                       "eval_batches", "checkpoint_interval"};
+    std::set<std::string> tk(std::begin(train_keys), std::end(train_keys));
+    for (auto it = t.begin(); it != t.end(); ++it)
+      if (!tk.count(it.key())) fail("{}: unknown key 'training.{}'", source, it.key());
+    Reader tr{t, source, "training."};
+    TrainConfig& T = c.train;
+    tr.get("lr", T.lr);
+    tr.get("min_lr", T.min_lr);
+    tr.get("warmup_steps", T.warmup_steps);
+    tr.get("steps", T.steps);
+    std::string sched = schedule_name(T.schedule);
+    tr.get("schedule", sched);
+    if (sched == "step") T.schedule = Schedule::Step;
+    else if (sched == "cosine") T.schedule = Schedule::Cosine;
+    else if (sched == "constant") T.schedule = Schedule::Constant;
+    else fail("{}: key 'training.schedule' must be \"step\", \"cosine\" or \"constant\", got \"{}\"", source, sched);
+    tr.get("beta1", T.beta1);
+    tr.get("beta2", T.beta2);
+    tr.get("eps", T.eps);
+    tr.get("weight_decay", T.weight_decay);
+    tr.get("grad_clip", T.grad_clip);
+    tr.get("batch_size", T.batch_size);
+    tr.get("seq_len", T.seq_len);
+    tr.get("grad_accum", T.grad_accum);
+    tr.get("seed", T.seed);
+    tr.get("init_std", T.init_std);
+    tr.get("log_interval", T.log_interval);
+    tr.get("eval_interval", T.eval_interval);
+    tr.get("eval_batches", T.eval_batches);
+    tr.get("checkpoint_interval", T.checkpoint_interval);
+  }
+  validate(c, source);
+  return c;
+}
+
+void validate(const Config& c, const std::string& source) {
+  const ModelConfig& m = c.model;
+  auto need = [&](bool ok, const char* key, const std::string& constraint) {
+    if (!ok) fail("{}: key '{}' {}", source, key, constraint);
+  };
+  need(m.vocab_size > 0, "vocab_size", fmt::format("must be > 0, got {}", m.vocab_size));
+  need(m.hidden_size > 0, "hidden_size", fmt::format("must be > 0, got {}", m.hidden_size));
+  need(m.num_hidden_layers > 0, "num_hidden_layers", fmt::format("must be > 0, got {}", m.num_hidden_layers));
+  need(m.num_attention_heads > 0, "num_attention_heads", fmt::format("must be > 0, got {}", m.num_attention_heads));
+  need(m.hidden_size % m.num_attention_heads == 0, "hidden_size",
+       fmt::format("({}) must be divisible by num_attention_heads ({})", m.hidden_size, m.num_attention_heads));
+  need(m.head_dim() % 2 == 0, "num_attention_heads",
+       fmt::format("must give an even head_dim for RoPE; hidden_size/num_attention_heads = {}", m.head_dim()));
+  need(m.num_key_value_heads > 0 && m.num_attention_heads % m.num_key_value_heads == 0, "num_key_value_heads",
+       fmt::format("({}) must be > 0 and divide num_attention_heads ({})", m.num_key_value_heads, m.num_attention_heads));
+  need(m.max_position_embeddings > 0, "max_position_embeddings", "must be > 0");
+  need(m.rms_norm_eps > 0, "rms_norm_eps", "must be > 0");
+  need(m.rope_theta > 0, "rope_theta", "must be > 0");
+  need(m.hidden_act == "silu", "hidden_act", fmt::format("must be \"silu\" (SwiGLU), got \"{}\"", m.hidden_act));
+  need(!m.tie_word_embeddings, "tie_word_embeddings", "must be false (DeepSeekMoE has an untied lm_head)");
+  need(m.n_routed_experts >= 0, "n_routed_experts", "must be >= 0 (0 or null = dense model)");
+  need(m.n_shared_experts >= 0, "n_shared_experts", "must be >= 0");
+  bool any_dense = false;
+  for (int64_t i = 0; i < m.num_hidden_layers; ++i) any_dense |= !m.is_moe_layer(i);
+  if (any_dense) need(m.intermediate_size > 0, "intermediate_size", "must be > 0 (the model has dense layers)");
+  if (m.is_moe()) {
+    need(m.moe_intermediate_size > 0, "moe_intermediate_size", "must be > 0 for an MoE model");
+    need(m.num_experts_per_tok >= 1 && m.num_experts_per_tok <= m.n_routed_experts, "num_experts_per_tok",
+         fmt::format("must be between 1 and n_routed_experts ({}), got {}", m.n_routed_experts, m.num_experts_per_tok));
+    need(m.moe_layer_freq >= 1, "moe_layer_freq", "must be >= 1");
+    need(m.first_k_dense_replace >= 0, "first_k_dense_replace", "must be >= 0");
+    need(m.scoring_func == "softmax", "scoring_func", fmt::format("must be \"softmax\", got \"{}\"", m.scoring_func));
+    need(m.aux_loss_alpha >= 0, "aux_loss_alpha", "must be >= 0");
+    need(m.router_type != RouterType::Hash || m.num_experts_per_tok == 1, "num_experts_per_tok",
+         "must be 1 with router_type \"hash\" (Hash Layer routes each token to one expert)");
+    need(m.capacity_factor >= 0, "capacity_factor", "must be >= 0 (0 = dropless)");
+    need(m.n_device_groups >= 1 && m.n_routed_experts % m.n_device_groups == 0, "n_device_groups",
+         fmt::format("({}) must be >= 1 and divide n_routed_experts ({})", m.n_device_groups, m.n_routed_experts));
+    need(m.device_aux_alpha >= 0, "device_aux_alpha", "must be >= 0");
+  }
+  const TrainConfig& t = c.train;
+  need(t.lr > 0, "training.lr", "must be > 0");
+  need(t.steps > 0, "training.steps", "must be > 0");
+  need(t.warmup_steps >= 0 && t.warmup_steps <= t.steps, "training.warmup_steps",
+       fmt::format("must be between 0 and training.steps ({}), got {}", t.steps, t.warmup_steps));
+  need(t.beta1 >= 0 && t.beta1 < 1, "training.beta1", "must be in [0, 1)");
+  need(t.beta2 >= 0 && t.beta2 < 1, "training.beta2", "must be in [0, 1)");
+  need(t.eps > 0, "training.eps", "must be > 0");
+  need(t.weight_decay >= 0, "training.weight_decay", "must be >= 0");
+  need(t.grad_clip >= 0, "training.grad_clip", "must be >= 0 (0 = off)");
+  need(t.batch_size > 0, "training.batch_size", "must be > 0");
+  need(t.seq_len > 0 && t.seq_len <= m.max_position_embeddings, "training.seq_len",
+       fmt::format("must be between 1 and max_position_embeddings ({}), got {}", m.max_position_embeddings, t.seq_len));
+  need(t.grad_accum > 0, "training.grad_accum", "must be > 0");
+  need(t.log_interval > 0, "training.log_interval", "must be > 0");
+  need(t.eval_interval >= 0, "training.eval_interval", "must be >= 0");
+  need(t.eval_batches > 0, "training.eval_batches", "must be > 0");
+  need(t.checkpoint_interval >= 0, "training.checkpoint_interval", "must be >= 0");
+}
+
+Config load_config(const std::string& path) {
+  std::string text = read_text_file(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("{}: not valid JSON: {}", path, e.what());
+  }
+  return parse_config(j, path);
+}
+
+json to_json(const Config& c) {
+  const ModelConfig& m = c.model;
+  json j = {{"architectures", {"DeepseekForCausalLM"}},
+            {"model_type", "deepseek"},
+            {"vocab_size", m.vocab_size},
+            {"hidden_size", m.hidden_size},
+            {"intermediate_size", m.intermediate_size},
+            {"moe_intermediate_size", m.moe_intermediate_size},
+            {"num_hidden_layers", m.num_hidden_layers},
+            {"num_attention_heads", m.num_attention_heads},
+            {"num_key_value_heads", m.num_key_value_heads},
+            {"n_shared_experts", m.n_shared_experts ? json(m.n_shared_experts) : json(nullptr)},
+            {"n_routed_experts", m.n_routed_experts ? json(m.n_routed_experts) : json(nullptr)},
+            {"num_experts_per_tok", m.num_experts_per_tok ? json(m.num_experts_per_tok) : json(nullptr)},
+            {"moe_layer_freq", m.moe_layer_freq},
+            {"first_k_dense_replace", m.first_k_dense_replace},
+            {"norm_topk_prob", m.norm_topk_prob},
+            {"scoring_func", m.scoring_func},
+            {"aux_loss_alpha", m.aux_loss_alpha},
+            {"seq_aux", m.seq_aux},
+            {"hidden_act", m.hidden_act},
+            {"max_position_embeddings", m.max_position_embeddings},
+            {"initializer_range", m.initializer_range},
+            {"rms_norm_eps", m.rms_norm_eps},
+            {"tie_word_embeddings", m.tie_word_embeddings},
+            {"rope_theta", m.rope_theta},
+            {"rope_scaling", nullptr},
+            {"attention_bias", false},
+            {"bos_token_id", m.bos_token_id},
+            {"eos_token_id", m.eos_token_id},
+            {"torch_dtype", "float32"},
+            {"router_type", router_type_name(m.router_type)},
+            {"capacity_factor", m.capacity_factor},
+            {"n_device_groups", m.n_device_groups},
+            {"device_aux_alpha", m.device_aux_alpha}};
+  const TrainConfig& t = c.train;
+  j["training"] = {{"lr", t.lr}, {"min_lr", t.min_lr}, {"warmup_steps", t.warmup_steps}, {"steps", t.steps},
+                   {"schedule", schedule_name(t.schedule)}, {"beta1", t.beta1}, {"beta2", t.beta2}, {"eps", t.eps},
+                   {"weight_decay", t.weight_decay}, {"grad_clip", t.grad_clip}, {"batch_size", t.batch_size},
+                   {"seq_len", t.seq_len}, {"grad_accum", t.grad_accum}, {"seed", t.seed},
+                   {"init_std", t.init_std}, {"log_interval", t.log_interval},
+                   {"eval_interval", t.eval_interval}, {"eval_batches", t.eval_batches},
+                   {"checkpoint_interval", t.checkpoint_interval}};
+  return j;
+}
+
+double learning_rate(const TrainConfig& t, int64_t s) {
+  if (t.warmup_steps > 0 && s <= t.warmup_steps) return t.lr * (double)s / (double)t.warmup_steps;
+  switch (t.schedule) {
+    case Schedule::Constant: return t.lr;
+    case Schedule::Step: {
+      double lr = t.lr;
+      if (s > std::llround(0.8 * t.steps)) lr *= 0.316;
+      if (s > std::llround(0.9 * t.steps)) lr *= 0.316;
+      return lr;
+    }
+    case Schedule::Cosine: {
+      if (t.steps <= t.warmup_steps) return t.lr;
+      double p = (double)(s - t.warmup_steps) / (double)(t.steps - t.warmup_steps);
+      double lo = t.min_lr_value();
+      return lo + 0.5 * (t.lr - lo) * (1.0 + std::cos(M_PI * std::min(1.0, p)));
+    }
+  }
+  return t.lr;
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,97 @@
+// Model and training configuration. Model keys are Hugging Face DeepseekConfig's (model_type
+// "deepseek"), with the same defaults for absent keys, so a config.json of a released checkpoint
+// loads as is; dsmoe adds a few model keys of its own (router kind, capacity, device groups) and a
+// "training" object.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace dsmoe {
+
+enum class RouterType { SoftmaxTopK, Hash };
+enum class Schedule { Step, Cosine, Constant };
+
+struct ModelConfig {
+  // --- Hugging Face DeepseekConfig keys (defaults of configuration_deepseek.py) ---
+  int64_t vocab_size = 102400;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 11008;
+  int64_t moe_intermediate_size = 1407;
+  int64_t num_hidden_layers = 30;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 32;  // absent -> num_attention_heads
+  int64_t n_shared_experts = 0;      // null in HF = no shared experts
+  int64_t n_routed_experts = 0;      // null in HF = dense model
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_layer_freq = 1;
+  int64_t first_k_dense_replace = 0;
+  bool norm_topk_prob = false;
+  std::string scoring_func = "softmax";
+  double aux_loss_alpha = 0.001;
+  bool seq_aux = true;
+  std::string hidden_act = "silu";
+  int64_t max_position_embeddings = 2048;
+  double initializer_range = 0.02;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = false;
+  double rope_theta = 10000.0;
+  int64_t bos_token_id = 100000;
+  int64_t eos_token_id = 100001;
+  // --- dsmoe model keys ---
+  RouterType router_type = RouterType::SoftmaxTopK;  // "router_type": "softmax_topk" | "hash"
+  double capacity_factor = 0.0;    // 0 = dropless; > 0: each expert keeps ceil(cf * N * k / E) slots
+  int64_t n_device_groups = 1;     // D of the device-level balance loss
+  double device_aux_alpha = 0.0;   // alpha2 of the device-level balance loss
+
+  bool is_moe() const { return n_routed_experts > 0; }
+  bool is_moe_layer(int64_t i) const {
+    return is_moe() && i >= first_k_dense_replace && i % moe_layer_freq == 0;
+  }
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  int64_t shared_inter() const { return moe_intermediate_size * n_shared_experts; }
+  bool has_router_weights() const { return router_type == RouterType::SoftmaxTopK; }
+};
+
+struct TrainConfig {
+  double lr = 1e-3;            // peak learning rate
+  double min_lr = -1;          // cosine floor; < 0 -> 0.1 * lr
+  int64_t warmup_steps = 100;
+  int64_t steps = 1000;
+  Schedule schedule = Schedule::Step;  // "step" (paper: x0.316 at 80% and 90%), "cosine", "constant"
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double grad_clip = 1.0;      // 0 = off
+  int64_t batch_size = 8;      // sequences per micro-batch
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;
+  uint64_t seed = 1234;
+  double init_std = -1;        // < 0 -> initializer_range
+  int64_t log_interval = 10;
+  int64_t eval_interval = 0;   // 0 -> only at the end
+  int64_t eval_batches = 16;
+  int64_t checkpoint_interval = 0;  // 0 -> only at the end
+
+  double min_lr_value() const { return min_lr < 0 ? 0.1 * lr : min_lr; }
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+};
+
+// Parse and validate. `source` names the file in error messages. Errors name the key and the
+// constraint it broke (dsmoe::Error).
+Config parse_config(const nlohmann::json& j, const std::string& source);
+Config load_config(const std::string& path);
+// Throws if any value violates a constraint (called by parse_config; public for programmatic configs).
+void validate(const Config& c, const std::string& source);
+// The config as JSON: HF keys (loadable by the official code) plus ours and the training object.
+nlohmann::json to_json(const Config& c);
+
+const char* router_type_name(RouterType r);
+const char* schedule_name(Schedule s);
+
+// Learning rate for 1-based optimizer step s.
+double learning_rate(const TrainConfig& t, int64_t step);
+
+}  // namespace dsmoe

@@ -1,0 +1,196 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/experts.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+
+namespace dsmoe {
+
+template <typename T>
+static void fit(std::vector<T>& v, size_t n) {
+  if (v.size() != n) v.resize(n);
+}
+static void zero(std::vector<float>& v, size_t n) { v.assign(n, 0.0f); }
+
+Model::Model(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg) {
+  params_.assign(layout_.total(), 0.0f);
+  P_ = layout_.view(params_.data());
+  rope_ = ops::rope_table(cfg.max_position_embeddings, cfg.head_dim(), cfg.rope_theta);
+}
+
+void Model::init_weights(Rng& rng, double std) {
+  for (const auto& t : layout_.tensors()) {
+    float* p = params_.data() + t.offset;
+    if (!t.weight_decay) std::fill(p, p + t.numel, 1.0f);  // norm weights
+    else
+      for (int64_t i = 0; i < t.numel; ++i) p[i] = (float)(std * rng.normal());
+  }
+}
+
+void Model::ensure_buffers(int64_t B, int64_t T) {
+  if (B == B_ && T == T_) return;
+  if (T > cfg_.max_position_embeddings)
+    fail("sequence length {} exceeds max_position_embeddings ({})", T, cfg_.max_position_embeddings);
+  B_ = B;
+  T_ = T;
+  const int64_t N = B * T, H = cfg_.hidden_size, D = cfg_.head_dim();
+  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  acts_.resize(cfg_.num_hidden_layers);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    LayerActs& a = acts_[l];
+    fit(a.x, N * H);
+    fit(a.ln1, N * H);
+    fit(a.rstd1, N);
+    fit(a.q, N * Hq * D);
+    fit(a.k, N * Hkv * D);
+    fit(a.v, N * Hkv * D);
+    fit(a.probs, B * Hq * T * T);
+    fit(a.att, N * Hq * D);
+    fit(a.h, N * H);
+    fit(a.ln2, N * H);
+    fit(a.rstd2, N);
+    if (!cfg_.is_moe_layer(l)) {
+      fit(a.gu, N * 2 * cfg_.intermediate_size);
+      fit(a.act, N * cfg_.intermediate_size);
+    }
+  }
+  fit(x_final_, N * H);
+  fit(lnf_, N * H);
+  fit(rstdf_, N);
+  fit(logits_, N * cfg_.vocab_size);
+  fit(losses_, N);
+  fit(ffn_out_, N * H);
+  fit(pos_, N);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) pos_[b * T + t] = (int32_t)t;
+}
+
+ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool compute_aux) {
+  ensure_buffers(B, T);
+  const int64_t N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
+  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const float eps = (float)cfg_.rms_norm_eps;
+  for (int64_t i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V) fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[i], i, V);
+  tokens_.assign(tokens, tokens + N);
+  if (targets) targets_.assign(targets, targets + N);
+  else targets_.clear();
+  moe_stats_.assign(cfg_.num_hidden_layers, MoeStats{});
+
+  ops::embedding_forward(acts_[0].x.data(), tokens, P_.embed, N, H);
+  ForwardResult r;
+  const ops::AttentionShape as{B, T, T, Hq, Hkv, D};
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    LayerActs& a = acts_[l];
+    const LayerView& W = P_.layers[l];
+    float* out = l + 1 < cfg_.num_hidden_layers ? acts_[l + 1].x.data() : x_final_.data();
+    // Attention block.
+    ops::rmsnorm_forward(a.ln1.data(), a.rstd1.data(), a.x.data(), W.input_norm, N, H, eps);
+    ops::linear_forward(a.q.data(), a.ln1.data(), W.q, N, H, Hq * D);
+    ops::linear_forward(a.k.data(), a.ln1.data(), W.k, N, H, Hkv * D);
+    ops::linear_forward(a.v.data(), a.ln1.data(), W.v, N, H, Hkv * D);
+    ops::rope_forward(a.q.data(), pos_.data(), rope_, N, Hq);
+    ops::rope_forward(a.k.data(), pos_.data(), rope_, N, Hkv);
+    ops::attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), as);
+    ops::linear_forward(a.h.data(), a.att.data(), W.o, N, Hq * D, H);
+    for (int64_t i = 0; i < N * H; ++i) a.h[i] += a.x[i];
+    // FFN block.
+    ops::rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.h.data(), W.post_norm, N, H, eps);
+    if (cfg_.is_moe_layer(l)) {
+      moe_forward(cfg_, W, a.ln2.data(), tokens, B, T, compute_aux, ffn_out_.data(), a.moe, moe_stats_[l]);
+      r.expert_aux += moe_stats_[l].expert_aux;
+      r.device_aux += moe_stats_[l].device_aux;
+    } else {
+      const int64_t all[2] = {0, N};
+      ops::experts_forward(ffn_out_.data(), a.gu.data(), a.act.data(), a.ln2.data(), W.mlp_gate_up, W.mlp_down,
+                           all, ops::ExpertsShape{1, H, cfg_.intermediate_size});
+    }
+    for (int64_t i = 0; i < N * H; ++i) out[i] = a.h[i] + ffn_out_[i];
+  }
+  ops::rmsnorm_forward(lnf_.data(), rstdf_.data(), x_final_.data(), P_.final_norm, N, H, eps);
+  ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+  if (targets) {
+    for (int64_t i = 0; i < N; ++i)
+      if (targets[i] >= V) fail("target id {} at position {} is outside the vocabulary [0, {})", targets[i], i, V);
+    ops::cross_entropy_forward(losses_.data(), logits_.data(), targets, N, V);
+    double sum = 0;
+    for (int64_t i = 0; i < N; ++i)
+      if (targets[i] >= 0) {
+        sum += losses_[i];
+        r.n_targets++;
+      }
+    r.lm_loss = r.n_targets ? sum / (double)r.n_targets : 0.0;
+  }
+  return r;
+}
+
+void Model::zero_grads() {
+  ensure_grad_buffers();
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+}
+
+void Model::ensure_grad_buffers() {
+  if (grads_.size() != params_.size()) {
+    grads_.assign(params_.size(), 0.0f);
+    G_ = layout_.view(grads_.data());
+  }
+}
+
+void Model::backward(float lm_scale, bool with_aux) {
+  DSMOE_ASSERT(!targets_.empty(), "backward needs a forward with targets");
+  ensure_grad_buffers();
+  const int64_t B = B_, T = T_, N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
+  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const ops::AttentionShape as{B, T, T, Hq, Hkv, D};
+
+  zero(d_logits_, N * V);
+  ops::cross_entropy_backward(d_logits_.data(), logits_.data(), targets_.data(), lm_scale, N, V);
+  zero(d_ln_, N * H);
+  ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+  zero(d_resid_, N * H);  // dL/d(residual stream), carried down through the layers
+  ops::rmsnorm_backward(d_resid_.data(), G_.final_norm, d_ln_.data(), x_final_.data(), P_.final_norm, rstdf_.data(), N, H);
+
+  for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) {
+    LayerActs& a = acts_[l];
+    const LayerView &W = P_.layers[l], &G = G_.layers[l];
+    // FFN block: out = h + ffn(rmsnorm(h)); d_resid is dL/dout and becomes dL/dh.
+    zero(d_ln_, N * H);
+    if (cfg_.is_moe_layer(l)) {
+      moe_backward(cfg_, W, G, a.ln2.data(), d_resid_.data(), B, T, with_aux, d_ln_.data(), a.moe, moe_scratch_);
+    } else {
+      const int64_t I = cfg_.intermediate_size, all[2] = {0, N};
+      fit(mlp_scratch_, std::max<size_t>(mlp_scratch_.size(), N * 3 * I));
+      ops::experts_backward(d_ln_.data(), G.mlp_gate_up, G.mlp_down, d_resid_.data(), a.ln2.data(), a.gu.data(),
+                            a.act.data(), W.mlp_gate_up, W.mlp_down, all, ops::ExpertsShape{1, H, I},
+                            mlp_scratch_.data());
+    }
+    ops::rmsnorm_backward(d_resid_.data(), G.post_norm, d_ln_.data(), a.h.data(), W.post_norm, a.rstd2.data(), N, H);
+    // Attention block: h = x + o(attn(rope(q), rope(k), v)); d_resid becomes dL/dx.
+    zero(d_att_, N * Hq * D);
+    ops::linear_backward(d_att_.data(), G.o, d_resid_.data(), a.att.data(), W.o, N, Hq * D, H);
+    zero(d_q_, N * Hq * D);
+    zero(d_k_, N * Hkv * D);
+    zero(d_v_, N * Hkv * D);
+    ops::attention_backward(d_q_.data(), d_k_.data(), d_v_.data(), d_att_.data(), a.probs.data(), a.q.data(),
+                            a.k.data(), a.v.data(), as);
+    ops::rope_backward(d_q_.data(), pos_.data(), rope_, N, Hq);
+    ops::rope_backward(d_k_.data(), pos_.data(), rope_, N, Hkv);
+    zero(d_ln_, N * H);
+    ops::linear_backward(d_ln_.data(), G.q, d_q_.data(), a.ln1.data(), W.q, N, H, Hq * D);
+    ops::linear_backward(d_ln_.data(), G.k, d_k_.data(), a.ln1.data(), W.k, N, H, Hkv * D);
+    ops::linear_backward(d_ln_.data(), G.v, d_v_.data(), a.ln1.data(), W.v, N, H, Hkv * D);
+    ops::rmsnorm_backward(d_resid_.data(), G.input_norm, d_ln_.data(), a.x.data(), W.input_norm, a.rstd1.data(), N, H);
+  }
+  ops::embedding_backward(G_.embed, d_resid_.data(), tokens_.data(), N, H);
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,78 @@
+// The DeepSeekMoE decoder (official modeling_deepseek.py semantics):
+//   x = embed(tokens)
+//   for each layer: h = x + Attn(RMSNorm(x)); x = h + FFN_or_MoE(RMSNorm(h))
+//   logits = lm_head(RMSNorm(x))          (untied, no biases, fp32)
+// Every layer has a forward that saves what its hand-written backward needs; backward accumulates
+// into the gradient buffer (same layout as the parameters), llm.c style.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/moe_layer.h"
+#include "model/params.h"
+#include "ops/rope.h"
+
+namespace dsmoe {
+
+class Rng;
+
+struct ForwardResult {
+  double lm_loss = 0;        // mean cross-entropy over counted targets (0 if no targets)
+  int64_t n_targets = 0;
+  double expert_aux = 0;     // summed over MoE layers
+  double device_aux = 0;
+};
+
+class Model {
+ public:
+  explicit Model(const ModelConfig& cfg);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  std::vector<float>& params() { return params_; }
+  const std::vector<float>& params() const { return params_; }
+  std::vector<float>& grads() { return grads_; }  // allocated on first backward
+  const ModelView& weights() const { return P_; }
+
+  // normal(0, std) for every matrix, 1 for norm weights.
+  void init_weights(Rng& rng, double std);
+
+  // tokens [B, T]; targets [B, T] or null (negative = ignored). compute_aux: balance losses (training).
+  // Saves activations; logits() is valid afterwards.
+  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool compute_aux);
+  // Backward of the last forward (which must have had targets): dlogits = lm_scale * dCE, every aux
+  // loss with gradient 1 (when with_aux). Accumulates into grads().
+  void backward(float lm_scale, bool with_aux);
+  void zero_grads();
+
+  const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
+  const std::vector<MoeStats>& moe_stats() const { return moe_stats_; }  // per layer (empty for dense)
+
+ private:
+  struct LayerActs {
+    std::vector<float> x;                  // layer input [N, H] (the residual stream)
+    std::vector<float> ln1, rstd1, q, k, v, probs, att, h, ln2, rstd2;
+    std::vector<float> gu, act;            // dense FFN
+    MoeActivations moe;
+  };
+  void ensure_buffers(int64_t B, int64_t T);
+  void ensure_grad_buffers();
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  std::vector<float> params_, grads_;
+  ModelView P_, G_;
+  ops::RopeTable rope_;
+
+  int64_t B_ = 0, T_ = 0;
+  std::vector<int32_t> tokens_, targets_, pos_;
+  std::vector<LayerActs> acts_;
+  std::vector<float> x_final_, lnf_, rstdf_, logits_, losses_, ffn_out_;
+  std::vector<MoeStats> moe_stats_;
+  // backward scratch
+  std::vector<float> d_resid_, d_ln_, d_att_, d_q_, d_k_, d_v_, d_gu_, d_act_, d_logits_, mlp_scratch_;
+  MoeScratch moe_scratch_;
+};
+
+}  // namespace dsmoe

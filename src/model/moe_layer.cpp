@@ -1,0 +1,137 @@
+#include "model/moe_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ops/balance_loss.h"
+#include "ops/experts.h"
+#include "ops/linear.h"
+#include "ops/router.h"
+
+namespace dsmoe {
+
+template <typename T>
+static void fit(std::vector<T>& v, size_t n) {
+  if (v.size() != n) v.resize(n);
+}
+template <typename T>
+static void zero(std::vector<T>& v, size_t n) {
+  v.assign(n, T(0));
+}
+
+static ops::BalanceShape balance_shape(const ModelConfig& m, int64_t B, int64_t T) {
+  return ops::BalanceShape{B, T, m.n_routed_experts, m.num_experts_per_tok, m.seq_aux};
+}
+
+void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
+                 int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats) {
+  const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
+  const int64_t I = m.moe_intermediate_size;
+  fit(a.ids, N * k);
+  fit(a.gates, N * k);
+  // --- Router ---
+  const bool learned = m.router_type == RouterType::SoftmaxTopK;
+  if (learned) {
+    fit(a.router_logits, N * E);
+    fit(a.probs, N * E);
+    fit(a.vals, N * k);
+    ops::linear_forward(a.router_logits.data(), x, P.router, N, H, E);
+    ops::softmax_forward(a.probs.data(), a.router_logits.data(), N, E);
+    ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k);
+    ops::gate_norm_forward(a.gates.data(), a.vals.data(), N, k, m.norm_topk_prob && k > 1);
+  } else {
+    ops::hash_route(a.ids.data(), a.gates.data(), tokens, N, E);
+  }
+  stats.load.assign(E, 0);
+  for (int64_t i = 0; i < N * k; ++i) stats.load[a.ids[i]]++;
+  // --- Balance losses (on all top-k choices, as the official code) ---
+  stats.expert_aux = stats.device_aux = 0;
+  if (learned && compute_aux && (m.aux_loss_alpha > 0 || m.device_aux_alpha > 0)) {
+    const auto bs = balance_shape(m, B, T);
+    fit(a.freq, bs.groups() * E);
+    ops::balance_frequencies(a.freq.data(), a.ids.data(), bs);
+    if (m.aux_loss_alpha > 0)
+      stats.expert_aux = ops::expert_balance_forward(a.freq.data(), a.probs.data(), bs, (float)m.aux_loss_alpha);
+    if (m.device_aux_alpha > 0)
+      stats.device_aux = ops::device_balance_forward(a.freq.data(), a.probs.data(), bs, m.n_device_groups,
+                                                     (float)m.device_aux_alpha);
+  }
+  // --- Dispatcher ---
+  const uint8_t* keep = nullptr;
+  stats.dropped = 0;
+  if (m.capacity_factor > 0) {
+    const int64_t capacity = (int64_t)std::ceil(m.capacity_factor * (double)(N * k) / (double)E);
+    fit(a.keep, N * k);
+    ops::capacity_keep_mask(a.keep.data(), a.ids.data(), learned ? a.vals.data() : a.gates.data(), N, k, E, capacity);
+    keep = a.keep.data();
+    for (auto b : a.keep) stats.dropped += !b;
+  }
+  ops::build_dispatch(a.plan, a.ids.data(), keep, N, k, E);
+  const int64_t rows = a.plan.rows();
+  fit(a.xs, rows * H);
+  fit(a.gu, rows * 2 * I);
+  fit(a.act, rows * I);
+  fit(a.ys, rows * H);
+  ops::dispatch_gather(a.xs.data(), x, a.plan, H);
+  // --- Experts ---
+  ops::experts_forward(a.ys.data(), a.gu.data(), a.act.data(), a.xs.data(), P.experts_gate_up, P.experts_down,
+                       a.plan.offsets.data(), ops::ExpertsShape{E, H, I});
+  // --- Combine ---
+  ops::combine_forward(out, a.ys.data(), a.gates.data(), a.plan, H);
+  // --- Shared experts: one SwiGLU MLP over all tokens (the E == 1 case of the experts op) ---
+  if (m.n_shared_experts > 0) {
+    const int64_t Is = m.shared_inter();
+    fit(a.shared_gu, N * 2 * Is);
+    fit(a.shared_act, N * Is);
+    std::vector<float> shared_out(N * H);
+    const int64_t all[2] = {0, N};
+    ops::experts_forward(shared_out.data(), a.shared_gu.data(), a.shared_act.data(), x, P.shared_gate_up,
+                         P.shared_down, all, ops::ExpertsShape{1, H, Is});
+    for (int64_t i = 0; i < N * H; ++i) out[i] += shared_out[i];
+  }
+}
+
+void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
+                  int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s) {
+  const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
+  const int64_t I = m.moe_intermediate_size, rows = a.plan.rows();
+  // Shared experts.
+  if (m.n_shared_experts > 0) {
+    const int64_t Is = m.shared_inter();
+    fit(s.expert_scratch, std::max<size_t>(s.expert_scratch.size(), N * 3 * Is));
+    const int64_t all[2] = {0, N};
+    ops::experts_backward(dx, G.shared_gate_up, G.shared_down, dout, x, a.shared_gu.data(), a.shared_act.data(),
+                          P.shared_gate_up, P.shared_down, all, ops::ExpertsShape{1, H, Is},
+                          s.expert_scratch.data());
+  }
+  // Combine -> experts -> gather.
+  zero(s.dys, rows * H);
+  zero(s.dgates, N * k);
+  ops::combine_backward(s.dys.data(), s.dgates.data(), dout, a.ys.data(), a.gates.data(), a.plan, H);
+  zero(s.dxs, rows * H);
+  fit(s.expert_scratch, std::max<size_t>(s.expert_scratch.size(), rows * 3 * I));
+  ops::experts_backward(s.dxs.data(), G.experts_gate_up, G.experts_down, s.dys.data(), a.xs.data(), a.gu.data(),
+                        a.act.data(), P.experts_gate_up, P.experts_down, a.plan.offsets.data(),
+                        ops::ExpertsShape{E, H, I}, s.expert_scratch.data());
+  ops::dispatch_gather_backward(dx, s.dxs.data(), a.plan, H);
+  if (m.router_type != RouterType::SoftmaxTopK) return;  // hash gates are constants
+  // Router: gates -> top-k values -> probs (+ aux-loss gradient) -> logits -> x and router weight.
+  zero(s.dvals, N * k);
+  ops::gate_norm_backward(s.dvals.data(), s.dgates.data(), a.vals.data(), N, k, m.norm_topk_prob && k > 1);
+  zero(s.dprobs, N * E);
+  ops::topk_backward(s.dprobs.data(), s.dvals.data(), a.ids.data(), N, E, k);
+  if (with_aux) {
+    const auto bs = balance_shape(m, B, T);
+    if (m.aux_loss_alpha > 0)
+      ops::expert_balance_backward(s.dprobs.data(), a.freq.data(), bs, (float)m.aux_loss_alpha, 1.0f);
+    if (m.device_aux_alpha > 0)
+      ops::device_balance_backward(s.dprobs.data(), a.freq.data(), bs, m.n_device_groups,
+                                   (float)m.device_aux_alpha, 1.0f);
+  }
+  zero(s.dlogits, N * E);
+  ops::softmax_backward(s.dlogits.data(), s.dprobs.data(), a.probs.data(), N, E);
+  ops::linear_backward(dx, G.router, s.dlogits.data(), x, P.router, N, H, E);
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,120 @@
+#include "model/params.h"
+
+#include "core/error.h"
+
+namespace dsmoe {
+
+static int64_t prod(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (auto x : s) n *= x;
+  return n;
+}
+
+int64_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay) {
+  ParamTensor t{name, shape, total_, prod(shape), decay};
+  total_ += t.numel;
+  tensors_.push_back(t);
+  return t.offset;
+}
+
+void ParamLayout::add_hf(const std::string& name, std::vector<int64_t> shape, int64_t offset) {
+  hf_.push_back(HfTensor{name, shape, offset, prod(shape)});
+}
+
+ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
+  const int64_t H = m.hidden_size, V = m.vocab_size, D = m.head_dim();
+  const int64_t Hq = m.num_attention_heads, Hkv = m.num_key_value_heads;
+  add_hf("model.embed_tokens.weight", {V, H}, add("embed", {V, H}, true));
+  // A fused [2I, H] gate_up matrix is two HF tensors: gate rows, then up rows.
+  auto add_mlp = [&](const std::string& ours, const std::string& hf, int64_t I) {
+    int64_t gu = add(ours + ".gate_up", {2 * I, H}, true);
+    add_hf(hf + ".gate_proj.weight", {I, H}, gu);
+    add_hf(hf + ".up_proj.weight", {I, H}, gu + I * H);
+    add_hf(hf + ".down_proj.weight", {H, I}, add(ours + ".down", {H, I}, true));
+  };
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l), hp = "model.layers." + std::to_string(l);
+    add_hf(hp + ".input_layernorm.weight", {H}, add(p + ".input_norm", {H}, false));
+    add_hf(hp + ".self_attn.q_proj.weight", {Hq * D, H}, add(p + ".q", {Hq * D, H}, true));
+    add_hf(hp + ".self_attn.k_proj.weight", {Hkv * D, H}, add(p + ".k", {Hkv * D, H}, true));
+    add_hf(hp + ".self_attn.v_proj.weight", {Hkv * D, H}, add(p + ".v", {Hkv * D, H}, true));
+    add_hf(hp + ".self_attn.o_proj.weight", {H, Hq * D}, add(p + ".o", {H, Hq * D}, true));
+    add_hf(hp + ".post_attention_layernorm.weight", {H}, add(p + ".post_norm", {H}, false));
+    if (!m.is_moe_layer(l)) {
+      add_mlp(p + ".mlp", hp + ".mlp", m.intermediate_size);
+      continue;
+    }
+    const int64_t E = m.n_routed_experts, I = m.moe_intermediate_size;
+    if (m.has_router_weights()) add_hf(hp + ".mlp.gate.weight", {E, H}, add(p + ".router", {E, H}, true));
+    int64_t gu = add(p + ".experts.gate_up", {E, 2 * I, H}, true);
+    int64_t dn = add(p + ".experts.down", {E, H, I}, true);
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string he = hp + ".mlp.experts." + std::to_string(e);
+      add_hf(he + ".gate_proj.weight", {I, H}, gu + e * 2 * I * H);
+      add_hf(he + ".up_proj.weight", {I, H}, gu + e * 2 * I * H + I * H);
+      add_hf(he + ".down_proj.weight", {H, I}, dn + e * H * I);
+    }
+    if (m.n_shared_experts > 0) add_mlp(p + ".shared", hp + ".mlp.shared_experts", m.shared_inter());
+  }
+  add_hf("model.norm.weight", {H}, add("final_norm", {H}, false));
+  add_hf("lm_head.weight", {V, H}, add("lm_head", {V, H}, true));
+}
+
+const ParamTensor* ParamLayout::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const HfTensor* ParamLayout::find_hf(const std::string& name) const {
+  for (const auto& t : hf_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+ModelView ParamLayout::view(float* base) const {
+  auto at = [&](const std::string& name) -> float* {
+    const ParamTensor* t = find(name);
+    DSMOE_ASSERT(t, "no parameter {}", name);
+    return base + t->offset;
+  };
+  auto maybe = [&](const std::string& name) -> float* {
+    const ParamTensor* t = find(name);
+    return t ? base + t->offset : nullptr;
+  };
+  ModelView v;
+  v.embed = at("embed");
+  for (int64_t l = 0; l < m_.num_hidden_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l);
+    LayerView L{at(p + ".input_norm"), at(p + ".q"), at(p + ".k"), at(p + ".v"), at(p + ".o"), at(p + ".post_norm")};
+    L.mlp_gate_up = maybe(p + ".mlp.gate_up");
+    L.mlp_down = maybe(p + ".mlp.down");
+    L.router = maybe(p + ".router");
+    L.experts_gate_up = maybe(p + ".experts.gate_up");
+    L.experts_down = maybe(p + ".experts.down");
+    L.shared_gate_up = maybe(p + ".shared.gate_up");
+    L.shared_down = maybe(p + ".shared.down");
+    v.layers.push_back(L);
+  }
+  v.final_norm = at("final_norm");
+  v.lm_head = at("lm_head");
+  return v;
+}
+
+ModelStats model_stats(const ModelConfig& m, int64_t seq_len) {
+  ParamLayout layout(m);
+  ModelStats s{};
+  s.total_params = layout.total();
+  const int64_t H = m.hidden_size, E = m.n_routed_experts, I = m.moe_intermediate_size;
+  int64_t inactive = 0;
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l)
+    if (m.is_moe_layer(l)) inactive += (E - m.num_experts_per_tok) * 3 * H * I;
+  s.activated_params = s.total_params - inactive;
+  s.activated_nonembed_params = s.activated_params - m.vocab_size * H;
+  s.train_flops_per_token =
+      6.0 * (double)s.activated_nonembed_params + 12.0 * (double)m.num_hidden_layers * (double)H * (double)seq_len;
+  s.fwd_flops_per_token = s.train_flops_per_token / 3.0;
+  return s;
+}
+
+}  // namespace dsmoe

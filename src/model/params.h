@@ -1,0 +1,73 @@
+// All parameters of a model live in ONE fp32 buffer (llm.c style); gradients and the optimizer's
+// moments are buffers of the same layout. ParamLayout names every tensor of that buffer and maps it
+// to the Hugging Face checkpoint names, each of which is a contiguous slice:
+//   - gate_proj / up_proj of a dense MLP, the shared experts and every routed expert are the two row
+//     halves of one fused [2I, H] "gate_up" matrix (one GEMM gives both);
+//   - routed experts are stored as one 3-D tensor per projection, experts the slowest dimension
+//     ([E, 2I, H] and [E, H, I]), so HF's per-expert tensors are consecutive blocks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace dsmoe {
+
+struct ParamTensor {
+  std::string name;              // dsmoe name, e.g. "layers.3.experts.gate_up"
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0; // into the flat buffer (floats)
+  bool weight_decay = true;      // matrices decay; norm weights do not
+};
+
+struct HfTensor {
+  std::string name;              // Hugging Face name, e.g. "model.layers.3.mlp.experts.5.up_proj.weight"
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;
+};
+
+// Pointers of one layer into a buffer laid out by ParamLayout (parameters or gradients).
+struct LayerView {
+  float *input_norm, *q, *k, *v, *o, *post_norm;
+  float *mlp_gate_up = nullptr, *mlp_down = nullptr;                     // dense layer
+  float *router = nullptr, *experts_gate_up = nullptr, *experts_down = nullptr;  // MoE layer
+  float *shared_gate_up = nullptr, *shared_down = nullptr;               // MoE layer with shared experts
+};
+struct ModelView {
+  float* embed;
+  std::vector<LayerView> layers;
+  float* final_norm;
+  float* lm_head;
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const ModelConfig& m);
+  int64_t total() const { return total_; }
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  const std::vector<HfTensor>& hf_tensors() const { return hf_; }
+  const ParamTensor* find(const std::string& name) const;
+  const HfTensor* find_hf(const std::string& hf_name) const;
+  ModelView view(float* base) const;
+
+ private:
+  int64_t add(const std::string& name, std::vector<int64_t> shape, bool decay);
+  void add_hf(const std::string& name, std::vector<int64_t> shape, int64_t offset);
+  ModelConfig m_;
+  std::vector<ParamTensor> tensors_;
+  std::vector<HfTensor> hf_;
+  int64_t total_ = 0;
+};
+
+// Parameter and compute counts as the paper counts them (see `dsmoe info`).
+struct ModelStats {
+  int64_t total_params;
+  int64_t activated_params;          // per token: everything but the routed experts not chosen
+  int64_t activated_nonembed_params; // activated minus the embedding table (a lookup, not a matmul)
+  double train_flops_per_token;      // 6 * activated_nonembed + 12 * layers * hidden * seq (attention)
+  double fwd_flops_per_token;        // one third of the above
+};
+ModelStats model_stats(const ModelConfig& m, int64_t seq_len);
+
+}  // namespace dsmoe

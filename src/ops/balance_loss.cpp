@@ -1,0 +1,132 @@
+#include "ops/balance_loss.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dsmoe::ops {
+
+namespace {
+
+constexpr int64_t kChunk = 256;  // fixed token chunk: the reduction order never depends on thread count
+
+// P [groups, N] = mean over each group's tokens of probs, in double. Tokens are summed per fixed
+// chunk in parallel, then the chunk sums are added in order: bit-identical for any thread count.
+std::vector<double> group_means(const float* probs, const BalanceShape& s) {
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts;
+  const int64_t chunks_per_group = (T + kChunk - 1) / kChunk;
+  const int64_t C = G * chunks_per_group;
+  std::vector<double> part((size_t)(C * N), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t g = c / chunks_per_group, ci = c % chunks_per_group;
+    const int64_t t0 = g * T + ci * kChunk, t1 = g * T + std::min(T, (ci + 1) * kChunk);
+    double* acc = part.data() + c * N;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t i = 0; i < N; ++i) acc[i] += probs[t * N + i];
+  }
+  std::vector<double> P((size_t)(G * N), 0.0);
+  for (int64_t g = 0; g < G; ++g) {
+    double* p = P.data() + g * N;
+    for (int64_t ci = 0; ci < chunks_per_group; ++ci) {
+      const double* a = part.data() + (g * chunks_per_group + ci) * N;
+      for (int64_t i = 0; i < N; ++i) p[i] += a[i];
+    }
+    for (int64_t i = 0; i < N; ++i) p[i] /= (double)T;
+  }
+  return P;
+}
+
+void check_devices(const BalanceShape& s, int64_t D) {
+  DSMOE_ASSERT(D >= 1 && s.n_experts % D == 0, "{} routed experts cannot be split into {} device groups",
+               s.n_experts, D);
+}
+
+}  // namespace
+
+void balance_frequencies(float* f, const int32_t* ids, const BalanceShape& s) {
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, K = s.top_k;
+  const double scale = (double)N / ((double)K * (double)T);
+  // Validate before the parallel region (an exception must not escape an OpenMP region).
+  for (int64_t q = 0; q < G * T * K; ++q)
+    DSMOE_ASSERT(ids[q] >= 0 && ids[q] < N, "expert id {} of slot {} out of range [0, {})", ids[q], q, N);
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < G; ++g) {
+    std::vector<int64_t> cnt((size_t)N, 0);
+    const int32_t* id = ids + g * T * K;
+    for (int64_t q = 0; q < T * K; ++q) ++cnt[(size_t)id[q]];
+    for (int64_t i = 0; i < N; ++i) f[g * N + i] = (float)(scale * (double)cnt[(size_t)i]);
+  }
+}
+
+float expert_balance_forward(const float* f, const float* probs, const BalanceShape& s, float alpha) {
+  const int64_t G = s.groups(), N = s.n_experts;
+  std::vector<double> P = group_means(probs, s);
+  double loss = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    double l = 0.0;
+    for (int64_t i = 0; i < N; ++i) l += (double)f[g * N + i] * P[(size_t)(g * N + i)];
+    loss += l;
+  }
+  return (float)((double)alpha * loss / (double)G);
+}
+
+void expert_balance_backward(float* dprobs, const float* f, const BalanceShape& s, float alpha, float dloss) {
+  if (!dprobs) return;
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts;
+  const double c = (double)dloss * (double)alpha / ((double)T * (double)G);
+  std::vector<float> coef((size_t)(G * N));
+  for (int64_t i = 0; i < G * N; ++i) coef[(size_t)i] = (float)(c * (double)f[i]);
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < G * T; ++t) {
+    const float* cg = coef.data() + (t / T) * N;
+    float* d = dprobs + t * N;
+    for (int64_t i = 0; i < N; ++i) d[i] += cg[i];
+  }
+}
+
+float device_balance_forward(const float* f, const float* probs, const BalanceShape& s, int64_t n_groups_D,
+                             float alpha) {
+  check_devices(s, n_groups_D);
+  const int64_t G = s.groups(), N = s.n_experts, D = n_groups_D, per = N / D;
+  std::vector<double> P = group_means(probs, s);
+  double loss = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    double l = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      double fd = 0.0, pd = 0.0;
+      for (int64_t i = d * per; i < (d + 1) * per; ++i) {
+        fd += (double)f[g * N + i];
+        pd += P[(size_t)(g * N + i)];
+      }
+      l += (fd / (double)per) * pd;
+    }
+    loss += l;
+  }
+  return (float)((double)alpha * loss / (double)G);
+}
+
+void device_balance_backward(float* dprobs, const float* f, const BalanceShape& s, int64_t n_groups_D, float alpha,
+                             float dloss) {
+  if (!dprobs) return;
+  check_devices(s, n_groups_D);
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, D = n_groups_D, per = N / D;
+  const double c = (double)dloss * (double)alpha / ((double)T * (double)G);
+  std::vector<float> coef((size_t)(G * N));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = 0; d < D; ++d) {
+      double fd = 0.0;
+      for (int64_t i = d * per; i < (d + 1) * per; ++i) fd += (double)f[g * N + i];
+      float v = (float)(c * fd / (double)per);
+      for (int64_t i = d * per; i < (d + 1) * per; ++i) coef[(size_t)(g * N + i)] = v;
+    }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < G * T; ++t) {
+    const float* cg = coef.data() + (t / T) * N;
+    float* d = dprobs + t * N;
+    for (int64_t i = 0; i < N; ++i) d[i] += cg[i];
+  }
+}
+
+}  // namespace dsmoe::ops

@@ -1,0 +1,71 @@
+// Cross-entropy over fp32 logits with a max-shifted log-sum-exp; sums in double.
+#include "ops/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dsmoe::ops {
+
+namespace {
+
+void check_targets(const int32_t* targets, int64_t n, int64_t V) {
+  for (int64_t i = 0; i < n; ++i)
+    DSMOE_ASSERT(targets[i] < V, "cross-entropy target {} of row {} is not below the vocabulary size {}",
+                 targets[i], i, V);
+}
+
+float row_max(const float* x, int64_t V) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < V; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+}  // namespace
+
+void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t n, int64_t V) {
+  check_targets(targets, n, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    if (targets[i] < 0) {
+      losses[i] = 0.0f;
+      continue;
+    }
+    const float* x = logits + i * V;
+    const float m = row_max(x, V);
+    double sum = 0;
+    for (int64_t j = 0; j < V; ++j) sum += std::exp(x[j] - m);
+    losses[i] = (float)((double)m + std::log(sum) - (double)x[targets[i]]);
+  }
+}
+
+void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, float scale, int64_t n,
+                            int64_t V) {
+  if (!dlogits) return;
+  check_targets(targets, n, V);
+#pragma omp parallel
+  {
+    std::vector<float> e((size_t)V);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      if (targets[i] < 0) continue;
+      const float* x = logits + i * V;
+      float* d = dlogits + i * V;
+      const float m = row_max(x, V);
+      double sum = 0;
+      for (int64_t j = 0; j < V; ++j) {
+        e[j] = std::exp(x[j] - m);
+        sum += e[j];
+      }
+      const float c = (float)((double)scale / sum);  // scale * softmax = e * c
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) d[j] += e[j] * c;
+      d[targets[i]] -= scale;
+    }
+  }
+}
+
+}  // namespace dsmoe::ops

@@ -1,0 +1,61 @@
+#include "ops/experts.h"
+
+#include <algorithm>
+
+#include "core/gemm.h"
+#include "ops/swiglu.h"
+
+namespace dsmoe::ops {
+
+// Simplest correct schedule: experts one after another, BLAS threads inside each GEMM.
+void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
+                     const int64_t* offsets, const ExpertsShape& s) {
+  const int64_t H = s.hidden, I = s.inter;
+  for (int64_t e = 0; e < s.n_experts; ++e) {
+    const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
+    if (m <= 0) continue;
+    const float* wg = w_gu + e * 2 * I * H;
+    const float* wd = w_down + e * H * I;
+    float* gu_e = gu + r0 * 2 * I;
+    float* act_e = act + r0 * I;
+    // gu_e [m, 2I] = xs_e [m, H] @ w_gu[e]^T
+    gemm(false, true, m, 2 * I, H, 1.0f, xs + r0 * H, H, wg, H, 0.0f, gu_e, 2 * I);
+    swiglu_forward(act_e, gu_e, m, I);
+    // ys_e [m, H] = act_e [m, I] @ w_down[e]^T
+    gemm(false, true, m, H, I, 1.0f, act_e, I, wd, I, 0.0f, ys + r0 * H, H);
+  }
+}
+
+void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,
+                      const float* gu, const float* act, const float* w_gu, const float* w_down,
+                      const int64_t* offsets, const ExpertsShape& s, float* scratch) {
+  const int64_t H = s.hidden, I = s.inter;
+  const int64_t rows = offsets[s.n_experts] - offsets[0];
+  // scratch: dact [rows, I] then dgu [rows, 2I], indexed by row - offsets[0].
+  float* dact = scratch;
+  float* dgu = scratch + rows * I;
+  for (int64_t e = 0; e < s.n_experts; ++e) {
+    const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
+    if (m <= 0) continue;
+    const int64_t q = r0 - offsets[0];
+    const float* wg = w_gu + e * 2 * I * H;
+    const float* wd = w_down + e * H * I;
+    const float* dys_e = dys + r0 * H;
+    const float* xs_e = xs + r0 * H;
+    float* dact_e = dact + q * I;
+    float* dgu_e = dgu + q * 2 * I;
+    // dw_down[e] [H, I] += dys_e^T [H, m] @ act_e [m, I]
+    if (dw_down) gemm(true, false, H, I, m, 1.0f, dys_e, H, act + r0 * I, I, 1.0f, dw_down + e * H * I, I);
+    if (!dxs && !dw_gu) continue;
+    // dact_e [m, I] = dys_e [m, H] @ w_down[e] [H, I]
+    gemm(false, false, m, I, H, 1.0f, dys_e, H, wd, I, 0.0f, dact_e, I);
+    std::fill(dgu_e, dgu_e + m * 2 * I, 0.0f);
+    swiglu_backward(dgu_e, dact_e, gu + r0 * 2 * I, m, I);
+    // dw_gu[e] [2I, H] += dgu_e^T [2I, m] @ xs_e [m, H]
+    if (dw_gu) gemm(true, false, 2 * I, H, m, 1.0f, dgu_e, 2 * I, xs_e, H, 1.0f, dw_gu + e * 2 * I * H, H);
+    // dxs_e [m, H] += dgu_e [m, 2I] @ w_gu[e] [2I, H]
+    if (dxs) gemm(false, false, m, H, 2 * I, 1.0f, dgu_e, 2 * I, wg, H, 1.0f, dxs + r0 * H, H);
+  }
+}
+
+}  // namespace dsmoe::ops

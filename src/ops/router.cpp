@@ -1,0 +1,123 @@
+#include "ops/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dsmoe::ops {
+
+void softmax_forward(float* probs, const float* logits, int64_t n, int64_t E) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const float* x = logits + t * E;
+    float* p = probs + t * E;
+    float mx = -INFINITY;
+    for (int64_t e = 0; e < E; ++e) mx = std::max(mx, x[e]);
+    float sum = 0.0f;
+    for (int64_t e = 0; e < E; ++e) {
+      p[e] = std::exp(x[e] - mx);
+      sum += p[e];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t e = 0; e < E; ++e) p[e] *= inv;
+  }
+}
+
+void softmax_backward(float* dlogits, const float* dprobs, const float* probs, int64_t n, int64_t E) {
+  if (!dlogits) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const float* dp = dprobs + t * E;
+    const float* p = probs + t * E;
+    float* dl = dlogits + t * E;
+    float dot = 0.0f;
+    for (int64_t e = 0; e < E; ++e) dot += dp[e] * p[e];
+    for (int64_t e = 0; e < E; ++e) dl[e] += p[e] * (dp[e] - dot);
+  }
+}
+
+void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k) {
+  DSMOE_ASSERT(k >= 1 && k <= E, "top_k {} must be in [1, {}]", k, E);
+#pragma omp parallel
+  {
+    std::vector<int32_t> idx((size_t)E);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n; ++t) {
+      const float* p = probs + t * E;
+      for (int64_t e = 0; e < E; ++e) idx[(size_t)e] = (int32_t)e;
+      // Strict weak order: larger value first, equal values by the lower expert id.
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [p](int32_t a, int32_t b) {
+        return p[a] > p[b] || (p[a] == p[b] && a < b);
+      });
+      for (int64_t j = 0; j < k; ++j) {
+        ids[t * k + j] = idx[(size_t)j];
+        vals[t * k + j] = p[idx[(size_t)j]];
+      }
+    }
+  }
+}
+
+void topk_backward(float* dprobs, const float* dvals, const int32_t* ids, int64_t n, int64_t E, int64_t k) {
+  if (!dprobs) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) dprobs[t * E + ids[t * k + j]] += dvals[t * k + j];
+}
+
+void gate_norm_forward(float* gates, const float* vals, int64_t n, int64_t k, bool normalize) {
+  if (!normalize) {
+    std::copy(vals, vals + n * k, gates);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const float* v = vals + t * k;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += v[j];
+    float den = sum + 1e-20f;
+    for (int64_t j = 0; j < k; ++j) gates[t * k + j] = v[j] / den;
+  }
+}
+
+// g_j = v_j / S, S = sum v + 1e-20:  dv_j = dg_j / S - sum_i dg_i v_i / S^2
+void gate_norm_backward(float* dvals, const float* dgates, const float* vals, int64_t n, int64_t k, bool normalize) {
+  if (!dvals) return;
+  if (!normalize) {
+    for (int64_t i = 0; i < n * k; ++i) dvals[i] += dgates[i];
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const float* v = vals + t * k;
+    const float* dg = dgates + t * k;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += v[j];
+    float den = sum + 1e-20f;
+    float dot = 0.0f;
+    for (int64_t j = 0; j < k; ++j) dot += dg[j] * v[j];
+    float c = dot / den;
+    for (int64_t j = 0; j < k; ++j) dvals[t * k + j] += (dg[j] - c) / den;
+  }
+}
+
+int32_t hash_expert(int32_t token_id, int64_t E) {
+  uint32_t h = (uint32_t)token_id;
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return (int32_t)(h % (uint64_t)E);
+}
+
+void hash_route(int32_t* ids, float* gates, const int32_t* token_ids, int64_t n, int64_t E) {
+  DSMOE_ASSERT(E >= 1, "hash routing needs at least one expert, got {}", E);
+  for (int64_t t = 0; t < n; ++t) {
+    ids[t] = hash_expert(token_ids[t], E);
+    gates[t] = 1.0f;
+  }
+}
+
+}  // namespace dsmoe::ops

@@ -1,0 +1,81 @@
+#include "train/checkpoint.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace dsmoe {
+
+namespace fs = std::filesystem;
+static const char* kFormat = "dsmoe-checkpoint-1";
+
+static std::string ckpt_path(const std::string& dir) { return (fs::path(dir) / "checkpoint.safetensors").string(); }
+static std::string config_path(const std::string& dir) { return (fs::path(dir) / "config.json").string(); }
+
+bool checkpoint_exists(const std::string& dir) { return fs::exists(ckpt_path(dir)); }
+
+void save_checkpoint(const std::string& dir, const Config& cfg, const Model& model, AdamW* opt,
+                     const TrainState& st) {
+  fs::create_directories(dir);
+  write_file_atomic(config_path(dir), to_json(cfg).dump(2) + "\n");
+  const auto& layout = model.layout();
+  const float* p = model.params().data();
+  SafeTensorsWriter w;
+  for (const auto& t : layout.hf_tensors()) w.add_f32(t.name, t.shape, p + t.offset);
+  if (opt) {
+    for (const auto& t : layout.tensors()) {
+      w.add_f32("optimizer.m." + t.name, t.shape, opt->m().data() + t.offset);
+      w.add_f32("optimizer.v." + t.name, t.shape, opt->v().data() + t.offset);
+    }
+  }
+  w.add("train.data_rng", DType::U8, {32}, st.data_rng.data());
+  w.set_metadata("format", kFormat);
+  w.set_metadata("step", std::to_string(st.step));
+  w.set_metadata("tokens_seen", std::to_string(st.tokens_seen));
+  w.set_metadata("config", to_json(cfg).dump());
+  w.write(ckpt_path(dir));
+}
+
+Config load_checkpoint_config(const std::string& dir) {
+  if (!fs::exists(config_path(dir))) fail("{}: missing (not a dsmoe checkpoint folder?)", config_path(dir));
+  return load_config(config_path(dir));
+}
+
+static int64_t meta_int(const SafeTensorsFile& f, const std::string& key) {
+  auto it = f.metadata().find(key);
+  if (it == f.metadata().end()) fail("{}: metadata '{}' missing", f.path(), key);
+  try {
+    return std::stoll(it->second);
+  } catch (...) {
+    fail("{}: metadata '{}' must be an integer, got '{}'", f.path(), key, it->second);
+  }
+}
+
+void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st) {
+  const std::string path = ckpt_path(dir);
+  if (!fs::exists(path)) fail("{}: no checkpoint here", path);
+  SafeTensorsFile f(path);
+  auto fmt_it = f.metadata().find("format");
+  if (fmt_it == f.metadata().end() || fmt_it->second != kFormat)
+    fail("{}: not a dsmoe checkpoint (metadata 'format' should be '{}')", path, kFormat);
+  const auto& layout = model.layout();
+  float* p = model.params().data();
+  for (const auto& t : layout.hf_tensors()) f.read_f32_into(t.name, p + t.offset, t.shape);
+  if (opt) {
+    for (const auto& t : layout.tensors()) {
+      f.read_f32_into("optimizer.m." + t.name, opt->m().data() + t.offset, t.shape);
+      f.read_f32_into("optimizer.v." + t.name, opt->v().data() + t.offset, t.shape);
+    }
+  }
+  if (st) {
+    st->step = meta_int(f, "step");
+    st->tokens_seen = meta_int(f, "tokens_seen");
+    auto rng = f.read_bytes("train.data_rng", DType::U8);
+    if (rng.size() != 32) fail("{}: tensor 'train.data_rng' must hold 32 bytes, got {}", path, rng.size());
+    std::memcpy(st->data_rng.data(), rng.data(), 32);
+  }
+}
+
+}  // namespace dsmoe

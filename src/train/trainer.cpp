@@ -1,0 +1,195 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+
+namespace dsmoe {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches) {
+  std::vector<int32_t> x, y;
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n_batches; ++i) {
+    eval_batch(val, batch, seq_len, i, n_batches, x, y);
+    ForwardResult r = model.forward(x.data(), y.data(), batch, seq_len, false);
+    sum += r.lm_loss * (double)r.n_targets;
+    count += r.n_targets;
+  }
+  return count ? sum / (double)count : 0.0;
+}
+
+static std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int64_t t = (int64_t)std::llround(s);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// Max-over-mean expert load of one layer's selection counts.
+static double load_imbalance(const std::vector<int64_t>& load) {
+  if (load.empty()) return 0;
+  double sum = 0, mx = 0;
+  for (auto c : load) {
+    sum += (double)c;
+    mx = std::max(mx, (double)c);
+  }
+  return sum > 0 ? mx / (sum / (double)load.size()) : 0;
+}
+
+StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch) {
+  StepResult r;
+  std::vector<int32_t> x, y;
+  model.zero_grads();
+  for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+    next_batch(micro, x, y);
+    const int64_t tokens = tc.batch_size * tc.seq_len;
+    if ((int64_t)x.size() != tokens || (int64_t)y.size() != tokens)
+      fail("step {}: micro-batch {} has {} inputs and {} targets, expected {} x {}", step, micro, x.size(), y.size(),
+           tc.batch_size, tc.seq_len);
+    ForwardResult f = model.forward(x.data(), y.data(), tc.batch_size, tc.seq_len, true);
+    if (!std::isfinite(f.lm_loss) || !std::isfinite(f.expert_aux) || !std::isfinite(f.device_aux))
+      fail("step {}: non-finite loss (lm {}, expert aux {}, device aux {}) in micro-batch {}; training stopped", step,
+           f.lm_loss, f.expert_aux, f.device_aux, micro);
+    // The LM gradient is averaged over all counted tokens of the step; the aux ones are not scaled.
+    model.backward(1.0f / (float)((double)f.n_targets * (double)tc.grad_accum), true);
+    r.lm_loss += f.lm_loss / (double)tc.grad_accum;
+    r.expert_aux += f.expert_aux / (double)tc.grad_accum;
+    r.device_aux += f.device_aux / (double)tc.grad_accum;
+    if (micro == 0) {
+      for (const auto& s : model.moe_stats()) {
+        if (s.load.empty()) continue;
+        r.max_load = std::max(r.max_load, load_imbalance(s.load));
+        double mean = 0;
+        for (auto c : s.load) mean += (double)c;
+        mean /= (double)s.load.size();
+        std::vector<double> rel;
+        for (auto c : s.load) rel.push_back(mean > 0 ? std::round((double)c / mean * 1000) / 1000 : 0);
+        r.expert_load.push_back(rel);
+      }
+    }
+  }
+  r.grad_norm = grad_norm(model.grads());
+  if (!std::isfinite(r.grad_norm))
+    fail("step {}: non-finite gradient in tensor '{}'; training stopped", step,
+         first_nonfinite(model.layout(), model.grads()));
+  clip_grads(model.grads(), r.grad_norm, tc.grad_clip);
+  r.lr = learning_rate(tc, step);
+  opt.step(model.params().data(), model.grads().data(), r.lr, step);
+  return r;
+}
+
+TrainSummary train(const Config& cfg, const TrainOptions& opt) {
+  const TrainConfig& tc = cfg.train;
+  const ModelConfig& mc = cfg.model;
+  TokenSplit train_data = load_split(opt.data_dir, "train");
+  TokenSplit val_data = load_split(opt.data_dir, "val");
+  if (train_data.vocab_size > mc.vocab_size)
+    fail("{}: the data's vocabulary ({} tokens, tokenizer '{}') is larger than the model's vocab_size ({})",
+         opt.data_dir, train_data.vocab_size, train_data.tokenizer, mc.vocab_size);
+
+  Model model(mc);
+  {
+    Rng init_rng(tc.seed);
+    model.init_weights(init_rng, tc.init_std > 0 ? tc.init_std : mc.initializer_range);
+  }
+  AdamW optimizer(model.layout(), tc);
+  BatchSampler sampler(train_data, tc.batch_size, tc.seq_len, tc.seed ^ 0x5eedda7aULL);
+  TrainState st;
+  fs::create_directories(opt.out_dir);
+  const std::string metrics_path = (fs::path(opt.out_dir) / "metrics.jsonl").string();
+  if (opt.resume && checkpoint_exists(opt.out_dir)) {
+    load_checkpoint(opt.out_dir, model, &optimizer, &st);
+    sampler.set_state(st.data_rng);
+    std::fprintf(stderr, "[dsmoe] resumed from %s at step %lld\n", opt.out_dir.c_str(), (long long)st.step);
+  } else {
+    std::ofstream(metrics_path, std::ios::trunc);  // a fresh run starts a fresh log
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+  if (!metrics) fail("{}: cannot open for writing", metrics_path);
+
+  TrainSummary sum;
+  sum.unigram_baseline = unigram_baseline(train_data, val_data);
+  const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
+  const int64_t last_step = opt.stop_after > 0 ? std::min(opt.stop_after, tc.steps) : tc.steps;
+  const auto t_start = Clock::now();
+  auto t_log = t_start;
+  int64_t steps_since_log = 0;
+  double lm_acc = 0, aux_acc = 0, dev_acc = 0;
+  const int64_t first_step = st.step + 1;
+
+  for (int64_t step = first_step; step <= last_step; ++step) {
+    StepResult r = train_step(model, optimizer, tc, step, [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
+      sampler.next(xi, yi);
+    });
+    const double lm = r.lm_loss, aux = r.expert_aux, dev = r.device_aux, gnorm = r.grad_norm, lr = r.lr;
+    const double imbalance = r.max_load;
+    const auto& layer_load = r.expert_load;
+    st.step = step;
+    st.tokens_seen += tokens_per_step;
+    lm_acc += lm;
+    aux_acc += aux;
+    dev_acc += dev;
+    ++steps_since_log;
+
+    const bool last = step == last_step;
+    const bool do_eval = last || (tc.eval_interval > 0 && step % tc.eval_interval == 0);
+    double val = NAN;
+    if (do_eval) val = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+    if (step % tc.log_interval == 0 || last || do_eval) {
+      const auto now = Clock::now();
+      const double dt = std::chrono::duration<double>(now - t_log).count();
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double tps = dt > 0 ? (double)(steps_since_log * tokens_per_step) / dt : 0;
+      const double eta = (double)(last_step - step) * elapsed / (double)(step - first_step + 1);
+      nlohmann::json rec = {{"step", step},
+                            {"lr", lr},
+                            {"lm_loss", lm_acc / steps_since_log},
+                            {"expert_aux", aux_acc / steps_since_log},
+                            {"device_aux", dev_acc / steps_since_log},
+                            {"grad_norm", gnorm},
+                            {"tokens", st.tokens_seen},
+                            {"tokens_per_s", tps},
+                            {"elapsed_s", elapsed},
+                            {"max_load", imbalance}};
+      if (!layer_load.empty()) rec["expert_load"] = layer_load;
+      if (do_eval) rec["val_loss"] = val;
+      metrics << rec.dump() << "\n";
+      metrics.flush();
+      if (opt.progress)
+        std::fprintf(stderr, "\rstep %lld/%lld | %.0f tok/s | lm %.4f | aux %.4f dev %.4f | load max/mean %.2f%s | ETA %s   ",
+                     (long long)step, (long long)tc.steps, tps, lm_acc / steps_since_log, aux_acc / steps_since_log,
+                     dev_acc / steps_since_log, imbalance,
+                     do_eval ? fmt::format(" | val {:.4f}", val).c_str() : "", fmt_duration(eta).c_str());
+      sum.final_lm_loss = lm_acc / steps_since_log;
+      sum.tokens_per_s = tps;
+      lm_acc = aux_acc = dev_acc = 0;
+      steps_since_log = 0;
+      t_log = now;
+    }
+    if (do_eval) sum.val_loss = val;
+    if (last || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) {
+      st.data_rng = sampler.state();
+      save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
+    }
+    sum.steps_done = step;
+  }
+  if (opt.progress) std::fprintf(stderr, "\n");
+  if (first_step > last_step) sum.val_loss = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+  return sum;
+}
+
+}  // namespace dsmoe
