@@ -105,7 +105,12 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     for (int64_t i = 0; i < N * H; ++i) a.h[i] += a.x[i];
     // FFN block.
     ops::rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.h.data(), W.post_norm, N, H, eps);
-    if (cfg_.is_moe_layer(l)) {
+    if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
+        cfg_.capacity_factor == 0) {
+      // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
+      // expert buys nothing; run each token's experts directly.
+      moe_forward_token_major(cfg_, W, a.ln2.data(), tokens, N, ffn_out_.data(), moe_stats_[l]);
+    } else if (cfg_.is_moe_layer(l)) {
       moe_forward(cfg_, W, a.ln2.data(), tokens, B, T, compute_aux, ffn_out_.data(), a.moe, moe_stats_[l]);
       r.expert_aux += moe_stats_[l].expert_aux;
       r.device_aux += moe_stats_[l].device_aux;

@@ -92,6 +92,46 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
   }
 }
 
+void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens,
+                             int64_t N, float* out, MoeStats& stats) {
+  const int64_t H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
+  const int64_t I = m.moe_intermediate_size;
+  std::vector<int32_t> ids(N * k);
+  std::vector<float> gates(N * k);
+  if (m.router_type == RouterType::SoftmaxTopK) {
+    std::vector<float> logits(N * E), probs(N * E), vals(N * k);
+    ops::linear_forward(logits.data(), x, P.router, N, H, E);
+    ops::softmax_forward(probs.data(), logits.data(), N, E);
+    ops::topk_forward(ids.data(), vals.data(), probs.data(), N, E, k);
+    ops::gate_norm_forward(gates.data(), vals.data(), N, k, m.norm_topk_prob && k > 1);
+  } else {
+    ops::hash_route(ids.data(), gates.data(), tokens, N, E);
+  }
+  stats = MoeStats{};
+  stats.load.assign(E, 0);
+  for (auto id : ids) stats.load[id]++;
+  std::vector<float> y(H), gu(2 * I), act(I);
+  const int64_t one[2] = {0, 1};
+  for (int64_t t = 0; t < N; ++t) {
+    float* o = out + t * H;
+    std::fill(o, o + H, 0.0f);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = ids[t * k + j];
+      ops::experts_forward(y.data(), gu.data(), act.data(), x + t * H, P.experts_gate_up + e * 2 * I * H,
+                           P.experts_down + e * H * I, one, ops::ExpertsShape{1, H, I});
+      const float g = gates[t * k + j];
+      for (int64_t i = 0; i < H; ++i) o[i] += g * y[i];
+    }
+  }
+  if (m.n_shared_experts > 0) {
+    const int64_t Is = m.shared_inter(), all[2] = {0, N};
+    std::vector<float> sgu(N * 2 * Is), sact(N * Is), sout(N * H);
+    ops::experts_forward(sout.data(), sgu.data(), sact.data(), x, P.shared_gate_up, P.shared_down, all,
+                         ops::ExpertsShape{1, H, Is});
+    for (int64_t i = 0; i < N * H; ++i) out[i] += sout[i];
+  }
+}
+
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
                   int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s) {
   const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;

@@ -45,6 +45,12 @@ struct MoeScratch {
 // (used by the hash router). out [N, H] = shared(x) + sum_k g_k expert_k(x) (overwritten).
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats);
+// Inference path for decode-sized batches (the official moe_infer's role): each token runs its own k
+// experts one row at a time, no sort, no saved activations. Same routing and the same kernels as
+// moe_forward, so the outputs agree to fp32 rounding (tested). Capacity limits do not apply.
+void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens,
+                             int64_t N, float* out, MoeStats& stats);
+
 // dx [N, H] += d out / d x; parameter gradients G += ...; aux-loss gradients injected with weight 1.
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
                   int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s);
