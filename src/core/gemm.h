@@ -8,9 +8,10 @@ namespace dsmoe {
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// Threads OpenBLAS may use for one call. Inside our own OpenMP regions call gemm with 1 thread
-// (per-expert GEMMs run in parallel across experts); outside them, all threads.
+// Threading: the OpenMP build of OpenBLAS runs a call single-threaded when made from inside an
+// OpenMP parallel region (e.g. per-expert GEMMs run in parallel across experts) and with all OpenMP
+// threads outside one. Nothing needs to be set. Note openblas_set_num_threads would ALSO change
+// omp_set_num_threads for every later region, so dsmoe does not call it.
 int blas_threads();
-void set_blas_threads(int n);
 
 }  // namespace dsmoe

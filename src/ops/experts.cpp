@@ -7,10 +7,14 @@
 
 namespace dsmoe::ops {
 
-// Simplest correct schedule: experts one after another, BLAS threads inside each GEMM.
+// Schedule: with several experts (the fine-grained regime: many small GEMMs) the experts run in
+// parallel, one thread each (OpenBLAS runs single-threaded inside an OpenMP region); a single
+// expert (dense FFN, shared experts) gets all threads inside its GEMMs. Every expert writes only its
+// own rows and weight slices, so results do not depend on which thread ran it (deterministic).
 void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
                      const int64_t* offsets, const ExpertsShape& s) {
   const int64_t H = s.hidden, I = s.inter;
+#pragma omp parallel for schedule(dynamic, 1) if (s.n_experts > 1)
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m <= 0) continue;
@@ -34,6 +38,7 @@ void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys
   // scratch: dact [rows, I] then dgu [rows, 2I], indexed by row - offsets[0].
   float* dact = scratch;
   float* dgu = scratch + rows * I;
+#pragma omp parallel for schedule(dynamic, 1) if (s.n_experts > 1)
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m <= 0) continue;

@@ -40,7 +40,7 @@ using namespace dsmoe;
 
 namespace {
 
-constexpr double kEps = 0x1p-23 * 0.0078125;
+constexpr double kEps = 0x1p-23;  // FLT_EPSILON
 constexpr float kPrefill = 0.375f;
 
 struct Tol {
