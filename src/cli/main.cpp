@@ -3,9 +3,11 @@
 #include <cstdlib>
 
 #include "cli/commands.h"
+#include "core/blas_env.h"
 #include "core/error.h"
 
 int main(int argc, char** argv) {
+  dsmoe::ensure_blas_kernels(argv);
   CLI::App app{"dsmoe: train, analyse and run DeepSeekMoE language models"};
   app.require_subcommand(1);
   dsmoe::cli::add_model_commands(app);

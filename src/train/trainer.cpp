@@ -7,8 +7,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <omp.h>
+
+#include "core/blas_env.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -29,6 +33,26 @@ double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_
     count += r.n_targets;
   }
   return count ? sum / (double)count : 0.0;
+}
+
+// A run killed after logging steps past its last checkpoint repeats those steps when resumed: drop
+// their rows (and a torn last line) so that metrics.jsonl holds every step once.
+static void drop_metrics_after(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  bool dropped = false;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+        j["step"].get<int64_t>() > step) {
+      dropped = true;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (dropped) write_file_atomic(path, kept);
 }
 
 static std::string fmt_duration(double s) {
@@ -114,6 +138,7 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
   if (opt.resume && checkpoint_exists(opt.out_dir)) {
     load_checkpoint(opt.out_dir, model, &optimizer, &st);
     sampler.set_state(st.data_rng);
+    drop_metrics_after(metrics_path, st.step);
     std::fprintf(stderr, "[dsmoe] resumed from %s at step %lld\n", opt.out_dir.c_str(), (long long)st.step);
   } else {
     std::ofstream(metrics_path, std::ios::trunc);  // a fresh run starts a fresh log
@@ -121,6 +146,9 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!metrics) fail("{}: cannot open for writing", metrics_path);
 
+  if (opt.progress)
+    std::fprintf(stderr, "[dsmoe] %s: %lld params, %d threads, OpenBLAS kernels %s\n", opt.out_dir.c_str(),
+                 (long long)model.layout().total(), omp_get_max_threads(), blas_kernel_name());
   TrainSummary sum;
   sum.unigram_baseline = unigram_baseline(train_data, val_data);
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
