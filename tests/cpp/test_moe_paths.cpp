@@ -101,3 +101,57 @@ TEST(MoePaths, ModelLogitsAgreeAcrossPaths) {
 }
 
 }  // namespace
+
+namespace {
+
+ModelConfig capacity_config(double cf) {
+  ModelConfig m;
+  m.vocab_size = 50;
+  m.hidden_size = 32;
+  m.num_hidden_layers = 2;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 4;
+  m.moe_intermediate_size = 16;
+  m.n_routed_experts = 8;
+  m.num_experts_per_tok = 2;
+  m.norm_topk_prob = true;
+  m.max_position_embeddings = 32;
+  m.capacity_factor = cf;
+  return m;
+}
+
+// A capacity no expert can exceed changes nothing; a tight one drops slots (GShard/Switch-era
+// setting) and the model still trains with finite gradients.
+TEST(MoeCapacity, LooseEqualsDroplessTightDrops) {
+  const int64_t B = 2, T = 16;
+  Rng rng(test::test_seed() + 2);
+  std::vector<int32_t> x(B * T), y(B * T);
+  for (auto& t : x) t = (int32_t)rng.below(50);
+  for (auto& t : y) t = (int32_t)rng.below(50);
+  Model dropless(capacity_config(0.0)), loose(capacity_config(100.0)), tight(capacity_config(0.5));
+  Rng init(7);
+  dropless.init_weights(init, 0.3);
+  loose.params() = dropless.params();
+  tight.params() = dropless.params();
+  ForwardResult a = dropless.forward(x.data(), y.data(), B, T, true);
+  ForwardResult b = loose.forward(x.data(), y.data(), B, T, true);
+  EXPECT_EQ(a.lm_loss, b.lm_loss) << "capacity factor 100 must not drop anything";
+  for (const auto& s : loose.moe_stats()) EXPECT_EQ(s.dropped, 0);
+  ForwardResult c = tight.forward(x.data(), y.data(), B, T, true);
+  int64_t dropped = 0;
+  for (const auto& s : tight.moe_stats()) {
+    dropped += s.dropped;
+    // capacity = ceil(0.5 * 32 * 2 / 8) = 4 slots per expert: at most 32 of 64 slots survive.
+    int64_t kept = 0;
+    for (auto l : s.load) kept += std::min<int64_t>(l, 4);
+    EXPECT_EQ((int64_t)s.load.size(), 8);
+    EXPECT_EQ(64 - kept, s.dropped) << "each expert keeps exactly min(load, capacity) slots";
+  }
+  EXPECT_GT(dropped, 0);
+  EXPECT_NE(a.lm_loss, c.lm_loss);
+  tight.zero_grads();
+  tight.backward(1.0f / (B * T), true);
+  for (float g : tight.grads()) ASSERT_TRUE(std::isfinite(g));
+}
+
+}  // namespace
