@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/gemm.h"
+#include "core/vmath.h"
 
 namespace dsmoe::ops {
 
@@ -73,12 +74,9 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
         float m = -INFINITY;
 #pragma omp simd reduction(max : m)
         for (int64_t j = 0; j < nv; ++j) m = std::max(m, row[j]);
+        vexp(row, row, m, nv);
         double sum = 0;
-        for (int64_t j = 0; j < nv; ++j) {
-          const float e = std::exp(row[j] - m);
-          row[j] = e;
-          sum += e;
-        }
+        for (int64_t j = 0; j < nv; ++j) sum += row[j];
         const float inv = (float)(1.0 / sum);
 #pragma omp simd
         for (int64_t j = 0; j < nv; ++j) row[j] *= inv;

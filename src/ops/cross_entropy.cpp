@@ -1,6 +1,8 @@
 // Cross-entropy over fp32 logits with a max-shifted log-sum-exp; sums in double.
 #include "ops/cross_entropy.h"
 
+#include "core/vmath.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -28,17 +30,22 @@ float row_max(const float* x, int64_t V) {
 
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t n, int64_t V) {
   check_targets(targets, n, V);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    if (targets[i] < 0) {
-      losses[i] = 0.0f;
-      continue;
+#pragma omp parallel
+  {
+    std::vector<float> e((size_t)V);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      if (targets[i] < 0) {
+        losses[i] = 0.0f;
+        continue;
+      }
+      const float* x = logits + i * V;
+      const float m = row_max(x, V);
+      vexp(e.data(), x, m, V);
+      double sum = 0;
+      for (int64_t j = 0; j < V; ++j) sum += e[j];
+      losses[i] = (float)((double)m + std::log(sum) - (double)x[targets[i]]);
     }
-    const float* x = logits + i * V;
-    const float m = row_max(x, V);
-    double sum = 0;
-    for (int64_t j = 0; j < V; ++j) sum += std::exp(x[j] - m);
-    losses[i] = (float)((double)m + std::log(sum) - (double)x[targets[i]]);
   }
 }
 
@@ -55,11 +62,9 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
       const float* x = logits + i * V;
       float* d = dlogits + i * V;
       const float m = row_max(x, V);
+      vexp(e.data(), x, m, V);
       double sum = 0;
-      for (int64_t j = 0; j < V; ++j) {
-        e[j] = std::exp(x[j] - m);
-        sum += e[j];
-      }
+      for (int64_t j = 0; j < V; ++j) sum += e[j];
       const float c = (float)((double)scale / sum);  // scale * softmax = e * c
 #pragma omp simd
       for (int64_t j = 0; j < V; ++j) d[j] += e[j] * c;

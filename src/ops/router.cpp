@@ -1,5 +1,7 @@
 #include "ops/router.h"
 
+#include "core/vmath.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -15,11 +17,9 @@ void softmax_forward(float* probs, const float* logits, int64_t n, int64_t E) {
     float* p = probs + t * E;
     float mx = -INFINITY;
     for (int64_t e = 0; e < E; ++e) mx = std::max(mx, x[e]);
+    vexp(p, x, mx, E);
     float sum = 0.0f;
-    for (int64_t e = 0; e < E; ++e) {
-      p[e] = std::exp(x[e] - mx);
-      sum += p[e];
-    }
+    for (int64_t e = 0; e < E; ++e) sum += p[e];
     float inv = 1.0f / sum;
     for (int64_t e = 0; e < E; ++e) p[e] *= inv;
   }

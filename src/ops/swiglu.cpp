@@ -1,5 +1,7 @@
 #include "ops/swiglu.h"
 
+#include "core/vmath.h"
+
 #include <cmath>
 
 namespace dsmoe::ops {
@@ -11,8 +13,9 @@ void swiglu_forward(float* h, const float* gu, int64_t n, int64_t I) {
     const float* g = gu + t * 2 * I;
     const float* u = g + I;
     float* o = h + t * I;
+#pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
-      float s = 1.0f / (1.0f + std::exp(-g[i]));
+      const float s = sigmoid(g[i]);
       o[i] = g[i] * s * u[i];
     }
   }
@@ -28,8 +31,9 @@ void swiglu_backward(float* dgu, const float* dh, const float* gu, int64_t n, in
     const float* d = dh + t * I;
     float* dg = dgu + t * 2 * I;
     float* du = dg + I;
+    #pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
-      float s = 1.0f / (1.0f + std::exp(-g[i]));
+      const float s = sigmoid(g[i]);
       float silu = g[i] * s;
       dg[i] += d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
       du[i] += d[i] * silu;

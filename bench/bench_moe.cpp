@@ -1,0 +1,99 @@
+// MoE layer forward+backward and whole training steps, in GFLOP/s (matmul FLOPs as the paper counts
+// them: 2 per multiply-add, backward twice the forward).
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include "core/rng.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/moe_layer.h"
+#include "model/params.h"
+
+using namespace dsmoe;
+
+namespace {
+
+ModelConfig moe_shape(int64_t hidden, int64_t shared, int64_t routed, int64_t topk, int64_t inter) {
+  ModelConfig m;
+  m.vocab_size = 256;
+  m.hidden_size = hidden;
+  m.num_hidden_layers = 1;
+  m.num_attention_heads = 8;
+  m.num_key_value_heads = 8;
+  m.moe_intermediate_size = inter;
+  m.n_shared_experts = shared;
+  m.n_routed_experts = routed;
+  m.num_experts_per_tok = topk;
+  m.max_position_embeddings = 4096;
+  return m;
+}
+
+// args: hidden, shared, routed, top-k, expert width, tokens
+void Moe_LayerFwdBwd(benchmark::State& state) {
+  const ModelConfig m = moe_shape(state.range(0), state.range(1), state.range(2), state.range(3), state.range(4));
+  const int64_t N = state.range(5), H = m.hidden_size;
+  Model model(m);
+  Rng rng(1);
+  model.init_weights(rng, 0.02);
+  model.zero_grads();
+  const LayerView &P = model.weights().layers[0], G = model.layout().view(model.grads().data()).layers[0];
+  std::vector<float> x(N * H), out(N * H), dout(N * H), dx(N * H);
+  for (auto& v : x) v = (float)rng.normal();
+  for (auto& v : dout) v = (float)rng.normal() * 1e-3f;
+  std::vector<int32_t> tokens(N, 1);
+  MoeActivations acts;
+  MoeStats stats;
+  MoeScratch scratch;
+  for (auto _ : state) {
+    moe_forward(m, P, x.data(), tokens.data(), 1, N, true, out.data(), acts, stats);
+    std::fill(dx.begin(), dx.end(), 0.0f);
+    moe_backward(m, P, G, x.data(), dout.data(), 1, N, true, dx.data(), acts, scratch);
+  }
+  const double active = (double)(m.num_experts_per_tok + m.n_shared_experts) * 3 * H * m.moe_intermediate_size +
+                        (double)m.n_routed_experts * H;  // experts + router
+  state.counters["GFLOP/s"] = benchmark::Counter(6.0 * active * N, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+  state.counters["tokens/s"] = benchmark::Counter((double)N, benchmark::Counter::kIsIterationInvariantRate);
+}
+// The default training config's layer, the paper-2B-like layer (hidden 1280, 1 + 63 experts of
+// width 0.25 x 3584 = 896, top-7) and the 16B layer (hidden 2048, 2 + 64 experts of 1408, top-6).
+BENCHMARK(Moe_LayerFwdBwd)
+    ->ArgNames({"H", "Ks", "E", "k", "I", "N"})
+    ->Args({128, 1, 15, 3, 64, 4096})
+    ->Args({1280, 1, 63, 7, 896, 8192})
+    ->Args({2048, 2, 64, 6, 1408, 4096})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// A whole training step (forward, backward, no optimizer) of a small DeepSeekMoE, model FLOPs per
+// token from model_stats (6N + attention).
+void TrainStep_Default(benchmark::State& state) {
+  ModelConfig m = moe_shape(128, 1, 15, 3, 64);
+  m.num_hidden_layers = 4;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 4;
+  m.intermediate_size = 512;
+  m.first_k_dense_replace = 1;
+  m.max_position_embeddings = 256;
+  const int64_t B = 16, T = 256;
+  Model model(m);
+  Rng rng(1);
+  model.init_weights(rng, 0.02);
+  std::vector<int32_t> x(B * T), y(B * T);
+  for (auto& t : x) t = (int32_t)rng.below(256);
+  for (auto& t : y) t = (int32_t)rng.below(256);
+  for (auto _ : state) {
+    model.zero_grads();
+    model.forward(x.data(), y.data(), B, T, true);
+    model.backward(1.0f / (B * T), true);
+  }
+  const ModelStats s = model_stats(m, T);
+  state.counters["GFLOP/s"] = benchmark::Counter(s.train_flops_per_token * B * T,
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+  state.counters["tokens/s"] = benchmark::Counter((double)B * T, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(TrainStep_Default)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
