@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <set>
+#include <vector>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -37,7 +39,9 @@ struct Reader {
   void get(const char* key, int64_t& out) const {
     if (auto v = find(key)) {
       if (v->is_number_integer()) out = v->get<int64_t>();
-      else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>()) out = (int64_t)v->get<double>();
+      else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
+               std::fabs(v->get<double>()) < 9.2e18)  // in int64 range: the cast is defined
+        out = (int64_t)v->get<double>();
       else fail("{}: key '{}{}' must be an integer, got {}", source, prefix, key, v->dump());
     }
   }
@@ -74,6 +78,19 @@ const std::set<std::string> kIgnoredHfKeys = {
     "initializer_range", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
     "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training"};
 
+// Edit distance, to tell a typo of a known key ("n_routed_expert") from a foreign HF key.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
 }  // namespace
 
 Config parse_config(const json& j, const std::string& source) {
@@ -89,9 +106,16 @@ Config parse_config(const json& j, const std::string& source) {
       "tie_word_embeddings", "rope_theta", "bos_token_id", "eos_token_id", "router_type", "capacity_factor",
       "n_device_groups", "device_aux_alpha"};
   std::set<std::string> known(std::begin(model_keys), std::end(model_keys));
-  for (auto it = j.begin(); it != j.end(); ++it)
-    if (!known.count(it.key()) && !kIgnoredHfKeys.count(it.key()))
-      std::fprintf(stderr, "dsmoe: warning: %s: unknown config key '%s' ignored\n", source.c_str(), it.key().c_str());
+  // Unknown keys: a near-miss of a key we read is almost surely a typo that would silently change
+  // the model (e.g. a dense model instead of an MoE one), so it is an error; anything else (other
+  // transformers fields) is ignored with a warning.
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (known.count(it.key()) || kIgnoredHfKeys.count(it.key())) continue;
+    for (const auto& k : known)
+      if (edit_distance(it.key(), k) <= 2)
+        fail("{}: unknown key '{}' (did you mean '{}'?)", source, it.key(), k);
+    std::fprintf(stderr, "dsmoe: warning: %s: unknown config key '%s' ignored\n", source.c_str(), it.key().c_str());
+  }
 
   if (j.contains("model_type") && j["model_type"] != "deepseek")
     fail("{}: model_type must be \"deepseek\" (DeepSeekMoE), got {}", source, j["model_type"].dump());

@@ -113,6 +113,12 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
   clip_grads(model.grads(), r.grad_norm, tc.grad_clip);
   r.lr = learning_rate(tc, step);
   opt.step(model.params().data(), model.grads().data(), r.lr, step);
+  // A finite gradient can still give non-finite weights (an overflowing update, e.g. a huge learning
+  // rate): stop here, before such weights reach a checkpoint and replace the last good one.
+  const std::string bad = first_nonfinite(model.layout(), model.params());
+  if (!bad.empty())
+    fail("step {}: non-finite weight in tensor '{}' after the AdamW update (lr {}); training stopped", step, bad,
+         r.lr);
   return r;
 }
 
