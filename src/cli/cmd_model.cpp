@@ -139,42 +139,13 @@ void add_model_commands(CLI::App& app) {
       TokenSplit d = load_split(*data, *split);
       const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb);
+      if (!std::isfinite(loss)) fail("{}: evaluation loss is {} (the checkpoint's weights are not finite?)", *dir, loss);
       nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
                           {"tokens", nb * config.train.batch_size * config.train.seq_len}};
       std::printf("%s\n", j.dump().c_str());
     });
   }
-  // generate
-  {
-    auto* c = app.add_subcommand("generate", "sample text from a checkpoint");
-    auto dir = std::make_shared<std::string>();
-    auto prompt = std::make_shared<std::string>("The ");
-    auto tokenizer = std::make_shared<std::string>("bytes");
-    auto o = std::make_shared<SamplingOptions>();
-    auto seed = std::make_shared<uint64_t>(0);
-    c->add_option("--model", *dir, "run folder with checkpoint.safetensors and config.json")->required();
-    c->add_option("--prompt", *prompt, "prompt text")->capture_default_str();
-    c->add_option("--tokenizer", *tokenizer, "tokenizer (\"bytes\")")->capture_default_str();
-    c->add_option("--max-new-tokens", o->max_new_tokens)->capture_default_str();
-    c->add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
-    c->add_option("--top-k", o->top_k, "0 = off")->capture_default_str();
-    c->add_option("--top-p", o->top_p, "1 = off")->capture_default_str();
-    c->add_option("--seed", *seed)->capture_default_str();
-    c->callback([=] {
-      Config config = load_checkpoint_config(*dir);
-      Model model(config.model);
-      load_checkpoint(*dir, model, nullptr, nullptr);
-      const TextCodec codec = TextCodec::load(*tokenizer);
-      Rng rng(*seed);
-      std::printf("%s", prompt->c_str());
-      std::fflush(stdout);
-      generate(model, codec.encode(*prompt), *o, rng, [&](int32_t t) {
-        std::printf("%s", codec.decode({t}).c_str());
-        std::fflush(stdout);
-      });
-      std::printf("\n");
-    });
-  }
+  // generate: moved to cmd_infer.cpp (KV-cache engine, HF checkpoints)
   // info
   {
     auto* c = app.add_subcommand("info", "parameter and FLOP counts of a config");

@@ -4,7 +4,8 @@
 
 namespace dsmoe::cli {
 
-void add_model_commands(CLI::App& app);      // cmd_model.cpp: train, eval, generate, info, prepare
+void add_model_commands(CLI::App& app);      // cmd_model.cpp: train, eval, info, prepare
 void add_tokenizer_commands(CLI::App& app);  // cmd_tokenizer.cpp: tokenize, detokenize, tokenizer train
+void add_infer_commands(CLI::App& app);      // cmd_infer.cpp: generate, chat, score, export
 
 }  // namespace dsmoe::cli

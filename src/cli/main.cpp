@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   dsmoe::cli::add_model_commands(app);
   dsmoe::cli::add_tokenizer_commands(app);
+  dsmoe::cli::add_infer_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,5 +1,6 @@
 // Token sampling and autoregressive generation over the shared Model forward.
-// (Prefill + KV-cache decoding is the inference issue's work; this recomputes the window each token.)
+// generate() here recomputes the (sliding) window each token and is kept for the training-time sample;
+// the inference engine (infer/engine.h: prefill + KV cache, batches) is what the CLI uses.
 #pragma once
 #include <cstdint>
 #include <functional>

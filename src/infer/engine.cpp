@@ -1,0 +1,271 @@
+#include "infer/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/moe_layer.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/experts.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+
+namespace dsmoe {
+
+template <typename T>
+static void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+KvCache::KvCache(const ModelConfig& m, int64_t cap)
+    : layers(m.num_hidden_layers), capacity(cap), kv_dim(m.num_key_value_heads * m.head_dim()) {
+  if (cap <= 0 || cap > m.max_position_embeddings)
+    fail("KV cache capacity {} must be between 1 and max_position_embeddings ({})", cap, m.max_position_embeddings);
+  k.assign((size_t)(layers * capacity * kv_dim), 0.0f);
+  v.assign((size_t)(layers * capacity * kv_dim), 0.0f);
+}
+
+InferenceEngine::InferenceEngine(const Model& model) : model_(model), cfg_(model.config()) {
+  cfg_.capacity_factor = 0;  // dropless at inference
+  rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
+}
+
+void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::vector<float>& logits) {
+  const ModelConfig& m = cfg_;
+  const int64_t H = m.hidden_size, V = m.vocab_size, D = m.head_dim();
+  const int64_t Hq = m.num_attention_heads, Hkv = m.num_key_value_heads, qd = Hq * D, kvd = Hkv * D;
+  const float eps = (float)m.rms_norm_eps;
+  const ModelView& P = model_.weights();
+  int64_t N = 0;
+  for (const Segment& s : segs) {
+    DSMOE_ASSERT(s.cache && s.cache->kv_dim == kvd && s.cache->layers == m.num_hidden_layers, "KV cache of another model");
+    if (s.n <= 0) fail("inference step: a sequence has no new tokens");
+    if (s.cache->len + s.n > s.cache->capacity)
+      fail("sequence of {} tokens exceeds its KV cache capacity {} (max_position_embeddings {})", s.cache->len + s.n,
+           s.cache->capacity, m.max_position_embeddings);
+    N += s.n;
+  }
+  if (N == 0) {
+    logits.clear();
+    return;
+  }
+  grow(tokens_, N);
+  grow(pos_, N);
+  {
+    int64_t r = 0;
+    for (const Segment& s : segs)
+      for (int64_t i = 0; i < s.n; ++i, ++r) {
+        const int32_t t = s.tokens[i];
+        if (t < 0 || t >= V) fail("token id {} is outside the vocabulary [0, {})", t, V);
+        tokens_[r] = t;
+        pos_[r] = (int32_t)(s.cache->len + i);
+      }
+  }
+  grow(x_, N * H);
+  grow(ln_, N * H);
+  grow(q_, N * qd);
+  grow(k_, N * kvd);
+  grow(v_, N * kvd);
+  grow(att_, N * qd);
+  grow(h_, N * H);
+  grow(ffn_, N * H);
+  ops::embedding_forward(x_.data(), tokens_.data(), P.embed, N, H);
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
+    const LayerView& W = P.layers[l];
+    // Attention block.
+    ops::rmsnorm_forward(ln_.data(), nullptr, x_.data(), W.input_norm, N, H, eps);
+    ops::linear_forward(q_.data(), ln_.data(), W.q, N, H, qd);
+    ops::linear_forward(k_.data(), ln_.data(), W.k, N, H, kvd);
+    ops::linear_forward(v_.data(), ln_.data(), W.v, N, H, kvd);
+    ops::rope_forward(q_.data(), pos_.data(), rope_, N, Hq);
+    ops::rope_forward(k_.data(), pos_.data(), rope_, N, Hkv);
+    int64_t r0 = 0;
+    for (const Segment& s : segs) {
+      KvCache& c = *s.cache;
+      float* kc = c.k_at(l);
+      float* vc = c.v_at(l);
+      std::memcpy(kc + c.len * kvd, k_.data() + r0 * kvd, (size_t)(s.n * kvd) * 4);
+      std::memcpy(vc + c.len * kvd, v_.data() + r0 * kvd, (size_t)(s.n * kvd) * 4);
+      const ops::AttentionShape as{1, s.n, c.len + s.n, Hq, Hkv, D};
+      ops::attention_forward(att_.data() + r0 * qd, nullptr, q_.data() + r0 * qd, kc, vc, as);
+      r0 += s.n;
+    }
+    ops::linear_forward(h_.data(), att_.data(), W.o, N, qd, H);
+    for (int64_t i = 0; i < N * H; ++i) h_[i] += x_[i];
+    // FFN block.
+    ops::rmsnorm_forward(ln_.data(), nullptr, h_.data(), W.post_norm, N, H, eps);
+    if (m.is_moe_layer(l)) {
+      MoeStats stats;
+      if (N * m.num_experts_per_tok < m.n_routed_experts)
+        moe_forward_token_major(m, W, ln_.data(), tokens_.data(), N, ffn_.data(), stats);
+      else
+        moe_forward(m, W, ln_.data(), tokens_.data(), 1, N, false, ffn_.data(), moe_, stats);
+    } else {
+      const int64_t I = m.intermediate_size, all[2] = {0, N};
+      grow(gu_, N * 2 * I);
+      grow(act_, N * I);
+      ops::experts_forward(ffn_.data(), gu_.data(), act_.data(), ln_.data(), W.mlp_gate_up, W.mlp_down, all,
+                           ops::ExpertsShape{1, H, I});
+    }
+    for (int64_t i = 0; i < N * H; ++i) x_[i] = h_[i] + ffn_[i];
+  }
+  for (const Segment& s : segs) s.cache->len += s.n;
+  // Final norm and lm_head over the rows whose logits are wanted.
+  const float* rows = x_.data();
+  int64_t R = N;
+  if (!all_logits) {
+    R = (int64_t)segs.size();
+    grow(sel_, R * H);
+    int64_t r = 0, i = 0;
+    for (const Segment& s : segs) {
+      r += s.n;
+      std::memcpy(sel_.data() + i * H, x_.data() + (r - 1) * H, (size_t)H * 4);
+      ++i;
+    }
+    rows = sel_.data();
+  }
+  ops::rmsnorm_forward(ln_.data(), nullptr, rows, P.final_norm, R, H, eps);
+  logits.resize((size_t)(R * V));
+  ops::linear_forward(logits.data(), ln_.data(), P.lm_head, R, H, V);
+}
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Length: return "length";
+    case FinishReason::Eos: return "eos";
+    case FinishReason::Stop: return "stop";
+  }
+  return "?";
+}
+
+std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::vector<std::vector<int32_t>>& prompts,
+                                             const SamplingOptions& o, uint64_t seed,
+                                             const std::function<bool(int64_t, int32_t)>& on_token,
+                                             GenerationStats* stats) {
+  using clock = std::chrono::steady_clock;
+  GenerationStats st;
+  const ModelConfig& m = eng.config();
+  const int64_t V = m.vocab_size, S = (int64_t)prompts.size(), max_pos = m.max_position_embeddings;
+  std::vector<GenerationResult> res(S);
+  if (S == 0) return res;
+  std::vector<KvCache> caches;
+  caches.reserve(S);
+  std::vector<Rng> rngs;
+  std::vector<Segment> segs;
+  for (int64_t i = 0; i < S; ++i) {
+    const auto& p = prompts[i];
+    if (p.empty()) fail("generate: prompt {} is empty (give at least one token)", i);
+    if ((int64_t)p.size() > max_pos)
+      fail("generate: prompt {} has {} tokens, more than max_position_embeddings ({})", i, p.size(), max_pos);
+    caches.emplace_back(m, std::min<int64_t>(max_pos, (int64_t)p.size() + std::max<int64_t>(o.max_new_tokens, 0)));
+    rngs.emplace_back(seed);
+    segs.push_back(Segment{&caches[i], p.data(), (int64_t)p.size()});
+  }
+  if (o.max_new_tokens <= 0) return res;
+  std::vector<float> logits;
+  auto t0 = clock::now();
+  eng.step(segs, false, logits);
+  st.prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
+  for (const auto& p : prompts) st.prefill_tokens += (int64_t)p.size();
+  t0 = clock::now();
+  std::vector<int64_t> active(S);  // active[j] = sequence of logits row j
+  for (int64_t i = 0; i < S; ++i) active[i] = i;
+  std::vector<int32_t> next(S);
+  while (!active.empty()) {
+    std::vector<int64_t> still;
+    for (size_t j = 0; j < active.size(); ++j) {
+      const int64_t i = active[j];
+      const int32_t t = sample_token(logits.data() + j * V, V, o, rngs[i]);
+      res[i].tokens.push_back(t);
+      bool go = on_token ? on_token(i, t) : true;
+      if (t == o.eos_token) res[i].finish = FinishReason::Eos;
+      else if (!go) res[i].finish = FinishReason::Stop;
+      else if ((int64_t)res[i].tokens.size() >= o.max_new_tokens || caches[i].len + 1 >= max_pos)  // prompt + new <= max_pos
+        res[i].finish = FinishReason::Length;
+      else {
+        next[i] = t;
+        still.push_back(i);
+      }
+    }
+    active = still;
+    if (active.empty()) break;
+    segs.clear();
+    for (int64_t i : active) segs.push_back(Segment{&caches[i], &next[i], 1});
+    eng.step(segs, false, logits);
+    st.decode_steps++;
+    st.decode_tokens += (int64_t)active.size();
+  }
+  st.decode_s = std::chrono::duration<double>(clock::now() - t0).count();
+  if (stats) *stats = st;
+  return res;
+}
+
+GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const std::vector<int32_t>& input,
+                                   const SamplingOptions& o, Rng& rng, const std::function<bool(int32_t)>& on_token) {
+  const int64_t V = eng.config().vocab_size;
+  GenerationResult res;
+  if (input.empty()) fail("generate: no input tokens");
+  std::vector<float> logits;
+  Segment seg{&cache, input.data(), (int64_t)input.size()};
+  eng.step(std::span<const Segment>(&seg, 1), false, logits);
+  int32_t t = 0;
+  while (true) {
+    t = sample_token(logits.data(), V, o, rng);
+    res.tokens.push_back(t);
+    const bool go = on_token ? on_token(t) : true;
+    if (t == o.eos_token) {
+      res.finish = FinishReason::Eos;
+      break;
+    }
+    if (!go) {
+      res.finish = FinishReason::Stop;
+      break;
+    }
+    if ((int64_t)res.tokens.size() >= o.max_new_tokens || cache.len + 1 >= cache.capacity) {
+      res.finish = FinishReason::Length;
+      break;
+    }
+    seg = Segment{&cache, &t, 1};
+    eng.step(std::span<const Segment>(&seg, 1), false, logits);
+  }
+  // Keep the last sampled token in the cache too, so the next turn continues after it.
+  if (cache.len < cache.capacity) {
+    seg = Segment{&cache, &t, 1};
+    eng.step(std::span<const Segment>(&seg, 1), false, logits);
+  }
+  return res;
+}
+
+std::vector<double> score_tokens(InferenceEngine& eng, const std::vector<int32_t>& tokens, int64_t ctx) {
+  const ModelConfig& m = eng.config();
+  const int64_t V = m.vocab_size, n = (int64_t)tokens.size();
+  if (ctx <= 0) ctx = m.max_position_embeddings;
+  if (ctx < 2 || ctx > m.max_position_embeddings)
+    fail("score: context {} must be between 2 and max_position_embeddings ({})", ctx, m.max_position_embeddings);
+  std::vector<double> out;
+  if (n < 2) return out;
+  out.reserve(n - 1);
+  KvCache cache(m, std::min(ctx, n));
+  std::vector<float> logits;
+  for (int64_t s = 0; s + 1 < n; s += ctx - 1) {
+    const int64_t e = std::min(n, s + ctx);
+    cache.clear();
+    Segment seg{&cache, tokens.data() + s, e - s};
+    eng.step(std::span<const Segment>(&seg, 1), true, logits);
+    for (int64_t i = s; i + 1 < e; ++i) {
+      const float* row = logits.data() + (i - s) * V;
+      double mx = row[0];
+      for (int64_t j = 1; j < V; ++j) mx = std::max(mx, (double)row[j]);
+      double sum = 0;
+      for (int64_t j = 0; j < V; ++j) sum += std::exp((double)row[j] - mx);
+      out.push_back((double)row[tokens[i + 1]] - mx - std::log(sum));
+    }
+  }
+  return out;
+}
+
+}  // namespace dsmoe

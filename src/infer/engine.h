@@ -1,0 +1,107 @@
+// The inference forward: prefill and KV-cache decoding of several sequences at once, beside the
+// training forward (Model::forward). It drives the SAME ops (src/ops) and the same MoE layer code
+// (moe_forward / moe_forward_token_major) layer by layer, with explicit positions and a per-sequence
+// cache of the rotated keys and the values:
+//
+//   for each layer:  ln = rmsnorm(x); q,k,v = ln Wq, ln Wk, ln Wv; rope(q, k at their positions)
+//                    append k, v to each sequence's cache; attention of the new queries over the cache
+//                    (q_len < kv_len: the ops' contract); h = x + o(att); x = h + ffn(rmsnorm(h))
+//
+// The rows of all sequences are packed into one matrix for every projection and the MoE layer
+// (weights are read once per step for the whole batch); only attention runs per sequence, over its
+// own cache, so sequences of different lengths need no padding and a batch computes what each
+// sequence would compute alone (tested). The MoE layer is dropless here (no capacity limit at
+// inference, as the official model): the token-major path when a step has fewer (token, expert)
+// pairs than experts, the grouped path otherwise.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "infer/sampling.h"
+#include "model/model.h"
+#include "ops/rope.h"
+
+namespace dsmoe {
+
+// Rotated keys and values of one sequence, fp32: k, v [layers, capacity, kv_heads * head_dim].
+struct KvCache {
+  int64_t layers = 0, capacity = 0, kv_dim = 0;
+  int64_t len = 0;  // positions filled (the next token's position)
+  std::vector<float> k, v;
+  KvCache() = default;
+  KvCache(const ModelConfig& m, int64_t capacity);
+  float* k_at(int64_t layer) { return k.data() + layer * capacity * kv_dim; }
+  float* v_at(int64_t layer) { return v.data() + layer * capacity * kv_dim; }
+  void clear() { len = 0; }
+  int64_t bytes() const { return (int64_t)(k.size() + v.size()) * 4; }
+};
+
+// New tokens of one sequence in a step: they take positions cache->len, cache->len + 1, ...
+struct Segment {
+  KvCache* cache;
+  const int32_t* tokens;
+  int64_t n;
+};
+
+class InferenceEngine {
+ public:
+  explicit InferenceEngine(const Model& model);
+  const ModelConfig& config() const { return cfg_; }
+
+  // Runs the segments' tokens through the model and appends them to their caches. Logits rows
+  // (fp32, [rows, V]) go to `logits`: the last new token of each segment, or every new token when
+  // all_logits (segment order, token order within a segment).
+  void step(std::span<const Segment> segs, bool all_logits, std::vector<float>& logits);
+
+ private:
+  const Model& model_;
+  ModelConfig cfg_;
+  ops::RopeTable rope_;
+  // scratch, grown as needed
+  std::vector<int32_t> tokens_, pos_;
+  std::vector<float> x_, ln_, q_, k_, v_, att_, h_, ffn_, gu_, act_, sel_;
+  MoeActivations moe_;
+};
+
+// ---------- generation over the engine ----------
+
+enum class FinishReason { Length, Eos, Stop };
+const char* finish_reason_name(FinishReason r);
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // the new tokens (EOS included when it ended the sequence)
+  FinishReason finish = FinishReason::Length;
+};
+
+// Generates continuations of several prompts in one batch: one prefill step for all prompts, then
+// one decode step per token for the sequences still running. Sequence i samples with its own
+// generator Rng(seed) (so a batch gives each prompt what it would get alone with that seed).
+// on_token(i, token) is called as each token is produced (streaming); returning false stops that
+// sequence with FinishReason::Stop (stop strings are checked by the caller, who sees the text).
+// A sequence also stops at o.eos_token, after o.max_new_tokens, or when prompt + new tokens reach
+// max_position_embeddings.
+struct GenerationStats {
+  int64_t prefill_tokens = 0, decode_steps = 0, decode_tokens = 0;
+  double prefill_s = 0, decode_s = 0;  // wall time of the prefill step / of all decode steps (incl. sampling)
+};
+std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::vector<std::vector<int32_t>>& prompts,
+                                             const SamplingOptions& o, uint64_t seed,
+                                             const std::function<bool(int64_t, int32_t)>& on_token = {},
+                                             GenerationStats* stats = nullptr);
+
+// Continues one sequence whose cache already holds its context (chat): feeds `input` (>= 1 token),
+// then samples up to o.max_new_tokens. The cache keeps everything, the sampled tokens included.
+GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const std::vector<int32_t>& input,
+                                   const SamplingOptions& o, Rng& rng,
+                                   const std::function<bool(int32_t)>& on_token = {});
+
+// log p(tokens[t] | tokens[<t]) for t = 1..n-1 (n-1 values, fp64 log-softmax of fp32 logits), in
+// windows of at most `ctx` tokens (0 = max_position_embeddings) that overlap by one token, so every
+// token but the first is scored once; each window starts from an empty cache.
+std::vector<double> score_tokens(InferenceEngine& eng, const std::vector<int32_t>& tokens, int64_t ctx = 0);
+
+}  // namespace dsmoe

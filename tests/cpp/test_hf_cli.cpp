@@ -1,0 +1,200 @@
+// The inference subcommands end to end on a HF checkpoint folder written by `dsmoe export`:
+// generate (--prompt-ids --json, batched, text streaming), score (--ids-jsonl, --text-file),
+// chat (stdin), and export (run folder / HF folder -> HF folder). Outputs are checked against the
+// library (the library itself is checked against the PyTorch reference in test_hf_oracle.cpp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "infer/engine.h"
+#include "infer/hf_checkpoint.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+
+using namespace dsmoe;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct Out {
+  int rc;
+  std::string out, err;
+};
+
+Out run(const std::string& args, const std::string& stdin_text = "") {
+  static int k = 0;
+  const std::string base = test::tmp_path("hf_cli_" + std::to_string(k++));
+  std::string cmd = std::string(DSMOE_BINARY) + " " + args + " > " + base + ".out 2> " + base + ".err";
+  if (!stdin_text.empty()) {
+    write_file_atomic(base + ".in", stdin_text);
+    cmd += " < " + base + ".in";
+  } else {
+    cmd += " < /dev/null";
+  }
+  const int st = std::system(cmd.c_str());
+  Out o{WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_text_file(base + ".out"), read_text_file(base + ".err")};
+  return o;
+}
+
+// A byte-level (vocab 256) model as a dsmoe run folder and as its HF export.
+struct Fixture {
+  std::string run_dir, hf_dir;
+  Config cfg;
+  std::unique_ptr<Model> model;
+};
+
+Fixture& fixture() {
+  static Fixture f = [] {
+    Fixture f;
+    Config& c = f.cfg;
+    ModelConfig& m = c.model;
+    m.vocab_size = 256;
+    m.hidden_size = 32;
+    m.intermediate_size = 48;
+    m.moe_intermediate_size = 12;
+    m.num_hidden_layers = 2;
+    m.num_attention_heads = 4;
+    m.num_key_value_heads = 4;
+    m.n_shared_experts = 1;
+    m.n_routed_experts = 8;
+    m.num_experts_per_tok = 2;
+    m.first_k_dense_replace = 1;
+    m.max_position_embeddings = 96;
+    c.train.seq_len = 32;
+    validate(c, "cli");
+    f.model = std::make_unique<Model>(m);
+    Rng rng(11);
+    f.model->init_weights(rng, 0.3);
+    f.run_dir = test::tmp_path("hf_cli_run");
+    f.hf_dir = test::tmp_path("hf_cli_hf");
+    fs::remove_all(f.run_dir);
+    fs::remove_all(f.hf_dir);
+    save_checkpoint(f.run_dir, c, *f.model, nullptr, TrainState{});
+    return f;
+  }();
+  return f;
+}
+
+TEST(HfCli, ExportThenGenerateScoreAndChat) {
+  Fixture& f = fixture();
+  Out e = run("export --model " + f.run_dir + " --out " + f.hf_dir + " --shard-size 40KB");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_NE(e.out.find("shards"), std::string::npos) << e.out;
+  ASSERT_TRUE(fs::exists(f.hf_dir + "/model.safetensors.index.json"));
+  LoadedModel lm = load_model_dir(f.hf_dir);
+  ASSERT_EQ(std::memcmp(lm.model->params().data(), f.model->params().data(), f.model->params().size() * 4), 0);
+
+  InferenceEngine eng(*f.model);
+  SamplingOptions greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 7;
+  const std::vector<int32_t> p1 = {72, 101, 108, 108, 111}, p2 = {32, 116};
+  auto want = generate_batch(eng, {p1, p2}, greedy, 0);
+
+  // generate --prompt-ids --json: two prompts in one batch.
+  Out g = run("generate --model " + f.hf_dir + " --prompt-ids 72,101,108,108,111 --prompt-ids 32,116 "
+              "--temperature 0 --max-new-tokens 7 --json");
+  ASSERT_EQ(g.rc, 0) << g.err;
+  std::istringstream lines(g.out);
+  std::string line;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(std::getline(lines, line)) << g.out;
+    json j = json::parse(line);
+    EXPECT_EQ(j["index"], i);
+    EXPECT_EQ(j["ids"].get<std::vector<int32_t>>(), want[i].tokens) << line;
+    EXPECT_EQ(j["finish_reason"], "length");
+  }
+  // Text in, streamed text out (byte codec): prompt + 7 bytes + newline, same tokens.
+  Out t = run("generate --model " + f.hf_dir + " --prompt Hello --temperature 0 --max-new-tokens 7");
+  ASSERT_EQ(t.rc, 0) << t.err;
+  std::string expect = "Hello";
+  for (int32_t id : want[0].tokens) expect += (char)id;
+  EXPECT_EQ(t.out, expect + "\n");
+  // The run folder and the HF folder generate the same.
+  Out t2 = run("generate --model " + f.run_dir + " --prompt Hello --temperature 0 --max-new-tokens 7");
+  EXPECT_EQ(t2.out, t.out);
+  // Stop strings: the text stops before the first occurrence.
+  if (want[0].tokens.size() >= 3) {
+    const std::string stop(1, (char)want[0].tokens[2]);
+    Out s = run("generate --model " + f.hf_dir + " --prompt Hello --temperature 0 --max-new-tokens 7 --stop '" +
+                (stop == "'" ? std::string("x") : stop) + "' --json");
+    ASSERT_EQ(s.rc, 0) << s.err;
+    json j = json::parse(s.out);
+    if (stop != "'") {
+      EXPECT_EQ(j["finish_reason"], "stop");
+      EXPECT_EQ(j["text"].get<std::string>().find(stop), std::string::npos) << s.out;
+    }
+  }
+
+  // score --ids-jsonl: per-token log-probs equal score_tokens; mean NLL and perplexity.
+  const std::string ids = test::tmp_path("hf_cli_ids.jsonl");
+  write_file_atomic(ids, "[72, 101, 108, 108, 111, 32, 119]\n\n[1, 2, 3]\n");
+  Out sc = run("score --model " + f.hf_dir + " --ids-jsonl " + ids);
+  ASSERT_EQ(sc.rc, 0) << sc.err;
+  json js = json::parse(sc.out);
+  auto l1 = score_tokens(eng, {72, 101, 108, 108, 111, 32, 119}), l2 = score_tokens(eng, {1, 2, 3});
+  ASSERT_EQ(js["sequences"].size(), 2u);
+  auto got1 = js["sequences"][0]["logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(got1.size(), l1.size());
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_DOUBLE_EQ(got1[i], l1[i]);
+  double sum = 0;
+  for (double v : l1) sum += v;
+  for (double v : l2) sum += v;
+  EXPECT_EQ(js["tokens_scored"], 8);
+  EXPECT_NEAR(js["mean_nll"].get<double>(), -sum / 8, 1e-12);
+  EXPECT_NEAR(js["perplexity"].get<double>(), std::exp(-sum / 8), 1e-9 * std::exp(-sum / 8));
+  // score --text-file with the byte codec: the bytes are the ids.
+  const std::string txt = test::tmp_path("hf_cli_text.txt");
+  write_file_atomic(txt, "Hello w");
+  Out st = run("score --model " + f.hf_dir + " --text-file " + txt + " --ctx 4");
+  ASSERT_EQ(st.rc, 0) << st.err;
+  json jt = json::parse(st.out);
+  auto lt = score_tokens(eng, {72, 101, 108, 108, 111, 32, 119}, 4);
+  auto gt = jt["sequences"][0]["logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(gt.size(), lt.size());
+  for (size_t i = 0; i < lt.size(); ++i) EXPECT_DOUBLE_EQ(gt[i], lt[i]);
+  // Bad input is an error naming the file and line.
+  write_file_atomic(ids, "[1, 2]\n[1, 999]\n");
+  Out bad = run("score --model " + f.hf_dir + " --ids-jsonl " + ids);
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_NE(bad.err.find(ids + ":2: 999 is not a token id in [0, 256)"), std::string::npos) << bad.err;
+
+  // chat: each stdin line is a user turn in the DeepSeek format; the reply is the greedy
+  // continuation of "User: {msg}\n\nAssistant:" (no BOS with the byte codec).
+  Out c = run("chat --model " + f.hf_dir + " --temperature 0 --max-new-tokens 5", "Hi\nAgain\n");
+  ASSERT_EQ(c.rc, 0) << c.err;
+  std::string turn1 = "User: Hi\n\nAssistant:";
+  std::vector<int32_t> ctx(turn1.begin(), turn1.end());
+  KvCache cache(f.cfg.model, f.cfg.model.max_position_embeddings);
+  Rng rng(0);
+  greedy.max_new_tokens = 5;
+  auto r1 = continue_sequence(eng, cache, ctx, greedy, rng);
+  std::string turn2 = "User: Again\n\nAssistant:";
+  auto r2 = continue_sequence(eng, cache, std::vector<int32_t>(turn2.begin(), turn2.end()), greedy, rng);
+  std::string e1(r1.tokens.begin(), r1.tokens.end()), e2(r2.tokens.begin(), r2.tokens.end());
+  EXPECT_EQ(c.out, e1 + "\n" + e2 + "\n");
+}
+
+TEST(HfCli, ErrorsAreReported) {
+  Fixture& f = fixture();
+  Out a = run("generate --model " + test::tmp_path("no_such_model_dir") + " --prompt x");
+  EXPECT_EQ(a.rc, 1);
+  EXPECT_NE(a.err.find("not a folder"), std::string::npos) << a.err;
+  Out b = run("score --model " + f.run_dir);
+  EXPECT_EQ(b.rc, 1);
+  EXPECT_NE(b.err.find("exactly one of --text-file or --ids-jsonl"), std::string::npos) << b.err;
+  Out c = run("export --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_x") + " --dtype f8");
+  EXPECT_EQ(c.rc, 1);
+  EXPECT_NE(c.err.find("--dtype 'f8'"), std::string::npos) << c.err;
+}
+
+}  // namespace
