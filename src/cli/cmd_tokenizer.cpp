@@ -10,10 +10,12 @@
 #include <string>
 #include <vector>
 
+
 #include "cli/commands.h"
 #include "core/error.h"
 #include "tokenizer/bpe_trainer.h"
 #include "tokenizer/tokenizer.h"
+#include "train/data.h"
 
 namespace dsmoe::cli {
 
@@ -61,28 +63,6 @@ std::vector<std::string> read_inputs(const std::vector<std::string>& files, bool
       if (j.is_string()) out.push_back(j.get<std::string>());
       else if (j.is_object() && j.contains("text") && j["text"].is_string()) out.push_back(j["text"].get<std::string>());
       else fail("{}:{}: expected a JSON string (or an object with a \"text\" string)", path == "-" ? "<stdin>" : path, lineno);
-    }
-  }
-  return out;
-}
-
-// Brown corpus files ("word/tag word/tag ..."): the words, one paragraph per line.
-std::string detag_brown(const std::string& data) {
-  std::string out;
-  std::istringstream in(data);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ws(line);
-    std::string tok, sent;
-    while (ws >> tok) {
-      size_t slash = tok.rfind('/');
-      if (slash != std::string::npos && slash > 0) tok.resize(slash);
-      if (!sent.empty()) sent += ' ';
-      sent += tok;
-    }
-    if (!sent.empty()) {
-      out += sent;
-      out += '\n';
     }
   }
   return out;

