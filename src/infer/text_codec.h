@@ -1,17 +1,22 @@
-// Text <-> token ids for the CLI and corpus preparation. "bytes" is the byte-level codec (ids are the
-// UTF-8 bytes, vocab 256) used until a BPE tokenizer is configured.
+// Text <-> token ids for the CLI and corpus preparation: either the byte-level codec ("bytes": ids
+// are the UTF-8 bytes, vocab 256) or a Hugging Face tokenizer.json (src/tokenizer).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace dsmoe {
 
+namespace tok {
+class Tokenizer;
+}
+
 class TextCodec {
  public:
-  // "bytes" (the only codec so far; tokenizer.json support arrives with the tokenizer module).
+  // "bytes" or the path of a tokenizer.json.
   static TextCodec load(const std::string& spec);
-  std::vector<int32_t> encode(const std::string& text) const;
+  std::vector<int32_t> encode(const std::string& text) const;  // no BOS/EOS
   std::string decode(const std::vector<int32_t>& ids) const;
   int64_t vocab_size() const { return vocab_size_; }
   const std::string& spec() const { return spec_; }
@@ -19,6 +24,7 @@ class TextCodec {
  private:
   std::string spec_;
   int64_t vocab_size_ = 256;
+  std::shared_ptr<const tok::Tokenizer> tokenizer_;  // null for "bytes"
 };
 
 }  // namespace dsmoe

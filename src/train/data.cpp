@@ -29,6 +29,11 @@ TokenSplit load_split(const std::string& dir, const std::string& split) {
   }
   auto tk = f.metadata().find("tokenizer");
   s.tokenizer = tk == f.metadata().end() ? "bytes" : tk->second;
+  if (s.tokenizer != "bytes") {  // a tokenizer.json stored beside the splits (relative path)
+    fs::path tp = fs::path(s.tokenizer).is_absolute() ? fs::path(s.tokenizer) : fs::path(dir) / s.tokenizer;
+    if (!fs::exists(tp)) fail("{}: metadata 'tokenizer' names {}, which does not exist", path, tp.string());
+    s.tokenizer = tp.string();
+  }
   for (size_t i = 0; i < s.tokens.size(); ++i)
     if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
       fail("{}: token {} at index {} outside [0, vocab_size={})", path, s.tokens[i], i, s.vocab_size);

@@ -14,7 +14,7 @@ namespace dsmoe {
 struct TokenSplit {
   std::vector<int32_t> tokens;
   int64_t vocab_size = 0;
-  std::string tokenizer;  // "bytes" or a tokenizer.json path
+  std::string tokenizer;  // "bytes" or a tokenizer.json path (stored relative to the dataset folder)
 };
 
 // Loads DIR/<split>.safetensors; errors name the file and what is wrong.

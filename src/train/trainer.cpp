@@ -140,6 +140,8 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
   BatchSampler sampler(train_data, tc.batch_size, tc.seq_len, tc.seed ^ 0x5eedda7aULL);
   TrainState st;
   fs::create_directories(opt.out_dir);
+  if (train_data.tokenizer != "bytes")  // the run folder carries its tokenizer: generate/chat/score read text
+    fs::copy_file(train_data.tokenizer, fs::path(opt.out_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
   const std::string metrics_path = (fs::path(opt.out_dir) / "metrics.jsonl").string();
   if (opt.resume && checkpoint_exists(opt.out_dir)) {
     load_checkpoint(opt.out_dir, model, &optimizer, &st);
