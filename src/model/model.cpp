@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/buffers.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "ops/attention.h"
@@ -15,11 +16,6 @@
 
 namespace dsmoe {
 
-template <typename T>
-static void fit(std::vector<T>& v, size_t n) {
-  if (v.size() != n) v.resize(n);
-}
-static void zero(std::vector<float>& v, size_t n) { v.assign(n, 0.0f); }
 
 Model::Model(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg) {
   params_.assign(layout_.total(), 0.0f);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/buffers.h"
 #include "ops/balance_loss.h"
 #include "ops/experts.h"
 #include "ops/linear.h"
@@ -11,14 +12,6 @@
 
 namespace dsmoe {
 
-template <typename T>
-static void fit(std::vector<T>& v, size_t n) {
-  if (v.size() != n) v.resize(n);
-}
-template <typename T>
-static void zero(std::vector<T>& v, size_t n) {
-  v.assign(n, T(0));
-}
 
 static ops::BalanceShape balance_shape(const ModelConfig& m, int64_t B, int64_t T) {
   return ops::BalanceShape{B, T, m.n_routed_experts, m.num_experts_per_tok, m.seq_aux};

@@ -263,4 +263,18 @@ void byte_level_map(std::string_view s, std::string& out) {
   for (unsigned char b : s) out += t[b];
 }
 
+const std::string& hf_punctuation_class() {
+  static const std::string cls = [] {
+    UErrorCode err = U_ZERO_ERROR;
+    icu::UnicodeSet set(icu::UnicodeString("[[:P:]&[:age=8.0:]]"), err);
+    if (U_FAILURE(err)) fail("ICU: cannot build the punctuation set: {}", u_errorName(err));
+    set.add(0x21, 0x2f).add(0x3a, 0x40).add(0x5b, 0x60).add(0x7b, 0x7e);  // ASCII punctuation (Rust's is_ascii_punctuation)
+    std::string out = "[";
+    for (int32_t i = 0; i < set.getRangeCount(); ++i)
+      out += fmt::format("\\x{{{:x}}}-\\x{{{:x}}}", (uint32_t)set.getRangeStart(i), (uint32_t)set.getRangeEnd(i));
+    return out + "]";
+  }();
+  return cls;
+}
+
 }  // namespace dsmoe::tok

@@ -63,6 +63,10 @@ bool strip_marks(std::string_view s, std::string& out);
 
 // Unicode White_Space (Rust's char::is_whitespace, regex \s).
 bool is_whitespace(char32_t c);
+// The character class HF's Punctuation pre-tokenizer splits on, as a PCRE2 class "[...]": ASCII
+// punctuation plus general category P* as of Unicode 8.0 (the data of the Rust crate HF uses, probed
+// against HF over every P and S character; PCRE2 would also split e.g. U+2E5B, added in Unicode 14).
+const std::string& hf_punctuation_class();
 // Rust regex \w: Alphabetic, M, Nd, Pc, Join_Control.
 bool is_word_char(char32_t c);
 
