@@ -1,7 +1,8 @@
 // OpenBLAS kernel selection. OpenBLAS picks its kernels when the library loads, from
 // $OPENBLAS_CORETYPE or its own CPU detection — and the detection of Debian 12's OpenBLAS (0.3.21)
-// does not know AMD Zen 5 and falls back to the SSE "Prescott" kernels: ~5x slower SGEMM than the
-// AVX-512 ones (measured 21 vs 110 GFLOP/s on one core). Since the choice happens before main(),
+// does not know newer CPUs (AMD Zen 5, recent Xeons such as this project's machines) and falls back
+// to the SSE "Prescott" kernels: ~5x slower SGEMM than the AVX-512 ones (measured 21 vs 110
+// GFLOP/s on one core). Since the choice happens before main(),
 // a process that finds the variable unset sets it from the CPU's features and re-executes itself
 // once. An explicit user setting is always respected.
 #pragma once
