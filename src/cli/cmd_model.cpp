@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "infer/engine.h"
 #include "infer/sampling.h"
 #include "infer/text_codec.h"
 #include "io/safetensors.h"
@@ -79,12 +80,13 @@ void print_sample(Model& model, const std::string& tokenizer, const std::string&
   SamplingOptions o;
   o.max_new_tokens = n;
   o.top_k = 40;
-  Rng rng(seed);
+  InferenceEngine engine(model);
   std::printf("sample> %s", prompt.c_str());
   std::fflush(stdout);
-  generate(model, codec.encode(prompt), o, rng, [&](int32_t t) {
+  generate_batch(engine, {codec.encode(prompt)}, o, seed, [&](int64_t, int32_t t) {
     std::printf("%s", codec.decode({t}).c_str());
     std::fflush(stdout);
+    return true;
   });
   std::printf("\n");
 }

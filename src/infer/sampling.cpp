@@ -4,8 +4,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "core/error.h"
-#include "model/model.h"
 
 namespace dsmoe {
 
@@ -37,22 +35,6 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, R
     if (u < 0) return idx[i];
   }
   return idx[keep - 1];
-}
-
-std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt, const SamplingOptions& o, Rng& rng,
-                              const std::function<void(int32_t)>& on_token) {
-  if (prompt.empty()) fail("generate: the prompt is empty (give at least one token)");
-  const int64_t V = model.config().vocab_size, window = model.config().max_position_embeddings;
-  std::vector<int32_t> seq = prompt;
-  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
-    const int64_t T = std::min<int64_t>((int64_t)seq.size(), window);
-    model.forward(seq.data() + seq.size() - T, nullptr, 1, T, false);
-    const int32_t next = sample_token(model.logits() + (T - 1) * V, V, o, rng);
-    seq.push_back(next);
-    if (on_token) on_token(next);
-    if (next == o.eos_token) break;
-  }
-  return seq;
 }
 
 }  // namespace dsmoe

@@ -1,16 +1,12 @@
-// Token sampling and autoregressive generation over the shared Model forward.
-// generate() here recomputes the (sliding) window each token and is kept for the training-time sample;
-// the inference engine (infer/engine.h: prefill + KV cache, batches) is what the CLI uses.
+// Token sampling: the options and the choice of the next token from a row of logits. Generation
+// itself (prefill + KV-cache decoding, batches) is infer/engine.h.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "core/rng.h"
 
 namespace dsmoe {
-
-class Model;
 
 struct SamplingOptions {
   double temperature = 0.8;  // 0 = greedy
@@ -22,9 +18,5 @@ struct SamplingOptions {
 
 // Picks the next token from logits [V]. Greedy ties go to the lowest id.
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, Rng& rng);
-
-// Extends `prompt`; on_token is called with every new token as it is produced (streaming).
-std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt, const SamplingOptions& o, Rng& rng,
-                              const std::function<void(int32_t)>& on_token = {});
 
 }  // namespace dsmoe
