@@ -2,6 +2,7 @@
 //   ./build/dsmoe_bench --benchmark_filter=Ceiling       SGEMM GFLOP/s (1, 2 threads), read GB/s
 //   ./build/dsmoe_bench --benchmark_filter=Moe           MoE layer forward+backward
 //   ./build/dsmoe_bench --benchmark_filter=TrainStep     a whole training step
+//   ./build/dsmoe_bench --benchmark_filter=Infer         bf16/q8/q4 decode + prefill, 16B expert shapes (bench/infer_bench.sh)
 // Each kernel reports GFLOP/s; compare with the Ceiling rows of the same run (shared machines are noisy).
 #include <benchmark/benchmark.h>
 

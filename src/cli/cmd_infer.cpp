@@ -1,5 +1,5 @@
 // Inference subcommands over a model folder (a Hugging Face DeepSeekMoE checkpoint or a dsmoe run
-// folder): generate, chat, score, export.
+// folder): generate, chat, score, export, quantize.
 #include <unistd.h>
 
 #include <chrono>
@@ -11,12 +11,14 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <algorithm>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
+#include "infer/infer_weights.h"
 #include "infer/sampling.h"
 #include "infer/text_codec.h"
 #include "io/safetensors.h"
@@ -194,21 +196,28 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-LoadedModel load_for_inference(const std::string& dir, bool verbose) {
+// dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
+// checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading).
+InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, bool verbose) {
   const double t0 = now_s();
-  LoadedModel lm = load_model_dir(dir);
+  std::optional<ops::WType> type;
+  if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
+  InferenceModel im = load_inference_model(dir, type);
   if (verbose)
-    std::fprintf(stderr, "loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16), %.2f GB on disk -> %.2f GB fp32, %.2f s\n",
-                 dir.c_str(), (long long)lm.report.tensors, (long long)lm.report.files, (long long)lm.report.f32,
-                 (long long)lm.report.bf16, (long long)lm.report.f16, lm.report.bytes_read / 1e9,
-                 lm.model->params().size() * 4.0 / 1e9, now_s() - t0);
-  return lm;
+    std::fprintf(stderr,
+                 "loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
+                 "disk -> %.2f GB %s, %.2f s\n",
+                 dir.c_str(), (long long)im.report.tensors, (long long)im.report.files, (long long)im.report.f32,
+                 (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
+                 im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
+                 now_s() - t0);
+  return im;
 }
 
 // ---------------------------------------------------------------- generate
 
 struct GenerateArgs {
-  std::string dir, tokenizer;
+  std::string dir, tokenizer, dtype = "auto";
   std::vector<std::string> prompts, prompt_ids;
   std::string prompts_file;
   bool json_out = false, verbose = false, no_special = false;
@@ -216,7 +225,7 @@ struct GenerateArgs {
 };
 
 void cmd_generate(const GenerateArgs& a) {
-  LoadedModel lm = load_for_inference(a.dir, a.verbose);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.verbose);
   const ModelConfig& m = lm.config.model;
   TextIO io = load_text_io(a.dir, a.tokenizer, m);
   std::vector<std::vector<int32_t>> prompts;
@@ -244,7 +253,7 @@ void cmd_generate(const GenerateArgs& a) {
   }
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos;
-  InferenceEngine eng(*lm.model);
+  InferenceEngine eng(*lm.weights);
   const bool stream = !a.json_out && prompts.size() == 1;
   std::vector<TextStream> streams;
   for (size_t i = 0; i < prompts.size(); ++i) streams.emplace_back(io, a.s.stops);
@@ -292,19 +301,19 @@ void cmd_generate(const GenerateArgs& a) {
 // ---------------------------------------------------------------- chat
 
 struct ChatArgs {
-  std::string dir, tokenizer, system;
+  std::string dir, tokenizer, system, dtype = "auto";
   SamplingArgs s;
 };
 
 // DeepSeek chat format (deepseek-moe-16b-chat's template):
 //   <BOS>[system\n\n]User: {msg}\n\nAssistant: {reply}<EOS>User: {msg}\n\nAssistant:
 void cmd_chat(const ChatArgs& a) {
-  LoadedModel lm = load_for_inference(a.dir, false);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, false);
   const ModelConfig& m = lm.config.model;
   TextIO io = load_text_io(a.dir, a.tokenizer, m);
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos;
-  InferenceEngine eng(*lm.model);
+  InferenceEngine eng(*lm.weights);
   KvCache cache(m, m.max_position_embeddings);
   Rng rng(a.s.seed);
   const bool tty = isatty(0);
@@ -347,14 +356,14 @@ void cmd_chat(const ChatArgs& a) {
 // ---------------------------------------------------------------- score
 
 struct ScoreArgs {
-  std::string dir, tokenizer, text_file, ids_jsonl;
+  std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto";
   int64_t ctx = 0;
   bool summary = false, no_special = false;
 };
 
 void cmd_score(const ScoreArgs& a) {
   if (a.text_file.empty() == a.ids_jsonl.empty()) fail("score: give exactly one of --text-file or --ids-jsonl");
-  LoadedModel lm = load_for_inference(a.dir, false);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, false);
   const ModelConfig& m = lm.config.model;
   std::vector<std::vector<int32_t>> seqs;
   if (!a.text_file.empty()) {
@@ -383,7 +392,7 @@ void cmd_score(const ScoreArgs& a) {
       seqs.push_back(std::move(ids));
     }
   }
-  InferenceEngine eng(*lm.model);
+  InferenceEngine eng(*lm.weights);
   json out_seqs = json::array();
   double total = 0;
   int64_t n = 0;
@@ -405,6 +414,7 @@ void cmd_score(const ScoreArgs& a) {
   const double dt = now_s() - t0;
   const double nll = n ? -total / (double)n : 0.0;
   json j = {{"tokens_scored", n}, {"mean_nll", nll}, {"perplexity", std::exp(nll)},
+            {"dtype", ops::wtype_name(lm.weights->type())},
             {"ctx", a.ctx > 0 ? a.ctx : m.max_position_embeddings}, {"seconds", dt}, {"sequences", out_seqs}};
   std::printf("%s\n", j.dump().c_str());
 }
@@ -425,6 +435,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to text prompts");
     c->add_flag("--json", a->json_out, "one JSON object per prompt: ids, text, finish_reason");
     c->add_flag("--verbose", a->verbose, "load and speed statistics on stderr");
+    c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_generate(*a); });
   }
@@ -438,6 +449,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_option("--model", a->dir, "model folder")->required();
     c->add_option("--tokenizer", a->tokenizer, "tokenizer.json, or \"bytes\" (default: the model folder's)");
     c->add_option("--system", a->system, "system prompt");
+    c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_chat(*a); });
   }
@@ -451,8 +463,38 @@ void add_infer_commands(CLI::App& app) {
     c->add_option("--tokenizer", a->tokenizer, "tokenizer.json, or \"bytes\" (default: the model folder's)");
     c->add_option("--ctx", a->ctx, "window length (default max_position_embeddings); windows overlap by one token");
     c->add_flag("--summary", a->summary, "omit the per-token log-probabilities");
+    c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
     c->callback([a] { cmd_score(*a); });
+  }
+  // quantize
+  {
+    auto* c = app.add_subcommand("quantize", "write a q8 / q4 weight-quantized copy of a model folder");
+    auto dir = std::make_shared<std::string>();
+    auto out = std::make_shared<std::string>();
+    auto type = std::make_shared<std::string>();
+    auto shard = std::make_shared<std::string>("2GiB");
+    c->add_option("--model", *dir, "model folder: HF checkpoint, dsmoe run folder (or a quantized folder)")->required();
+    c->add_option("--out", *out, "output folder (written to a temporary folder, then renamed into place)")->required();
+    c->add_option("--type", *type, "q8 (int8, llama.cpp Q8_0-like) or q4 (4-bit, Q4_0-like); blocks of 32")->required();
+    c->add_option("--shard-size", *shard, "largest shard, e.g. 2GiB, 500MB")->capture_default_str();
+    c->callback([=] {
+      const ops::WType t = ops::parse_wtype(*type, "--type (q8 or q4)");
+      if (t != ops::WType::Q8 && t != ops::WType::Q4) fail("--type '{}': expected q8 or q4", *type);
+      const fs::path in_p = fs::weakly_canonical(fs::absolute(*dir)), out_p = fs::weakly_canonical(fs::absolute(*out));
+      if (in_p == out_p) fail("quantize: --out must differ from --model (the source is never modified)");
+      if (std::mismatch(in_p.begin(), in_p.end(), out_p.begin(), out_p.end()).first == in_p.end())
+        fail("quantize: --out {} lies inside --model {}", *out, *dir);
+      ExportOptions o;
+      o.max_shard_bytes = parse_size(*shard);
+      const fs::path tok = fs::path(*dir) / "tokenizer.json";
+      if (fs::exists(tok)) o.tokenizer = tok.string();
+      const double t0 = now_s();
+      InferenceModel im = load_inference_model(*dir, t);
+      const int64_t n = write_quantized(*out, im.config, *im.weights, o);
+      std::printf("quantized %s -> %s (%s, %.3f GB of weights, %lld shard%s, %.1f s)\n", dir->c_str(), out->c_str(),
+                  type->c_str(), im.weights->bytes() / 1e9, (long long)n, n == 1 ? "" : "s", now_s() - t0);
+    });
   }
   // export
   {

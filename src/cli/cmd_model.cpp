@@ -162,16 +162,40 @@ void add_model_commands(CLI::App& app) {
     c->add_option("--data", *data, "prepared data folder")->required();
     c->add_option("--split", *split, "split to evaluate")->capture_default_str();
     c->add_option("--batches", *batches, "evaluation batches (default: training.eval_batches)");
+    // The paper's expert-specialization analyses (section 4.5): change the routing at evaluation.
+    auto ovr = std::make_shared<RoutingOverride>();
+    auto stats_file = std::make_shared<std::string>();
+    c->add_option("--disable-top", ovr->disable_top,
+                  "per token, disable the N routed experts with the highest routing probability, then route to the "
+                  "top-k of the rest");
+    c->add_option("--top-k", ovr->top_k, "activate K routed experts per token (default: the config's num_experts_per_tok)");
+    c->add_flag("--drop-shared", ovr->drop_shared, "skip the shared experts");
+    c->add_option("--routing-stats", *stats_file,
+                  "write per-layer routing statistics (load, entropy, co-occurrence, locality) to this JSON file");
     c->callback([=] {
       Config config = load_checkpoint_config(*dir);
       Model model(config.model);
       load_checkpoint(*dir, model, nullptr, nullptr);
+      model.set_routing_override(*ovr);
+      RoutingStats stats;
+      if (!stats_file->empty()) {
+        if (!config.model.is_moe()) fail("--routing-stats: {} is a dense model (no routing)", *dir);
+        model.set_routing_stats(&stats);
+      }
       TokenSplit d = load_split(*data, *split);
       const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb);
       if (!std::isfinite(loss)) fail("{}: evaluation loss is {} (the checkpoint's weights are not finite?)", *dir, loss);
       nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
                           {"tokens", nb * config.train.batch_size * config.train.seq_len}};
+      if (ovr->active()) j["routing_override"] = routing_override_json(config.model, *ovr);
+      if (!stats_file->empty()) {
+        nlohmann::json r = j;
+        r["model"] = *dir;
+        r["routing_override"] = routing_override_json(config.model, *ovr);
+        r["routing"] = routing_stats_json(stats);
+        write_file_atomic(*stats_file, r.dump(1) + "\n");
+      }
       std::printf("%s\n", j.dump().c_str());
     });
   }

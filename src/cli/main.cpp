@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   dsmoe::cli::add_model_commands(app);
   dsmoe::cli::add_tokenizer_commands(app);
   dsmoe::cli::add_infer_commands(app);
+  dsmoe::cli::add_plot_commands(app);
+  dsmoe::cli::add_experiment_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,11 +6,11 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "model/moe_layer.h"
+#include "model/decoder_layer.h"
+#include "model/moe_infer.h"
 #include "ops/attention.h"
-#include "ops/embedding.h"
 #include "ops/experts.h"
-#include "ops/linear.h"
+#include "ops/qlinear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 
@@ -29,8 +29,14 @@ KvCache::KvCache(const ModelConfig& m, int64_t cap)
   v.assign((size_t)(layers * capacity * kv_dim), 0.0f);
 }
 
-InferenceEngine::InferenceEngine(const Model& model) : model_(model), cfg_(model.config()) {
+InferenceEngine::InferenceEngine(const Model& model)
+    : view_(std::make_unique<InferenceWeights>(InferenceWeights::view(model))), W_(view_.get()), cfg_(model.config()) {
   cfg_.capacity_factor = 0;  // dropless at inference
+  rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
+}
+
+InferenceEngine::InferenceEngine(const InferenceWeights& weights) : W_(&weights), cfg_(weights.config()) {
+  cfg_.capacity_factor = 0;
   rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
 }
 
@@ -38,8 +44,7 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
   const ModelConfig& m = cfg_;
   const int64_t H = m.hidden_size, V = m.vocab_size, D = m.head_dim();
   const int64_t Hq = m.num_attention_heads, Hkv = m.num_key_value_heads, qd = Hq * D, kvd = Hkv * D;
-  const float eps = (float)m.rms_norm_eps;
-  const ModelView& P = model_.weights();
+  const InferenceWeights& P = *W_;
   int64_t N = 0;
   for (const Segment& s : segs) {
     DSMOE_ASSERT(s.cache && s.cache->kv_dim == kvd && s.cache->layers == m.num_hidden_layers, "KV cache of another model");
@@ -73,45 +78,37 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
   grow(att_, N * qd);
   grow(h_, N * H);
   grow(ffn_, N * H);
-  ops::embedding_forward(x_.data(), tokens_.data(), P.embed, N, H);
+  for (int64_t r = 0; r < N; ++r) ops::dequantize_rows(x_.data() + r * H, P.embed(), tokens_[r], 1);  // embedding
   for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
-    const LayerView& W = P.layers[l];
-    // Attention block.
-    ops::rmsnorm_forward(ln_.data(), nullptr, x_.data(), W.input_norm, N, H, eps);
-    ops::linear_forward(q_.data(), ln_.data(), W.q, N, H, qd);
-    ops::linear_forward(k_.data(), ln_.data(), W.k, N, H, kvd);
-    ops::linear_forward(v_.data(), ln_.data(), W.v, N, H, kvd);
-    ops::rope_forward(q_.data(), pos_.data(), rope_, N, Hq);
-    ops::rope_forward(k_.data(), pos_.data(), rope_, N, Hkv);
-    int64_t r0 = 0;
-    for (const Segment& s : segs) {
-      KvCache& c = *s.cache;
-      float* kc = c.k_at(l);
-      float* vc = c.v_at(l);
-      std::memcpy(kc + c.len * kvd, k_.data() + r0 * kvd, (size_t)(s.n * kvd) * 4);
-      std::memcpy(vc + c.len * kvd, v_.data() + r0 * kvd, (size_t)(s.n * kvd) * 4);
-      const ops::AttentionShape as{1, s.n, c.len + s.n, Hq, Hkv, D};
-      ops::attention_forward(att_.data() + r0 * qd, nullptr, q_.data() + r0 * qd, kc, vc, as);
-      r0 += s.n;
-    }
-    ops::linear_forward(h_.data(), att_.data(), W.o, N, qd, H);
-    for (int64_t i = 0; i < N * H; ++i) h_[i] += x_[i];
-    // FFN block.
-    ops::rmsnorm_forward(ln_.data(), nullptr, h_.data(), W.post_norm, N, H, eps);
-    if (m.is_moe_layer(l)) {
-      MoeStats stats;
-      if (N * m.num_experts_per_tok < m.n_routed_experts)
-        moe_forward_token_major(m, W, ln_.data(), tokens_.data(), N, ffn_.data(), stats);
-      else
-        moe_forward(m, W, ln_.data(), tokens_.data(), 1, N, false, ffn_.data(), moe_, stats);
-    } else {
-      const int64_t I = m.intermediate_size, all[2] = {0, N};
-      grow(gu_, N * 2 * I);
-      grow(act_, N * I);
-      ops::experts_forward(ffn_.data(), gu_.data(), act_.data(), ln_.data(), W.mlp_gate_up, W.mlp_down, all,
-                           ops::ExpertsShape{1, H, I});
-    }
-    for (int64_t i = 0; i < N * H; ++i) x_[i] = h_[i] + ffn_[i];
+    const InferenceWeights::Layer& W = P.layer(l);
+    // Append each sequence's new keys/values to its cache, then attend over the cache.
+    const auto attend = [&](float* att, const float* q, const float* k, const float* v) {
+      int64_t r0 = 0;
+      for (const Segment& s : segs) {
+        KvCache& c = *s.cache;
+        float* kc = c.k_at(l);
+        float* vc = c.v_at(l);
+        std::memcpy(kc + c.len * kvd, k + r0 * kvd, (size_t)(s.n * kvd) * 4);
+        std::memcpy(vc + c.len * kvd, v + r0 * kvd, (size_t)(s.n * kvd) * 4);
+        const ops::AttentionShape as{1, s.n, c.len + s.n, Hq, Hkv, D};
+        ops::attention_forward(att + r0 * qd, nullptr, q + r0 * qd, kc, vc, as);
+        r0 += s.n;
+      }
+    };
+    const auto ffn = [&](float* out, const float* x) {
+      if (m.is_moe_layer(l)) {
+        MoeStats stats;
+        moe_infer(m, W.moe, x, tokens_.data(), N, out, stats, moe_);
+      } else {
+        grow(gu_, N * 2 * m.intermediate_size);
+        grow(act_, N * m.intermediate_size);
+        ops::swiglu_mlp_forward(out, gu_.data(), act_.data(), x, W.mlp_gate_up, W.mlp_down, N);
+      }
+    };
+    // ln1 and ln2 share ln_, the output overwrites x_ (both allowed by DecoderLayerBuffers).
+    const DecoderLayerBuffers buf{x_.data(), ln_.data(), nullptr, q_.data(), k_.data(), v_.data(), att_.data(),
+                                  h_.data(), ln_.data(), nullptr, ffn_.data(), x_.data()};
+    decoder_layer_forward(m, W.attn, N, pos_.data(), rope_, buf, attend, ffn);
   }
   for (const Segment& s : segs) s.cache->len += s.n;
   // Final norm and lm_head over the rows whose logits are wanted.
@@ -128,9 +125,9 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
     }
     rows = sel_.data();
   }
-  ops::rmsnorm_forward(ln_.data(), nullptr, rows, P.final_norm, R, H, eps);
+  ops::rmsnorm_forward(ln_.data(), nullptr, rows, P.final_norm(), R, H, (float)m.rms_norm_eps);
   logits.resize((size_t)(R * V));
-  ops::linear_forward(logits.data(), ln_.data(), P.lm_head, R, H, V);
+  ops::qlinear_forward(logits.data(), ln_.data(), P.lm_head(), R);
 }
 
 const char* finish_reason_name(FinishReason r) {

@@ -1,26 +1,25 @@
-// The inference forward: prefill and KV-cache decoding of several sequences at once, beside the
-// training forward (Model::forward). It drives the SAME ops (src/ops) and the same MoE layer code
-// (moe_forward / moe_forward_token_major) layer by layer, with explicit positions and a per-sequence
-// cache of the rotated keys and the values:
-//
-//   for each layer:  ln = rmsnorm(x); q,k,v = ln Wq, ln Wk, ln Wv; rope(q, k at their positions)
-//                    append k, v to each sequence's cache; attention of the new queries over the cache
-//                    (q_len < kv_len: the ops' contract); h = x + o(att); x = h + ffn(rmsnorm(h))
-//
+// The inference forward: prefill and KV-cache decoding of several sequences at once. Each layer is
+// the decoder layer shared with training (model/decoder_layer.h) with the inference strategies:
+//   attention  per sequence over its own cache of the rotated keys and the values (the new rows are
+//              appended first; q_len < kv_len, the ops' contract), so sequences of different lengths
+//              need no padding and a batch computes what each sequence would compute alone (tested);
+//   weights    the InferenceWeights' storage (fp32, bf16, q8, q4): every projection is the one linear
+//              kernel of that storage (ops/qlinear.h): a GEMV streaming the weights once for decode
+//              steps, dequantized tiles + SGEMM for prefill;
+//   FFN        dense SwiGLU or the dropless inference MoE layer (model/moe_infer.h: token-major when a
+//              step has fewer (token, expert) pairs than experts, grouped by expert otherwise).
 // The rows of all sequences are packed into one matrix for every projection and the MoE layer
-// (weights are read once per step for the whole batch); only attention runs per sequence, over its
-// own cache, so sequences of different lengths need no padding and a batch computes what each
-// sequence would compute alone (tested). The MoE layer is dropless here (no capacity limit at
-// inference, as the official model): the token-major path when a step has fewer (token, expert)
-// pairs than experts, the grouped path otherwise.
+// (weights are read once per step for the whole batch).
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "infer/infer_weights.h"
 #include "infer/sampling.h"
 #include "model/model.h"
 #include "ops/rope.h"
@@ -49,8 +48,12 @@ struct Segment {
 
 class InferenceEngine {
  public:
+  // fp32, viewing the model's parameters (no copy); the model must outlive the engine.
   explicit InferenceEngine(const Model& model);
+  // Any storage; the weights must outlive the engine.
+  explicit InferenceEngine(const InferenceWeights& weights);
   const ModelConfig& config() const { return cfg_; }
+  const InferenceWeights& weights() const { return *W_; }
 
   // Runs the segments' tokens through the model and appends them to their caches. Logits rows
   // (fp32, [rows, V]) go to `logits`: the last new token of each segment, or every new token when
@@ -58,13 +61,14 @@ class InferenceEngine {
   void step(std::span<const Segment> segs, bool all_logits, std::vector<float>& logits);
 
  private:
-  const Model& model_;
+  std::unique_ptr<InferenceWeights> view_;  // the fp32 view when built from a Model
+  const InferenceWeights* W_;
   ModelConfig cfg_;
   ops::RopeTable rope_;
   // scratch, grown as needed
   std::vector<int32_t> tokens_, pos_;
   std::vector<float> x_, ln_, q_, k_, v_, att_, h_, ffn_, gu_, act_, sel_;
-  MoeActivations moe_;
+  MoeInferScratch moe_;
 };
 
 // ---------- generation over the engine ----------

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <unistd.h>
 
 #include "core/error.h"
 
@@ -20,6 +22,7 @@ namespace {
 const char* kIndex = "model.safetensors.index.json";
 const char* kSingle = "model.safetensors";
 const char* kRunCkpt = "checkpoint.safetensors";
+const char* kQuantMethod = "dsmoe";
 
 std::string join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
@@ -126,80 +129,243 @@ ModelDirKind model_dir_kind(const std::string& dir) {
   fail("{}: no weights found (expected {}, {} with its shards, or a dsmoe {})", dir, kSingle, kIndex, kRunCkpt);
 }
 
-LoadReport load_hf_weights(const std::string& dir, Model& model) {
-  const ModelDirKind kind = model_dir_kind(dir);
-  const ParamLayout& layout = model.layout();
-  std::map<std::string, const HfTensor*> expected;
-  for (const auto& t : layout.hf_tensors()) expected[t.name] = &t;
-
-  // file -> the expected tensors it must hold
-  std::map<std::string, std::vector<const HfTensor*>> plan;
-  std::vector<std::string> order;  // files in first-use order
-  auto assign = [&](const std::string& file, const HfTensor* t) {
-    if (!plan.count(file)) order.push_back(file);
-    plan[file].push_back(t);
+std::optional<ops::WType> stored_quantization(const std::string& dir) {
+  const std::string path = join(dir, "config.json");
+  const json j = parse_json_file(path);
+  if (!j.is_object() || !j.contains("quantization_config") || j["quantization_config"].is_null()) return std::nullopt;
+  const json& q = j["quantization_config"];
+  auto field = [&](const char* key) -> const json& {
+    if (!q.is_object() || !q.contains(key))
+      fail("{}: quantization_config.{} is missing (expected a dsmoe quantization_config, see `dsmoe quantize`)", path, key);
+    return q[key];
   };
-  const std::string index_path = join(dir, kIndex);
-  if (kind == ModelDirKind::HfSharded) {
-    json idx = parse_json_file(index_path);
-    if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
-      fail("{}: expected an object with a 'weight_map' object {{tensor name: shard file}}", index_path);
-    const json& wm = idx["weight_map"];
-    for (auto it = wm.begin(); it != wm.end(); ++it) {
-      if (!it->is_string()) fail("{}: weight_map['{}'] must be a file name string, got {}", index_path, it.key(), it->dump());
-      const std::string f = it->get<std::string>();
-      if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
-        fail("{}: weight_map['{}'] = \"{}\" is not a file name in the checkpoint folder", index_path, it.key(), f);
-      if (!expected.count(it.key()) && !ignorable(it.key()))
-        fail("{}: unexpected tensor '{}' (not part of a DeepSeekMoE model with this config.json)", index_path, it.key());
-    }
-    for (const auto& t : layout.hf_tensors()) {
-      auto it = wm.find(t.name);
-      if (it == wm.end()) fail("{}: missing tensor '{}': weight_map has no entry for it", index_path, t.name);
-      const std::string file = join(dir, it->get<std::string>());
-      if (!fs::exists(file))
-        fail("{}: shard '{}' (holding tensor '{}') does not exist", index_path, it->get<std::string>(), t.name);
-      assign(file, &t);
-    }
-  } else {
-    const std::string file = join(dir, kind == ModelDirKind::HfSingle ? kSingle : kRunCkpt);
-    for (const auto& t : layout.hf_tensors()) assign(file, &t);
-  }
+  if (field("quant_method") != kQuantMethod)
+    fail("{}: quantization_config.quant_method {} is not supported (expected \"{}\", written by `dsmoe quantize`)",
+         path, field("quant_method").dump(), kQuantMethod);
+  const json& fmt = field("format");
+  ops::WType t;
+  if (fmt == "q8_0") t = ops::WType::Q8;
+  else if (fmt == "q4_0") t = ops::WType::Q4;
+  else fail("{}: quantization_config.format {} is not supported (expected \"q8_0\" or \"q4_0\")", path, fmt.dump());
+  if (field("block_size") != ops::kBlock)
+    fail("{}: quantization_config.block_size {} is not supported (expected {}: blocks of 32 inputs per scale)", path,
+         field("block_size").dump(), ops::kBlock);
+  if (field("scale_dtype") != "bfloat16")
+    fail("{}: quantization_config.scale_dtype {} is not supported (expected \"bfloat16\")", path,
+         field("scale_dtype").dump());
+  if (field("scale_suffix") != kScaleSuffix)
+    fail("{}: quantization_config.scale_suffix {} is not supported (expected \"{}\")", path,
+         field("scale_suffix").dump(), kScaleSuffix);
+  return t;
+}
 
+namespace {
+
+// Which file holds each expected tensor (and, in a quantized folder, its scale).
+struct FilePlan {
+  ModelDirKind kind;
+  std::string index_path;
+  std::vector<std::string> order;                               // files in first-use order
+  std::map<std::string, std::vector<const HfTensor*>> tensors;  // file -> expected tensors it must hold
+};
+
+FilePlan plan_files(const std::string& dir, const ParamLayout& layout, const std::set<std::string>& scale_names) {
+  FilePlan plan;
+  plan.kind = model_dir_kind(dir);
+  plan.index_path = join(dir, kIndex);
+  std::set<std::string> expected;
+  for (const auto& t : layout.hf_tensors()) expected.insert(t.name);
+  auto assign = [&](const std::string& file, const HfTensor* t) {
+    if (!plan.tensors.count(file)) plan.order.push_back(file);
+    plan.tensors[file].push_back(t);
+  };
+  if (plan.kind != ModelDirKind::HfSharded) {
+    const std::string file = join(dir, plan.kind == ModelDirKind::HfSingle ? kSingle : kRunCkpt);
+    for (const auto& t : layout.hf_tensors()) assign(file, &t);
+    return plan;
+  }
+  const std::string& index_path = plan.index_path;
+  json idx = parse_json_file(index_path);
+  if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
+    fail("{}: expected an object with a 'weight_map' object {{tensor name: shard file}}", index_path);
+  const json& wm = idx["weight_map"];
+  for (auto it = wm.begin(); it != wm.end(); ++it) {
+    if (!it->is_string()) fail("{}: weight_map['{}'] must be a file name string, got {}", index_path, it.key(), it->dump());
+    const std::string f = it->get<std::string>();
+    if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
+      fail("{}: weight_map['{}'] = \"{}\" is not a file name in the checkpoint folder", index_path, it.key(), f);
+    if (!expected.count(it.key()) && !scale_names.count(it.key()) && !ignorable(it.key()))
+      fail("{}: unexpected tensor '{}' (not part of a DeepSeekMoE model with this config.json)", index_path, it.key());
+  }
+  for (const auto& t : layout.hf_tensors()) {
+    auto it = wm.find(t.name);
+    if (it == wm.end()) fail("{}: missing tensor '{}': weight_map has no entry for it", index_path, t.name);
+    const std::string file = join(dir, it->get<std::string>());
+    if (!fs::exists(file))
+      fail("{}: shard '{}' (holding tensor '{}') does not exist", index_path, it->get<std::string>(), t.name);
+    const std::string sc = t.name + kScaleSuffix;
+    if (scale_names.count(sc)) {  // a block's scale lives beside its weights
+      auto js = wm.find(sc);
+      if (js == wm.end()) fail("{}: missing scale tensor '{}' of the quantized weight '{}': weight_map has no entry for it", index_path, sc, t.name);
+      if (*js != *it)
+        fail("{}: scale tensor '{}' is mapped to shard {} but its weight '{}' to {} (expected the same shard)", index_path,
+             sc, js->dump(), t.name, it->dump());
+    }
+    assign(file, &t);
+  }
+  return plan;
+}
+
+std::string shape_of(const TensorInfo& ti) { return shape_str(ti.shape); }
+
+// True if a bf16 value is Inf or NaN (exponent all ones).
+bool bf16_nonfinite(uint16_t h) { return (h & 0x7f80) == 0x7f80; }
+
+// One HF tensor (rows [r0, r0 + rows) of its slot) from `f` into the slot's storage, checking
+// dtype, shape and finite values. `q`: the folder's quantization (matrix slots only).
+void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::Slot& s,
+                 std::optional<ops::WType> q, LoadReport& rep, std::vector<float>& tmp) {
+  const std::string& file = f.path();
+  const int64_t cols = s.mat.cols, rows = t.numel / cols, r0 = (t.offset - s.t.offset) / cols, nb = s.mat.blocks();
+  const ops::WeightMat dst = s.mat.slice_rows(r0, rows);
+  uint8_t* dst_data = (uint8_t*)dst.data;
+  uint16_t* dst_scales = (uint16_t*)dst.scales;
+  if (!f.has(t.name)) fail("{}: missing tensor '{}' (shape {})", file, t.name, shape_str(t.shape));
+  const TensorInfo& ti = f.get(t.name);
+  rep.tensors++;
+  rep.bytes_read += (int64_t)ti.nbytes;
+  if (q && s.is_matrix) {
+    const DType want = *q == ops::WType::Q8 ? DType::I8 : DType::U8;
+    const char* fmt = *q == ops::WType::Q8 ? "q8_0" : "q4_0";
+    const std::vector<int64_t> wshape = {rows, ops::WeightMat::row_bytes_of(*q, cols)};
+    if (ti.dtype != want)
+      fail("{}: tensor '{}' has dtype {}, expected {} ({} weights, as config.json's quantization_config says)", file,
+           t.name, dtype_name(ti.dtype), dtype_name(want), fmt);
+    if (ti.shape != wshape)
+      fail("{}: tensor '{}' has shape {}, expected {} ({} storage of a {} matrix: {})", file, t.name, shape_of(ti),
+           shape_str(wshape), fmt, shape_str(t.shape),
+           *q == ops::WType::Q8 ? "one int8 per weight" : "16 bytes per block of 32 inputs");
+    const std::string sname = t.name + kScaleSuffix;
+    const std::vector<int64_t> sshape = {rows, nb};
+    if (!f.has(sname))
+      fail("{}: missing scale tensor '{}' (BF16 {}) of the quantized weight '{}'", file, sname, shape_str(sshape), t.name);
+    const TensorInfo& si = f.get(sname);
+    if (si.dtype != DType::BF16) fail("{}: scale tensor '{}' has dtype {}, expected BF16", file, sname, dtype_name(si.dtype));
+    if (si.shape != sshape)
+      fail("{}: scale tensor '{}' has shape {}, expected {} (one scale per block of {} inputs of '{}' {})", file, sname,
+           shape_of(si), shape_str(sshape), ops::kBlock, t.name, shape_str(t.shape));
+    const uint16_t* sc = (const uint16_t*)si.data;
+    for (int64_t i = 0; i < rows * nb; ++i) {
+      uint16_t h;
+      std::memcpy(&h, sc + i, 2);
+      if (bf16_nonfinite(h) || (h & 0x8000))
+        fail("{}: scale tensor '{}' holds a non-finite or negative scale ({}) at element {}: corrupted file?", file,
+             sname, bf16_to_f32(h), i);
+    }
+    rep.quantized++;
+    rep.bytes_read += (int64_t)si.nbytes;
+    if (s.mat.type == *q) {
+      std::memcpy(dst_data, ti.data, ti.nbytes);
+      std::memcpy(dst_scales, si.data, si.nbytes);
+    } else {  // another storage was asked for: through fp32
+      std::vector<uint16_t> scales(rows * nb);
+      std::memcpy(scales.data(), si.data, si.nbytes);
+      const ops::WeightMat src{*q, rows, cols, ti.data, scales.data()};
+      tmp.resize((size_t)(rows * cols));
+      ops::dequantize_rows(tmp.data(), src, 0, rows);
+      ops::quantize_rows(s.mat.type, tmp.data(), rows, cols, dst_data, dst_scales);
+    }
+    return;
+  }
+  if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && ti.dtype != DType::F16)
+    fail("{}: tensor '{}' has dtype {}, expected a floating type (F32, BF16 or F16)", file, t.name, dtype_name(ti.dtype));
+  if (ti.shape != t.shape)
+    fail("{}: tensor '{}' has shape {}, expected {} (from config.json)", file, t.name, shape_of(ti), shape_str(t.shape));
+  rep.f32 += ti.dtype == DType::F32;
+  rep.bf16 += ti.dtype == DType::BF16;
+  rep.f16 += ti.dtype == DType::F16;
+  if (s.mat.type == ops::WType::F32) {
+    convert_tensor(file, t.name, ti, (float*)dst_data);
+  } else if (s.mat.type == ops::WType::BF16 && ti.dtype == DType::BF16) {  // native: a plain copy
+    std::memcpy(dst_data, ti.data, ti.nbytes);
+    const uint16_t* h = (const uint16_t*)dst_data;
+    for (int64_t i = 0; i < t.numel; ++i)
+      if (bf16_nonfinite(h[i]))
+        fail("{}: tensor '{}' holds a non-finite value ({}) at element {}: corrupted file?", file, t.name,
+             bf16_to_f32(h[i]), i);
+  } else {
+    tmp.resize((size_t)t.numel);
+    convert_tensor(file, t.name, ti, tmp.data());
+    ops::quantize_rows(s.mat.type, tmp.data(), rows, cols, dst_data, dst_scales);
+  }
+}
+
+}  // namespace
+
+LoadReport load_weights_into(const std::string& dir, InferenceWeights& w) {
+  const ParamLayout layout(w.config());
+  const std::optional<ops::WType> q = stored_quantization(dir);
+  std::set<std::string> scale_names;
+  if (q)
+    for (const auto& t : layout.hf_tensors())
+      if (w.slot_at(t.offset).is_matrix) scale_names.insert(t.name + kScaleSuffix);
+  const FilePlan plan = plan_files(dir, layout, scale_names);
+  std::set<std::string> expected;
+  for (const auto& t : layout.hf_tensors()) expected.insert(t.name);
   LoadReport rep;
-  float* params = model.params().data();
-  for (const std::string& file : order) {
+  rep.stored = q ? *q : ops::WType::F32;
+  std::vector<float> tmp;
+  for (const std::string& file : plan.order) {
     SafeTensorsFile f(file);  // validates the header and that every byte range lies inside the file
     std::set<std::string> mine;
-    for (const HfTensor* t : plan[file]) mine.insert(t->name);
+    for (const HfTensor* t : plan.tensors.at(file)) {
+      mine.insert(t->name);
+      if (scale_names.count(t->name + kScaleSuffix)) mine.insert(t->name + kScaleSuffix);
+    }
     for (const auto& [name, ti] : f.tensors()) {
       if (mine.count(name) || ignorable(name)) continue;
-      if (kind == ModelDirKind::DsmoeRun && (name.rfind("optimizer.", 0) == 0 || name.rfind("train.", 0) == 0)) continue;
-      if (expected.count(name))
-        fail("{}: tensor '{}' is also stored here, but {} maps it to another shard", file, name, index_path);
-      fail("{}: unexpected tensor '{}' (not part of a DeepSeekMoE model with this config.json)", file, name);
+      if (plan.kind == ModelDirKind::DsmoeRun && (name.rfind("optimizer.", 0) == 0 || name.rfind("train.", 0) == 0)) continue;
+      if (expected.count(name) || scale_names.count(name))
+        fail("{}: tensor '{}' is also stored here, but {} maps it to another shard", file, name, plan.index_path);
+      fail("{}: unexpected tensor '{}' (not part of a DeepSeekMoE model with this config.json{})", file, name,
+           q ? "" : "; a quantized folder's config.json has a quantization_config");
     }
-    for (const HfTensor* t : plan[file]) {
-      if (!f.has(t->name))
-        fail("{}: missing tensor '{}' (shape {}){}", file, t->name, shape_str(t->shape),
-             kind == ModelDirKind::HfSharded ? " that the index maps to this shard" : "");
-      const TensorInfo& ti = f.get(t->name);
-      if (ti.dtype != DType::F32 && ti.dtype != DType::BF16 && ti.dtype != DType::F16)
-        fail("{}: tensor '{}' has dtype {}, expected a floating type (F32, BF16 or F16)", file, t->name,
-             dtype_name(ti.dtype));
-      if (ti.shape != t->shape)
-        fail("{}: tensor '{}' has shape {}, expected {} (from config.json)", file, t->name, shape_str(ti.shape),
-             shape_str(t->shape));
-      convert_tensor(file, t->name, ti, params + t->offset);
-      rep.tensors++;
-      rep.bytes_read += (int64_t)ti.nbytes;
-      rep.f32 += ti.dtype == DType::F32;
-      rep.bf16 += ti.dtype == DType::BF16;
-      rep.f16 += ti.dtype == DType::F16;
+    for (const HfTensor* t : plan.tensors.at(file)) {
+      if (!f.has(t->name) && plan.kind == ModelDirKind::HfSharded)
+        fail("{}: missing tensor '{}' (shape {}) that the index maps to this shard", file, t->name, shape_str(t->shape));
+      fill_tensor(f, *t, w.slot_at(t->offset), q, rep, tmp);
     }
     rep.files++;
   }
   return rep;
+}
+
+LoadReport load_hf_weights(const std::string& dir, Model& model) {
+  InferenceWeights w = InferenceWeights::view(model);
+  return load_weights_into(dir, w);
+}
+
+InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type) {
+  InferenceModel im;
+  model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
+  im.config = load_hf_config(dir);
+  const std::optional<ops::WType> q = stored_quantization(dir);
+  ops::WType t = ops::WType::F32;
+  if (type) t = *type;
+  else if (q) t = *q;
+  else {  // the storage of the checkpoint's lm_head: BF16 checkpoints run in bf16, others in fp32
+    const ParamLayout layout(im.config.model);
+    const FilePlan plan = plan_files(dir, layout, {});
+    for (const auto& [file, ts] : plan.tensors)
+      for (const HfTensor* h : ts)
+        if (h->name == "lm_head.weight") {
+          SafeTensorsFile f(file);
+          if (f.has(h->name) && f.get(h->name).dtype == DType::BF16) t = ops::WType::BF16;
+        }
+  }
+  im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t));
+  im.report = load_weights_into(dir, *im.weights);
+  return im;
 }
 
 LoadedModel load_model_dir(const std::string& dir) {
@@ -210,6 +376,83 @@ LoadedModel load_model_dir(const std::string& dir) {
   lm.report = load_hf_weights(dir, *lm.model);
   return lm;
 }
+
+namespace {
+
+// One tensor to write: its bytes are produced on demand (a shard at a time is held in memory).
+struct OutTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::function<void(std::vector<uint8_t>&)> bytes;
+  bool with_previous = false;  // must share the previous tensor's shard (a scale and its weights)
+  int64_t nbytes() const {
+    int64_t n = (int64_t)dtype_size(dtype);
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+// Writes `ts` in order as model.safetensors, or as shards of at most max_shard_bytes of tensor
+// data + model.safetensors.index.json. Returns the number of shard files.
+int64_t write_tensor_files(const std::string& dir, const std::vector<OutTensor>& ts, int64_t max_shard_bytes) {
+  std::vector<std::vector<const OutTensor*>> shards(1);
+  int64_t cur = 0, total = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    int64_t b = ts[i].nbytes();
+    for (size_t j = i + 1; j < ts.size() && ts[j].with_previous; ++j) b += ts[j].nbytes();  // the group
+    if (!ts[i].with_previous && cur > 0 && cur + b > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(&ts[i]);
+    if (!ts[i].with_previous) cur += b;
+    total += ts[i].nbytes();
+  }
+  const int64_t n = (int64_t)shards.size();
+  json wm = json::object();
+  std::vector<uint8_t> buf;
+  for (int64_t s = 0; s < n; ++s) {
+    const std::string name = n == 1 ? std::string(kSingle) : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, n);
+    SafeTensorsWriter w;
+    w.set_metadata("format", "pt");
+    for (const OutTensor* t : shards[s]) {
+      buf.clear();
+      t->bytes(buf);
+      DSMOE_ASSERT((int64_t)buf.size() == t->nbytes(), "tensor {}: {} bytes for {}", t->name, buf.size(), t->nbytes());
+      w.add(t->name, t->dtype, t->shape, buf.data());
+      wm[t->name] = name;
+    }
+    w.write(join(dir, name));
+  }
+  if (n > 1) {
+    json idx = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
+    write_file_atomic(join(dir, kIndex), idx.dump(2) + "\n");
+  }
+  return n;
+}
+
+// config.json of an exported folder: HF keys (dsmoe's own kept for an exact reload), no "training".
+json export_config(const Config& cfg, const char* torch_dtype) {
+  json j = to_json(cfg);
+  j.erase("training");
+  j["torch_dtype"] = torch_dtype;
+  j["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekConfig"},
+                   {"AutoModel", "modeling_deepseek.DeepseekModel"},
+                   {"AutoModelForCausalLM", "modeling_deepseek.DeepseekForCausalLM"}};
+  j["use_cache"] = true;
+  return j;
+}
+
+void copy_tokenizer(const std::string& dir, const std::string& tokenizer) {
+  if (tokenizer.empty()) return;
+  if (!fs::exists(tokenizer)) fail("{}: tokenizer file not found", tokenizer);
+  write_file_atomic(join(dir, "tokenizer.json"), read_text_file(tokenizer));
+  const fs::path tc = fs::path(tokenizer).parent_path() / "tokenizer_config.json";
+  if (fs::exists(tc)) write_file_atomic(join(dir, "tokenizer_config.json"), read_text_file(tc.string()));
+}
+
+}  // namespace
 
 int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model, const ExportOptions& o) {
   if (o.dtype != DType::F32 && o.dtype != DType::BF16)
@@ -223,61 +466,85 @@ int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model,
                        n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0;
     if (n == kIndex || n == kSingle || shard) fs::remove(e.path());
   }
-  json j = to_json(cfg);
-  j.erase("training");
-  j["torch_dtype"] = o.dtype == DType::BF16 ? "bfloat16" : "float32";
-  j["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekConfig"},
-                   {"AutoModel", "modeling_deepseek.DeepseekModel"},
-                   {"AutoModelForCausalLM", "modeling_deepseek.DeepseekForCausalLM"}};
-  j["use_cache"] = true;
-  write_file_atomic(join(dir, "config.json"), j.dump(2) + "\n");
-
-  // Plan the shards: tensors in layout order, a new shard when the next tensor would overflow.
-  const auto& hf = model.layout().hf_tensors();
-  const size_t es = dtype_size(o.dtype);
-  std::vector<std::vector<const HfTensor*>> shards(1);
-  int64_t cur = 0, total = 0;
-  for (const auto& t : hf) {
-    const int64_t b = t.numel * (int64_t)es;
-    if (cur > 0 && cur + b > o.max_shard_bytes) {
-      shards.emplace_back();
-      cur = 0;
-    }
-    shards.back().push_back(&t);
-    cur += b;
-    total += b;
-  }
-  const int64_t n = (int64_t)shards.size();
+  write_file_atomic(join(dir, "config.json"),
+                    export_config(cfg, o.dtype == DType::BF16 ? "bfloat16" : "float32").dump(2) + "\n");
   const float* p = model.params().data();
-  json wm = json::object();
-  std::vector<uint16_t> half;
-  for (int64_t s = 0; s < n; ++s) {
-    const std::string name = n == 1 ? std::string(kSingle) : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, n);
-    SafeTensorsWriter w;
-    w.set_metadata("format", "pt");
-    for (const HfTensor* t : shards[s]) {
-      if (o.dtype == DType::F32) {
-        w.add_f32(t->name, t->shape, p + t->offset);
-      } else {
-        half.resize(t->numel);
-        for (int64_t i = 0; i < t->numel; ++i) half[i] = f32_to_bf16(p[t->offset + i]);
-        w.add(t->name, DType::BF16, t->shape, half.data());
-      }
-      wm[t->name] = name;
-    }
-    w.write(join(dir, name));
-  }
-  if (n > 1) {
-    json idx = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
-    write_file_atomic(join(dir, kIndex), idx.dump(2) + "\n");
-  }
-  if (!o.tokenizer.empty()) {
-    if (!fs::exists(o.tokenizer)) fail("{}: tokenizer file not found", o.tokenizer);
-    write_file_atomic(join(dir, "tokenizer.json"), read_text_file(o.tokenizer));
-    const fs::path tc = fs::path(o.tokenizer).parent_path() / "tokenizer_config.json";
-    if (fs::exists(tc)) write_file_atomic(join(dir, "tokenizer_config.json"), read_text_file(tc.string()));
-  }
+  std::vector<OutTensor> ts;
+  for (const auto& t : model.layout().hf_tensors())
+    ts.push_back({t.name, o.dtype, t.shape, [&o, &t, p](std::vector<uint8_t>& b) {
+                    const float* src = p + t.offset;
+                    if (o.dtype == DType::F32) {
+                      b.resize((size_t)t.numel * 4);
+                      std::memcpy(b.data(), src, b.size());
+                    } else {
+                      b.resize((size_t)t.numel * 2);
+                      for (int64_t i = 0; i < t.numel; ++i) {
+                        const uint16_t h = f32_to_bf16(src[i]);
+                        std::memcpy(b.data() + 2 * i, &h, 2);
+                      }
+                    }
+                  }});
+  const int64_t n = write_tensor_files(dir, ts, o.max_shard_bytes);
+  copy_tokenizer(dir, o.tokenizer);
   return n;
+}
+
+int64_t write_quantized(const std::string& dir, const Config& cfg, const InferenceWeights& w, const ExportOptions& o) {
+  const ops::WType q = w.type();
+  if (q != ops::WType::Q8 && q != ops::WType::Q4)
+    fail("quantize: storage {} is not a quantized format (expected q8 or q4)", ops::wtype_name(q));
+  if (o.max_shard_bytes <= 0) fail("quantize: the shard size must be > 0, got {}", o.max_shard_bytes);
+  // Everything is written to a fresh temporary folder beside DIR, which then replaces DIR.
+  const fs::path out = fs::absolute(dir).lexically_normal();
+  const fs::path tmp = out.parent_path() / (out.filename().string() + ".tmp-" + std::to_string(getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    json j = export_config(cfg, "bfloat16");
+    j["quantization_config"] = {
+        {"quant_method", kQuantMethod},
+        {"format", q == ops::WType::Q8 ? "q8_0" : "q4_0"},
+        {"block_size", ops::kBlock},
+        {"scale_dtype", "bfloat16"},
+        {"scale_suffix", kScaleSuffix},
+        {"weights", q == ops::WType::Q8 ? "I8 [out, in]" : "U8 [out, ceil(in/32)*16], byte j = q[j]+8 | (q[j+16]+8) << 4"},
+        {"not_quantized", {"mlp.gate (router)", "input_layernorm", "post_attention_layernorm", "norm"}}};
+    write_file_atomic((tmp / "config.json").string(), j.dump(2) + "\n");
+    auto& ww = const_cast<InferenceWeights&>(w);  // slot_at is a lookup; nothing is modified
+    std::vector<OutTensor> ts;
+    const ParamLayout layout(cfg.model);
+    for (const auto& t : layout.hf_tensors()) {
+      const InferenceWeights::Slot& s = ww.slot_at(t.offset);
+      const int64_t cols = s.mat.cols, rows = t.numel / cols, r0 = (t.offset - s.t.offset) / cols;
+      const ops::WeightMat m = s.mat.slice_rows(r0, rows);
+      const int64_t data_bytes = rows * m.row_bytes();
+      auto copy = [](const void* src, int64_t n) {
+        return [src, n](std::vector<uint8_t>& b) {
+          b.resize((size_t)n);
+          std::memcpy(b.data(), src, (size_t)n);
+        };
+      };
+      if (!s.is_matrix) {
+        ts.push_back({t.name, DType::F32, t.shape, copy(m.data, data_bytes)});
+        continue;
+      }
+      ts.push_back({t.name, q == ops::WType::Q8 ? DType::I8 : DType::U8, {rows, m.row_bytes()}, copy(m.data, data_bytes)});
+      ts.push_back({t.name + kScaleSuffix, DType::BF16, {rows, m.blocks()}, copy(m.scales, rows * m.blocks() * 2), true});
+    }
+    const int64_t n = write_tensor_files(tmp.string(), ts, o.max_shard_bytes);
+    copy_tokenizer(tmp.string(), o.tokenizer);
+    // Swap in: the old DIR (if any) is moved aside first and removed only after the new one is in place.
+    const fs::path old = out.parent_path() / (out.filename().string() + ".old-" + std::to_string(getpid()));
+    const bool had = fs::exists(out);
+    if (had) fs::rename(out, old);
+    fs::rename(tmp, out);
+    if (had) fs::remove_all(old);
+    return n;
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 }
 
 }  // namespace dsmoe

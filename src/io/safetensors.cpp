@@ -26,6 +26,7 @@ const char* dtype_name(DType d) {
     case DType::I32: return "I32";
     case DType::I64: return "I64";
     case DType::U8: return "U8";
+    case DType::I8: return "I8";
   }
   return "?";
 }
@@ -35,7 +36,7 @@ size_t dtype_size(DType d) {
     case DType::F32: case DType::I32: return 4;
     case DType::F16: case DType::BF16: return 2;
     case DType::F64: case DType::I64: return 8;
-    case DType::U8: return 1;
+    case DType::U8: case DType::I8: return 1;
   }
   return 0;
 }
@@ -43,7 +44,7 @@ size_t dtype_size(DType d) {
 static bool parse_dtype(const std::string& s, DType* out) {
   static const std::pair<const char*, DType> table[] = {
       {"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16}, {"F64", DType::F64},
-      {"I32", DType::I32}, {"I64", DType::I64}, {"U8", DType::U8}};
+      {"I32", DType::I32}, {"I64", DType::I64}, {"U8", DType::U8}, {"I8", DType::I8}};
   for (auto& [n, d] : table)
     if (s == n) { *out = d; return true; }
   return false;
@@ -101,7 +102,7 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
     if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
       fail("{}: tensor '{}': header entry needs dtype, shape and data_offsets", path, ti.name);
     if (!e["dtype"].is_string() || !parse_dtype(e["dtype"].get<std::string>(), &ti.dtype))
-      fail("{}: tensor '{}': unsupported dtype {} (expected one of F32, F16, BF16, F64, I32, I64, U8)", path,
+      fail("{}: tensor '{}': unsupported dtype {} (expected one of F32, F16, BF16, F64, I32, I64, U8, I8)", path,
            ti.name, e["dtype"].dump());
     if (!e["shape"].is_array()) fail("{}: tensor '{}': shape must be an array", path, ti.name);
     for (auto& s : e["shape"]) {
@@ -137,21 +138,6 @@ const TensorInfo& SafeTensorsFile::get(const std::string& name) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) fail("{}: missing tensor '{}'", path_, name);
   return it->second;
-}
-
-float bf16_to_f32(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
-  u += 0x7fff + ((u >> 16) & 1);
-  return (uint16_t)(u >> 16);
 }
 
 float f16_to_f32(uint16_t h) {

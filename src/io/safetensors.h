@@ -8,9 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"  // bf16_to_f32, f32_to_bf16
+
 namespace dsmoe {
 
-enum class DType { F32, F16, BF16, F64, I32, I64, U8 };
+enum class DType { F32, F16, BF16, F64, I32, I64, U8, I8 };
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 
@@ -82,8 +84,6 @@ class SafeTensorsWriter {
 void write_file_atomic(const std::string& path, const std::string& bytes);
 std::string read_text_file(const std::string& path);
 
-float bf16_to_f32(uint16_t h);
-uint16_t f32_to_bf16(float f);  // round to nearest even
 float f16_to_f32(uint16_t h);
 
 }  // namespace dsmoe

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <algorithm>
+#include <filesystem>
 #include <set>
 #include <vector>
 
@@ -76,7 +77,8 @@ const std::set<std::string> kIgnoredHfKeys = {
     "architectures", "auto_map", "model_type", "torch_dtype", "transformers_version", "use_cache",
     "pretraining_tp", "pad_token_id", "_name_or_path", "attention_dropout", "attention_bias", "rope_scaling",
     "initializer_range", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
-    "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training"};
+    "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training",
+    "_comment"};  // "_comment": free text, used by configs/ to say what a file is for
 
 // Edit distance, to tell a typo of a known key ("n_routed_expert") from a foreign HF key.
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -258,7 +260,10 @@ void validate(const Config& c, const std::string& source) {
   need(t.checkpoint_interval >= 0, "training.checkpoint_interval", "must be >= 0");
 }
 
-Config load_config(const std::string& path) {
+// A config may build on another: {"extends": "base.json", ...}. The base path is relative to the
+// extending file; the file's keys replace the base's, except "training", which is merged key by key
+// (so a model variant restates only what differs: configs/paper/ is written this way).
+static json load_config_json(const std::string& path, int depth) {
   std::string text = read_text_file(path);
   json j;
   try {
@@ -266,8 +271,27 @@ Config load_config(const std::string& path) {
   } catch (const json::parse_error& e) {
     fail("{}: not valid JSON: {}", path, e.what());
   }
-  return parse_config(j, path);
+  if (!j.is_object()) fail("{}: expected a JSON object", path);
+  if (!j.contains("extends")) return j;
+  if (!j["extends"].is_string()) fail("{}: key 'extends' must be a file name (string)", path);
+  if (depth >= 8) fail("{}: 'extends' chain deeper than 8 files (a cycle?)", path);
+  const std::string base_path =
+      (std::filesystem::path(path).parent_path() / j["extends"].get<std::string>()).lexically_normal().string();
+  if (!std::filesystem::exists(base_path)) fail("{}: key 'extends': no such file '{}'", path, base_path);
+  json merged = load_config_json(base_path, depth + 1);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "extends") continue;
+    if (it.key() == "training" && it->is_object() && merged.contains("training") && merged["training"].is_object())
+      merged["training"].update(*it);
+    else
+      merged[it.key()] = *it;
+  }
+  return merged;
 }
+
+json load_config_json(const std::string& path) { return load_config_json(path, 0); }
+
+Config load_config(const std::string& path) { return parse_config(load_config_json(path, 0), path); }
 
 json to_json(const Config& c) {
   const ModelConfig& m = c.model;

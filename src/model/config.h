@@ -83,6 +83,9 @@ struct Config {
 // constraint it broke (dsmoe::Error).
 Config parse_config(const nlohmann::json& j, const std::string& source);
 Config load_config(const std::string& path);
+// The JSON of a config file with its "extends" chain resolved (a file's keys replace its base's;
+// "training" merges key by key). load_config = parse_config(load_config_json(path), path).
+nlohmann::json load_config_json(const std::string& path);
 // Throws if any value violates a constraint (called by parse_config; public for programmatic configs).
 void validate(const Config& c, const std::string& source);
 // The config as JSON: HF keys (loadable by the official code) plus ours and the training object.

@@ -13,6 +13,7 @@
 #include "ops/experts.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
+#include "model/decoder_layer.h"
 
 namespace dsmoe {
 
@@ -70,7 +71,16 @@ void Model::ensure_buffers(int64_t B, int64_t T) {
     for (int64_t t = 0; t < T; ++t) pos_[b * T + t] = (int32_t)t;
 }
 
+void Model::set_routing_override(const RoutingOverride& o) {
+  validate_routing_override(cfg_, o);
+  override_ = o;
+}
+
 ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool compute_aux) {
+  if (compute_aux && override_.active())
+    fail("forward with compute_aux (training) while a routing override is set (disable_top {}, top_k {}, "
+         "drop_shared {}): overrides are for evaluation only; clear it with set_routing_override({{}})",
+         override_.disable_top, override_.top_k, override_.drop_shared);
   ensure_buffers(B, T);
   const int64_t N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
@@ -81,6 +91,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   if (targets) targets_.assign(targets, targets + N);
   else targets_.clear();
   moe_stats_.assign(cfg_.num_hidden_layers, MoeStats{});
+  last_forward_overridden_ = override_.active();
 
   ops::embedding_forward(acts_[0].x.data(), tokens, P_.embed, N, H);
   ForwardResult r;
@@ -89,33 +100,32 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     LayerActs& a = acts_[l];
     const LayerView& W = P_.layers[l];
     float* out = l + 1 < cfg_.num_hidden_layers ? acts_[l + 1].x.data() : x_final_.data();
-    // Attention block.
-    ops::rmsnorm_forward(a.ln1.data(), a.rstd1.data(), a.x.data(), W.input_norm, N, H, eps);
-    ops::linear_forward(a.q.data(), a.ln1.data(), W.q, N, H, Hq * D);
-    ops::linear_forward(a.k.data(), a.ln1.data(), W.k, N, H, Hkv * D);
-    ops::linear_forward(a.v.data(), a.ln1.data(), W.v, N, H, Hkv * D);
-    ops::rope_forward(a.q.data(), pos_.data(), rope_, N, Hq);
-    ops::rope_forward(a.k.data(), pos_.data(), rope_, N, Hkv);
-    ops::attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), as);
-    ops::linear_forward(a.h.data(), a.att.data(), W.o, N, Hq * D, H);
-    for (int64_t i = 0; i < N * H; ++i) a.h[i] += a.x[i];
-    // FFN block.
-    ops::rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.h.data(), W.post_norm, N, H, eps);
-    if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
-        cfg_.capacity_factor == 0) {
-      // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
-      // expert buys nothing; run each token's experts directly.
-      moe_forward_token_major(cfg_, W, a.ln2.data(), tokens, N, ffn_out_.data(), moe_stats_[l]);
-    } else if (cfg_.is_moe_layer(l)) {
-      moe_forward(cfg_, W, a.ln2.data(), tokens, B, T, compute_aux, ffn_out_.data(), a.moe, moe_stats_[l]);
-      r.expert_aux += moe_stats_[l].expert_aux;
-      r.device_aux += moe_stats_[l].device_aux;
-    } else {
-      const int64_t all[2] = {0, N};
-      ops::experts_forward(ffn_out_.data(), a.gu.data(), a.act.data(), a.ln2.data(), W.mlp_gate_up, W.mlp_down,
-                           all, ops::ExpertsShape{1, H, cfg_.intermediate_size});
-    }
-    for (int64_t i = 0; i < N * H; ++i) out[i] = a.h[i] + ffn_out_[i];
+    // Attention over the whole batch, saving the probabilities for backward.
+    const auto attend = [&](float* att, const float* q, const float* k, const float* v) {
+      ops::attention_forward(att, a.probs.data(), q, k, v, as);
+    };
+    const auto ffn = [&](float* ffn_out, const float* ln2) {
+      if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
+          cfg_.capacity_factor == 0 && !override_.active() && !routing_stats_) {
+        // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
+        // expert buys nothing; run each token's experts directly.
+        moe_forward_token_major(cfg_, W, ln2, tokens, N, ffn_out, moe_stats_[l]);
+      } else if (cfg_.is_moe_layer(l)) {
+        moe_forward(cfg_, W, ln2, tokens, B, T, compute_aux, ffn_out, a.moe, moe_stats_[l], override_);
+        if (routing_stats_)
+          routing_stats_->accumulate(l, a.moe.ids.data(), cfg_.has_router_weights() ? a.moe.probs.data() : nullptr, B, T,
+                                     cfg_.n_routed_experts, override_.k(cfg_));
+        r.expert_aux += moe_stats_[l].expert_aux;
+        r.device_aux += moe_stats_[l].device_aux;
+      } else {
+        const int64_t all[2] = {0, N};
+        ops::experts_forward(ffn_out, a.gu.data(), a.act.data(), ln2, W.mlp_gate_up, W.mlp_down,
+                             all, ops::ExpertsShape{1, H, cfg_.intermediate_size});
+      }
+    };
+    const DecoderLayerBuffers buf{a.x.data(), a.ln1.data(), a.rstd1.data(), a.q.data(), a.k.data(), a.v.data(),
+                                  a.att.data(), a.h.data(), a.ln2.data(), a.rstd2.data(), ffn_out_.data(), out};
+    decoder_layer_forward(cfg_, attention_weights(cfg_, W), N, pos_.data(), rope_, buf, attend, ffn);
   }
   ops::rmsnorm_forward(lnf_.data(), rstdf_.data(), x_final_.data(), P_.final_norm, N, H, eps);
   ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
@@ -148,6 +158,8 @@ void Model::ensure_grad_buffers() {
 
 void Model::backward(float lm_scale, bool with_aux) {
   DSMOE_ASSERT(!targets_.empty(), "backward needs a forward with targets");
+  // An overridden forward saved activations for a different k (and no shared-expert activations).
+  if (last_forward_overridden_) fail("backward after a forward with a routing override: overrides are for evaluation only");
   ensure_grad_buffers();
   const int64_t B = B_, T = T_, N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;

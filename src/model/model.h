@@ -11,6 +11,7 @@
 #include "model/config.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
+#include "model/routing_stats.h"
 #include "ops/rope.h"
 
 namespace dsmoe {
@@ -39,11 +40,23 @@ class Model {
   void init_weights(Rng& rng, double std);
 
   // tokens [B, T]; targets [B, T] or null (negative = ignored). compute_aux: balance losses (training).
-  // Saves activations; logits() is valid afterwards.
+  // Saves activations; logits() is valid afterwards. With an active routing override, compute_aux
+  // must be false (throws dsmoe::Error).
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool compute_aux);
-  // Backward of the last forward (which must have had targets): dlogits = lm_scale * dCE, every aux
-  // loss with gradient 1 (when with_aux). Accumulates into grads().
+  // Backward of the last forward (which must have had targets and no routing override): dlogits =
+  // lm_scale * dCE, every aux loss with gradient 1 (when with_aux). Accumulates into grads().
   void backward(float lm_scale, bool with_aux);
+
+  // Evaluation-only routing change applied by every later forward without compute_aux (the paper's
+  // specialization analyses; see RoutingOverride). Validated here against the config (throws
+  // dsmoe::Error naming the field). RoutingOverride{} restores the config's routing.
+  void set_routing_override(const RoutingOverride& o);
+  const RoutingOverride& routing_override() const { return override_; }
+  // Non-owning; null = off (the default: no cost). When set, every forward adds each MoE layer's
+  // routing to *s (see RoutingStats), and MoE layers always take the grouped path (the decode-sized
+  // token-major path keeps no routing probabilities).
+  void set_routing_stats(RoutingStats* s) { routing_stats_ = s; }
+  RoutingStats* routing_stats() const { return routing_stats_; }
   void zero_grads();
 
   const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
@@ -70,6 +83,9 @@ class Model {
   std::vector<LayerActs> acts_;
   std::vector<float> x_final_, lnf_, rstdf_, logits_, losses_, ffn_out_;
   std::vector<MoeStats> moe_stats_;
+  RoutingOverride override_;
+  RoutingStats* routing_stats_ = nullptr;
+  bool last_forward_overridden_ = false;  // its activations do not fit backward
   // backward scratch
   std::vector<float> d_resid_, d_ln_, d_att_, d_q_, d_k_, d_v_, d_gu_, d_act_, d_logits_, mlp_scratch_;
   MoeScratch moe_scratch_;

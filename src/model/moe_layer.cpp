@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include "core/buffers.h"
+#include "core/error.h"
+#include "model/moe_infer.h"
 #include "ops/balance_loss.h"
 #include "ops/experts.h"
 #include "ops/linear.h"
@@ -17,9 +19,33 @@ static ops::BalanceShape balance_shape(const ModelConfig& m, int64_t B, int64_t 
   return ops::BalanceShape{B, T, m.n_routed_experts, m.num_experts_per_tok, m.seq_aux};
 }
 
+void validate_routing_override(const ModelConfig& m, const RoutingOverride& o) {
+  if (!o.active()) return;
+  if (!m.is_moe())
+    fail("routing override: the model is dense (n_routed_experts is 0), there is no routing to change");
+  if (o.disable_top < 0) fail("routing override: disable_top must be >= 0, got {}", o.disable_top);
+  if (o.top_k < 0) fail("routing override: top_k must be >= 1 (or 0 = the config's {}), got {}", m.num_experts_per_tok, o.top_k);
+  if (m.router_type == RouterType::Hash && (o.disable_top != 0 || o.top_k != 0))
+    fail("routing override: disable_top and top_k need routing probabilities to rank experts by; router_type "
+         "hash routes each token to one fixed expert (only drop_shared applies), got disable_top {} top_k {}",
+         o.disable_top, o.top_k);
+  if (o.disable_top + o.k(m) > m.n_routed_experts)
+    fail("routing override: disable_top ({}) + top_k ({}) must be <= n_routed_experts ({})", o.disable_top, o.k(m),
+         m.n_routed_experts);
+  if (o.drop_shared && m.n_shared_experts <= 0)
+    fail("routing override: drop_shared, but the model has no shared experts (n_shared_experts is 0)");
+}
+
+nlohmann::json routing_override_json(const ModelConfig& m, const RoutingOverride& o) {
+  return {{"disable_top", o.disable_top}, {"top_k", m.is_moe() ? o.k(m) : 0}, {"drop_shared", o.drop_shared}};
+}
+
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
-                 int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats) {
-  const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
+                 int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
+                 const RoutingOverride& ovr) {
+  // The balance losses and backward assume the config's k and full routing.
+  DSMOE_ASSERT(!(compute_aux && ovr.active()), "routing override with compute_aux");
+  const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = ovr.k(m);
   const int64_t I = m.moe_intermediate_size;
   fit(a.ids, N * k);
   fit(a.gates, N * k);
@@ -31,7 +57,7 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     fit(a.vals, N * k);
     ops::linear_forward(a.router_logits.data(), x, P.router, N, H, E);
     ops::softmax_forward(a.probs.data(), a.router_logits.data(), N, E);
-    ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k);
+    ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k, ovr.disable_top);
     ops::gate_norm_forward(a.gates.data(), a.vals.data(), N, k, m.norm_topk_prob && k > 1);
   } else {
     ops::hash_route(a.ids.data(), a.gates.data(), tokens, N, E);
@@ -73,7 +99,7 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
   // --- Combine ---
   ops::combine_forward(out, a.ys.data(), a.gates.data(), a.plan, H);
   // --- Shared experts: one SwiGLU MLP over all tokens (the E == 1 case of the experts op) ---
-  if (m.n_shared_experts > 0) {
+  if (m.n_shared_experts > 0 && !ovr.drop_shared) {
     const int64_t Is = m.shared_inter();
     fit(a.shared_gu, N * 2 * Is);
     fit(a.shared_act, N * Is);
@@ -87,42 +113,8 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
 
 void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens,
                              int64_t N, float* out, MoeStats& stats) {
-  const int64_t H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
-  const int64_t I = m.moe_intermediate_size;
-  std::vector<int32_t> ids(N * k);
-  std::vector<float> gates(N * k);
-  if (m.router_type == RouterType::SoftmaxTopK) {
-    std::vector<float> logits(N * E), probs(N * E), vals(N * k);
-    ops::linear_forward(logits.data(), x, P.router, N, H, E);
-    ops::softmax_forward(probs.data(), logits.data(), N, E);
-    ops::topk_forward(ids.data(), vals.data(), probs.data(), N, E, k);
-    ops::gate_norm_forward(gates.data(), vals.data(), N, k, m.norm_topk_prob && k > 1);
-  } else {
-    ops::hash_route(ids.data(), gates.data(), tokens, N, E);
-  }
-  stats = MoeStats{};
-  stats.load.assign(E, 0);
-  for (auto id : ids) stats.load[id]++;
-  std::vector<float> y(H), gu(2 * I), act(I);
-  const int64_t one[2] = {0, 1};
-  for (int64_t t = 0; t < N; ++t) {
-    float* o = out + t * H;
-    std::fill(o, o + H, 0.0f);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t e = ids[t * k + j];
-      ops::experts_forward(y.data(), gu.data(), act.data(), x + t * H, P.experts_gate_up + e * 2 * I * H,
-                           P.experts_down + e * H * I, one, ops::ExpertsShape{1, H, I});
-      const float g = gates[t * k + j];
-      for (int64_t i = 0; i < H; ++i) o[i] += g * y[i];
-    }
-  }
-  if (m.n_shared_experts > 0) {
-    const int64_t Is = m.shared_inter(), all[2] = {0, N};
-    std::vector<float> sgu(N * 2 * Is), sact(N * Is), sout(N * H);
-    ops::experts_forward(sout.data(), sgu.data(), sact.data(), x, P.shared_gate_up, P.shared_down, all,
-                         ops::ExpertsShape{1, H, Is});
-    for (int64_t i = 0; i < N * H; ++i) out[i] += sout[i];
-  }
+  MoeInferScratch s;
+  moe_infer(m, moe_weights_f32(m, P), x, tokens, N, out, stats, s, MoeDispatch::TokenMajor);
 }
 
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,

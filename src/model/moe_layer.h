@@ -36,6 +36,31 @@ struct MoeStats {
   int64_t dropped = 0;         // slots dropped by the capacity limit
 };
 
+// Evaluation-time change of the routing, for the paper's expert-specialization analyses (section 4.5).
+// Never used in training: Model::forward refuses it with compute_aux (balance losses, backward).
+// Everything else is the official math: gates are the softmax probabilities over ALL routed experts
+// of the chosen ones, renormalised over the chosen ones only when norm_topk_prob and the effective
+// k > 1; the disabled experts simply cannot be chosen.
+struct RoutingOverride {
+  int64_t disable_top = 0;   // per token, exclude the `disable_top` routed experts with the highest routing
+                             // probability, then pick top-k among the rest (paper Fig. 4)
+  int64_t top_k = 0;         // 0 = the config's num_experts_per_tok; otherwise activate this many routed
+                             // experts (paper Fig. 5: fewer activated experts at inference)
+  bool drop_shared = false;  // skip the shared experts (paper: "remove the shared expert and activate one
+                             // more routed expert" = drop_shared + top_k = K + 1)
+
+  bool active() const { return disable_top != 0 || top_k != 0 || drop_shared; }
+  // Routed experts per token under this override.
+  int64_t k(const ModelConfig& m) const { return top_k > 0 ? top_k : m.num_experts_per_tok; }
+};
+// Throws dsmoe::Error naming the field if `o` is invalid for model `m`: negative values,
+// disable_top + top_k > n_routed_experts, disable_top/top_k on a Hash Layer model (its routing is a
+// fixed hash, there are no probabilities to rank), drop_shared without shared experts, or any active
+// override on a dense model.
+void validate_routing_override(const ModelConfig& m, const RoutingOverride& o);
+// {"disable_top": .., "top_k": .. (effective, never 0), "drop_shared": ..} for reports.
+nlohmann::json routing_override_json(const ModelConfig& m, const RoutingOverride& o);
+
 // Scratch shared by all MoE layers during backward.
 struct MoeScratch {
   std::vector<float> dys, dxs, dgates, dvals, dprobs, dlogits, dgu, expert_scratch, dshared_act, dshared_gu;
@@ -43,11 +68,15 @@ struct MoeScratch {
 
 // x [N, H] is the post-attention-norm hidden state of B sequences of T tokens; tokens [N] their ids
 // (used by the hash router). out [N, H] = shared(x) + sum_k g_k expert_k(x) (overwritten).
+// `ovr` (evaluation only, validated by the caller; must be inactive when compute_aux) changes the
+// routing; a.ids/a.gates are then [N, ovr.k(m)] and backward must not be called on the result.
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
-                 int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats);
-// Inference path for decode-sized batches (the official moe_infer's role): each token runs its own k
-// experts one row at a time, no sort, no saved activations. Same routing and the same kernels as
-// moe_forward, so the outputs agree to fp32 rounding (tested). Capacity limits do not apply.
+                 int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
+                 const RoutingOverride& ovr = RoutingOverride{});
+// Inference path for decode-sized batches with fp32 weights: moe_infer (model/moe_infer.h) with
+// token-major dispatch (each token runs its own k experts, no sort, no saved activations). Same
+// routing and the same kernels as moe_forward, so the outputs agree to fp32 rounding (tested).
+// Capacity limits do not apply.
 void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens,
                              int64_t N, float* out, MoeStats& stats);
 

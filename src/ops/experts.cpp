@@ -7,6 +7,14 @@
 
 namespace dsmoe::ops {
 
+void swiglu_mlp_forward(float* y, float* gu, float* act, const float* x, const WeightMat& w_gu,
+                        const WeightMat& w_down, int64_t n) {
+  const int64_t I = w_down.cols;
+  qlinear_forward(gu, x, w_gu, n);  // gu [n, 2I] = x [n, H] @ w_gu^T
+  swiglu_forward(act, gu, n, I);
+  qlinear_forward(y, act, w_down, n);  // y [n, H] = act [n, I] @ w_down^T
+}
+
 // Schedule: with several experts (the fine-grained regime: many small GEMMs) the experts run in
 // parallel, one thread each (OpenBLAS runs single-threaded inside an OpenMP region); a single
 // expert (dense FFN, shared experts) gets all threads inside its GEMMs. Every expert writes only its
@@ -18,15 +26,8 @@ void experts_forward(float* ys, float* gu, float* act, const float* xs, const fl
   for (int64_t e = 0; e < s.n_experts; ++e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m <= 0) continue;
-    const float* wg = w_gu + e * 2 * I * H;
-    const float* wd = w_down + e * H * I;
-    float* gu_e = gu + r0 * 2 * I;
-    float* act_e = act + r0 * I;
-    // gu_e [m, 2I] = xs_e [m, H] @ w_gu[e]^T
-    gemm(false, true, m, 2 * I, H, 1.0f, xs + r0 * H, H, wg, H, 0.0f, gu_e, 2 * I);
-    swiglu_forward(act_e, gu_e, m, I);
-    // ys_e [m, H] = act_e [m, I] @ w_down[e]^T
-    gemm(false, true, m, H, I, 1.0f, act_e, I, wd, I, 0.0f, ys + r0 * H, H);
+    swiglu_mlp_forward(ys + r0 * H, gu + r0 * 2 * I, act + r0 * I, xs + r0 * H,
+                       WeightMat::f32(w_gu + e * 2 * I * H, 2 * I, H), WeightMat::f32(w_down + e * H * I, H, I), m);
   }
 }
 

@@ -5,7 +5,16 @@
 #pragma once
 #include <cstdint>
 
+#include "ops/qlinear.h"
+
 namespace dsmoe::ops {
+
+// One SwiGLU MLP, y [n, H] = down(silu(gate(x)) * up(x)) for x [n, H], in any weight storage:
+// w_gu [2I, H] (gate rows then up rows), w_down [H, I]. gu [n, 2I] and act [n, I] receive the
+// intermediate values (what backward needs). Every FFN of the model is this: experts_forward runs it
+// per expert (fp32), inference runs it for the dense FFN, the shared experts and each routed expert.
+void swiglu_mlp_forward(float* y, float* gu, float* act, const float* x, const WeightMat& w_gu,
+                        const WeightMat& w_down, int64_t n);
 
 struct ExpertsShape {
   int64_t n_experts, hidden, inter;  // E, H, I

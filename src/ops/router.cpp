@@ -38,8 +38,9 @@ void softmax_backward(float* dlogits, const float* dprobs, const float* probs, i
   }
 }
 
-void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k) {
-  DSMOE_ASSERT(k >= 1 && k <= E, "top_k {} must be in [1, {}]", k, E);
+void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip) {
+  DSMOE_ASSERT(k >= 1 && skip >= 0 && skip + k <= E, "top_k {} after skipping {} must fit in {} experts", k, skip, E);
+  const int64_t end = skip + k;  // ranks [0, skip) are excluded, [skip, end) returned
 #pragma omp parallel
   {
     std::vector<int32_t> idx((size_t)E);
@@ -48,12 +49,13 @@ void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int6
       const float* p = probs + t * E;
       for (int64_t e = 0; e < E; ++e) idx[(size_t)e] = (int32_t)e;
       // Strict weak order: larger value first, equal values by the lower expert id.
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [p](int32_t a, int32_t b) {
+      std::partial_sort(idx.begin(), idx.begin() + end, idx.end(), [p](int32_t a, int32_t b) {
         return p[a] > p[b] || (p[a] == p[b] && a < b);
       });
       for (int64_t j = 0; j < k; ++j) {
-        ids[t * k + j] = idx[(size_t)j];
-        vals[t * k + j] = p[idx[(size_t)j]];
+        const int32_t e = idx[(size_t)(skip + j)];
+        ids[t * k + j] = e;
+        vals[t * k + j] = p[e];
       }
     }
   }

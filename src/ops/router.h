@@ -12,7 +12,11 @@ void softmax_backward(float* dlogits, const float* dprobs, const float* probs, i
 
 // For each row the k largest probs, in descending order; equal values are ordered by the LOWER expert
 // id first (deterministic tie-break). ids [n, k] are original expert ids in [0, E); vals [n, k].
-void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k);
+// skip > 0 (evaluation only: the paper's "disable the top routed experts", Fig. 4) first excludes the
+// `skip` largest probs of each row (same order and tie-break), i.e. returns ranks [skip, skip + k):
+// the masked experts cannot be chosen, and vals stay the softmax probs over ALL experts.
+// Requires skip + k <= E.
+void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip = 0);
 // dprobs[t, ids[t, j]] += dvals[t, j]
 void topk_backward(float* dprobs, const float* dvals, const int32_t* ids, int64_t n, int64_t E, int64_t k);
 

@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "report/run_charts.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 
@@ -53,6 +54,18 @@ static void drop_metrics_after(const std::string& path, int64_t step) {
     kept += line + "\n";
   }
   if (dropped) write_file_atomic(path, kept);
+}
+
+// Redraws the run's charts from metrics.jsonl (small: one row per logged step). Charts are a
+// convenience, so a failure warns once and never stops training.
+static void update_charts(const std::string& metrics_path, const std::string& out_dir, const ModelConfig& mc,
+                          bool& warned) {
+  try {
+    report::write_run_charts(report::read_metrics(metrics_path), out_dir, report::run_chart_options(out_dir, &mc));
+  } catch (const std::exception& e) {
+    if (!warned) std::fprintf(stderr, "\n[dsmoe] warning: charts not written: %s\n", e.what());
+    warned = true;
+  }
 }
 
 static std::string fmt_duration(double s) {
@@ -166,6 +179,7 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
   int64_t steps_since_log = 0;
   double lm_acc = 0, aux_acc = 0, dev_acc = 0;
   const int64_t first_step = st.step + 1;
+  bool charts_warned = false;
 
   for (int64_t step = first_step; step <= last_step; ++step) {
     StepResult r = train_step(model, optimizer, tc, step, [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
@@ -205,6 +219,7 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
       if (do_eval) rec["val_loss"] = val;
       metrics << rec.dump() << "\n";
       metrics.flush();
+      if (do_eval && opt.charts) update_charts(metrics_path, opt.out_dir, mc, charts_warned);
       if (opt.progress)
         std::fprintf(stderr, "\rstep %lld/%lld | %.0f tok/s | lm %.4f | aux %.4f dev %.4f | load max/mean %.2f%s | ETA %s   ",
                      (long long)step, (long long)tc.steps, tps, lm_acc / steps_since_log, aux_acc / steps_since_log,

@@ -37,6 +37,7 @@ struct TrainOptions {
   bool resume = false;      // continue from out_dir/checkpoint.safetensors if present
   int64_t stop_after = 0;   // stop (with a checkpoint) after this step; 0 = run to the end
   bool progress = true;     // live progress line on stderr
+  bool charts = true;       // loss.svg etc. (report/run_charts.h) in out_dir at each evaluation
 };
 
 struct TrainSummary {

@@ -62,9 +62,9 @@ OracleOutputs read_outputs(const std::string& path, int64_t n_prompts) {
 
 // Everything the engine must reproduce: log-probs (scored alone), prompt logits, greedy
 // continuations (all prompts in ONE batch, and each alone).
-void check_against_oracle(const std::string& what, const Model& model, const OracleOutputs& o, int64_t gen) {
-  InferenceEngine eng(model);
-  const int64_t V = model.config().vocab_size;
+void check_against_oracle(const std::string& what, InferenceEngine& eng, const OracleOutputs& o, int64_t gen) {
+  const ModelConfig& cfg = eng.config();
+  const int64_t V = cfg.vocab_size;
   for (size_t i = 0; i < o.prompts.size(); ++i) {
     const auto& p = o.prompts[i];
     const double scale = max_abs(o.logits[i]);
@@ -72,7 +72,7 @@ void check_against_oracle(const std::string& what, const Model& model, const Ora
     ASSERT_EQ(lp.size(), p.size() - 1);
     for (size_t t = 0; t < lp.size(); ++t)
       EXPECT_NEAR(lp[t], o.logprob[i][t], 2 * kRel * scale) << what << " prompt " << i << " log p(token " << t + 1 << ")";
-    KvCache cache(model.config(), (int64_t)p.size());
+    KvCache cache(cfg, (int64_t)p.size());
     std::vector<float> logits;
     Segment seg{&cache, p.data(), (int64_t)p.size()};
     eng.step(std::span<const Segment>(&seg, 1), true, logits);
@@ -117,7 +117,15 @@ TEST_P(HfVsTorch, LogprobsAndGreedyMatchTheOfficialSemantics) {
   // Keys absent from config.json take the HF config-class defaults.
   EXPECT_EQ(lm.config.model.aux_loss_alpha, 0.001);
   EXPECT_TRUE(lm.config.model.seq_aux);
-  check_against_oracle(c.name, *lm.model, read_outputs(out, 3), gen);
+  const OracleOutputs want = read_outputs(out, 3);
+  InferenceEngine eng(*lm.model);
+  check_against_oracle(c.name, eng, want, gen);
+  // The inference load keeps a BF16 checkpoint in bf16 (the bf16 GEMV / tile kernels, fp32
+  // accumulation on exactly the stored values): the same tolerance holds.
+  InferenceModel im = load_inference_model(dir);
+  EXPECT_EQ(im.weights->type(), c.dtype == "bf16" ? ops::WType::BF16 : ops::WType::F32);
+  InferenceEngine native(*im.weights);
+  check_against_oracle(c.name + " (native " + ops::wtype_name(im.weights->type()) + ")", native, want, gen);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, HfVsTorch,
@@ -159,7 +167,8 @@ TEST(HfExport, TheReferenceLoadsAnExportAndAgrees) {
   ASSERT_EQ(lm.model->params().size(), model.params().size());
   EXPECT_EQ(std::memcmp(lm.model->params().data(), model.params().data(), model.params().size() * 4), 0)
       << "import(export(m)) must be exact for BF16-representable weights";
-  check_against_oracle("export", *lm.model, read_outputs(out, 2), gen);
+  InferenceEngine eng(*lm.model);
+  check_against_oracle("export", eng, read_outputs(out, 2), gen);
 }
 
 }  // namespace

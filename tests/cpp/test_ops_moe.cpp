@@ -18,6 +18,7 @@
 #include <memory>
 #include <random>
 
+#include "core/error.h"
 #include "io/safetensors.h"
 #include "ops/balance_loss.h"
 #include "ops/dispatch.h"
@@ -168,6 +169,36 @@ TEST(MoeOps, TopKTiesLowerIdFirst) {
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j) dwant[t * E + want[t * k + j]] += (float)(t * k + j + 1);
   EXPECT_EQ(dprobs, dwant);
+}
+
+// skip > 0 (the paper's "disable the top routed experts"): ranks [skip, skip + k) of the same order,
+// i.e. the plain top-k after masking the `skip` largest probs to -inf (written out per row here).
+TEST(MoeOps, TopKSkipExcludesTheTopRanks) {
+  const int64_t E = 6, n = 5;
+  const std::vector<float> probs = {
+      0.1f, 0.3f, 0.3f, 0.2f, 0.3f, 0.0f,  // three-way tie at the top
+      0.2f, 0.2f, 0.2f, 0.2f, 0.2f, 0.2f,  // all equal
+      0.5f, 0.1f, 0.1f, 0.1f, 0.1f, 0.1f,  // tie right after the skipped one
+      0.2f, 0.2f, 0.2f, 0.3f, 0.3f, 0.3f,  // higher ids larger
+      0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f,
+  };
+  // Descending order with lower-id tie-break, per row: {1,2,4,3,0,5} {0..5} {0,1,2,3,4,5} {3,4,5,0,1,2} {5,0,1,2,3,4}.
+  struct Case {
+    int64_t skip, k;
+    std::vector<int32_t> want;
+  };
+  for (const Case& c : {Case{1, 2, {2, 4, 1, 2, 1, 2, 4, 5, 0, 1}}, Case{2, 3, {4, 3, 0, 2, 3, 4, 2, 3, 4, 5, 0, 1, 1, 2, 3}},
+                        Case{4, 2, {0, 5, 4, 5, 4, 5, 1, 2, 3, 4}}, Case{0, 1, {1, 0, 0, 3, 5}}}) {
+    std::vector<int32_t> ids(n * c.k);
+    std::vector<float> vals(n * c.k);
+    topk_forward(ids.data(), vals.data(), probs.data(), n, E, c.k, c.skip);
+    EXPECT_EQ(ids, c.want) << "skip " << c.skip << " k " << c.k;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < c.k; ++j) EXPECT_EQ(vals[t * c.k + j], probs[t * E + ids[t * c.k + j]]);
+  }
+  std::vector<int32_t> ids(n * 2);
+  std::vector<float> vals(n * 2);
+  EXPECT_THROW(topk_forward(ids.data(), vals.data(), probs.data(), n, E, 2, 5), Error) << "skip + k > E";
 }
 
 static void router_chain_test(const std::string& op, bool norm) {

@@ -290,6 +290,43 @@ def check_dispatch_parity():
           torch.allclose(got, want, rtol=1e-12, atol=1e-14))
 
 
+def check_routing_override():
+    """The evaluation-only override (model_ref.set_routing_override) against a per-token loop written
+    from the paper's description: rank the softmax scores, skip the top `disable_top`, run the next k,
+    gates = their softmax scores (renormalised over the k when norm_topk_prob and k > 1)."""
+    for norm in (False, True):
+        cfg = DeepseekConfig(dict(TINY, hidden_size=16, n_routed_experts=8, num_experts_per_tok=3,
+                                  norm_topk_prob=norm))
+        model, g = build(cfg.raw, 11)
+        model.eval()
+        moe = model.model.layers[1].mlp
+        x = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+        for d, k, drop in [(1, 0, False), (2, 0, False), (0, 1, False), (0, 4, True), (2, 2, True), (5, 3, False)]:
+            model.set_routing_override(d, k, drop)
+            kk = k or 3
+            with torch.no_grad():
+                got = moe(x, None)
+                want = torch.zeros_like(x)
+                for b in range(2):
+                    for t in range(5):
+                        u = x[b, t]
+                        s = torch.softmax(moe.gate.weight @ u, 0)
+                        order = sorted(range(8), key=lambda i: -float(s[i]))[d:d + kk]
+                        den = sum(float(s[i]) for i in order) + 1e-20 if norm and kk > 1 else 1.0
+                        y = sum(float(s[i]) / den * moe.experts[i](u) for i in order)
+                        want[b, t] = y if drop else y + moe.shared_experts(u)
+            check(f"routing override == per-token loop (disable_top {d}, top_k {k}, drop_shared {drop}, norm {norm})",
+                  torch.allclose(got, want, rtol=1e-12, atol=1e-14))
+        model.set_routing_override(1, 0, False)
+        model.train()
+        try:
+            model(torch.zeros(1, 3, dtype=torch.long))
+            check("routing override refused in training mode", False)
+        except RuntimeError:
+            check("routing override refused in training mode", True)
+        model.set_routing_override()
+
+
 def check_hash():
     ids = np.arange(0, 300000, dtype=np.uint64)
     ids = np.concatenate([ids, np.array([102399, 2 ** 31 - 1, 2 ** 32 - 1], dtype=np.uint64)])
@@ -471,6 +508,7 @@ def main():
     check_aux_closed_form()
     check_attention_and_rope()
     check_dispatch_parity()
+    check_routing_override()
     check_adamw_formula()
     check_accum_equivalence()
     check_gradcheck()

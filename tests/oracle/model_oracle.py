@@ -2,13 +2,16 @@
 and optionally a short AdamW training trajectory, written to one safetensors file (tests/oracle/st.py).
 
   /usr/bin/python3 tests/oracle/model_oracle.py --config CFG.json --out OUT.safetensors \
-      --seed S --batch B --seq T [--steps N --accum A] [--min-margin 1e-5]
+      --seed S --batch B --seq T [--steps N --accum A] [--min-margin 1e-5] [--overrides JSON]
 
 The model (tests/oracle/model_ref.py) runs in float64 on weights that are exactly the stored F32 values.
 Random draws, all from torch.Generator().manual_seed(S): the weights in named_parameters() order, then
 the batch, then the trajectory's micro-batches in (step, micro-batch) order. A token batch whose top-k
 routing margin (softmax prob of the k-th minus the (k+1)-th expert, at the weights it is used with) is
-below --min-margin is redrawn, so an fp32 engine cannot route it differently by rounding.
+below --min-margin is redrawn, so an fp32 engine cannot route it differently by rounding. With
+--overrides '[[disable_top, top_k, drop_shared], ...]' (evaluation-only routing overrides, see
+model_ref.py) the batch is also redrawn until the margins at BOTH rank boundaries of the chosen set
+(disable_top and disable_top + k) clear --min-margin under every override.
 
 File layout (scalars have shape []; L = a MoE layer index, K = experts per token, 1 for hash):
   <hf name>                 F32  every parameter, HF checkpoint name and shape
@@ -30,6 +33,10 @@ with --steps N (AdamW, hyperparameters from the config's "training" object):
   traj.lr                   F64  [N] learning rate used at step s (1-based)
   traj.grad_norm            F64  [N] total L2 norm of all gradients before clipping
   traj.param.<hf name>      F64  the parameters after the N steps
+with --overrides, for the i-th override (0-based), an eval-mode forward (no aux losses) of the same batch:
+  ovr.I.logits64            F64  [B, T, V]
+  ovr.I.loss.lm             F64  []
+  ovr.I.route.idx.L, ovr.I.route.weight.L, ovr.I.route.scores.L (learned router only): as route.*.L
 __metadata__: config (JSON), seed, batch, seq, steps, accum, scalar_shape, min_route_margin,
 min_margin_arg, training (the resolved training hyperparameters, JSON).
 """
@@ -132,10 +139,24 @@ def routing_margin(model):
     return mm
 
 
-def draw_tokens(model, gen, shape, vocab, min_margin, max_tries=1000):
+def override_forward(model, tokens, ovr):
+    """Eval-mode forward of tokens[:, :-1] against tokens[:, 1:] under override ovr = (disable_top,
+    top_k, drop_shared); restores the config's routing and the previous mode. Returns logits, loss."""
+    was_training = model.training
+    model.eval()
+    model.set_routing_override(*ovr)
+    try:
+        with torch.no_grad():
+            return model(tokens[:, :-1], tokens[:, 1:])
+    finally:
+        model.set_routing_override()
+        model.train(was_training)
+
+
+def draw_tokens(model, gen, shape, vocab, min_margin, max_tries=1000, overrides=()):
     """Random tokens [B, T+1] from `gen`, redrawn (from the same generator) until the model's routing of
-    tokens[:, :-1] at the current weights has every top-k margin >= min_margin, so an fp32 engine cannot
-    pick a different expert set by rounding. Returns (tokens, margin)."""
+    tokens[:, :-1] at the current weights has every top-k margin >= min_margin (also under each of
+    `overrides`), so an fp32 engine cannot pick a different expert set by rounding. Returns (tokens, margin)."""
     for _ in range(max_tries):
         tokens = torch.randint(0, vocab, shape, generator=gen, dtype=torch.long)
         if min_margin <= 0:
@@ -143,6 +164,9 @@ def draw_tokens(model, gen, shape, vocab, min_margin, max_tries=1000):
         with torch.no_grad():
             model(tokens[:, :-1])
         mm = routing_margin(model)
+        for ovr in overrides:
+            override_forward(model, tokens, ovr)
+            mm = min(mm, routing_margin(model))
         if mm >= min_margin:
             return tokens, mm
     raise RuntimeError(f"no token batch with routing margin >= {min_margin} in {max_tries} draws")
@@ -213,7 +237,10 @@ def main():
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--min-margin", type=float, default=1e-5,
                     help="redraw any token batch whose top-k routing margin (softmax prob) is below this; 0 = off")
+    ap.add_argument("--overrides", default="[]",
+                    help="JSON list of evaluation routing overrides [disable_top, top_k, drop_shared]")
     args = ap.parse_args()
+    overrides = [(int(d), int(k), bool(s)) for d, k, s in json.loads(args.overrides)]
 
     with open(args.config) as f:
         cfg_dict = json.load(f)
@@ -226,7 +253,7 @@ def main():
     model.train()
     init_state = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    tokens, _ = draw_tokens(model, gen, (B, T + 1), V, args.min_margin)
+    tokens, _ = draw_tokens(model, gen, (B, T + 1), V, args.min_margin, overrides=overrides)
 
     out = {}
     for n, p in model.named_parameters():
@@ -259,10 +286,22 @@ def main():
             min_margin = min(min_margin, float(last["margin"].min()))
     for n, p in model.named_parameters():
         out[f"grad.{n}"] = p.grad.detach().clone()
+    for o, ovr in enumerate(overrides):
+        logits_o, loss_o = override_forward(model, tokens, ovr)
+        out[f"ovr.{o}.logits64"] = logits_o.detach().clone()
+        out[f"ovr.{o}.loss.lm"] = loss_o.detach().reshape(())
+        for i, m in model.moe_layers():
+            last = m.gate.last
+            out[f"ovr.{o}.route.idx.{i}"] = last["idx"].to(torch.int32).contiguous()
+            out[f"ovr.{o}.route.weight.{i}"] = last["weight"].double().contiguous()
+            if "scores" in last:
+                out[f"ovr.{o}.route.scores.{i}"] = last["scores"].contiguous()
+                min_margin = min(min_margin, float(last["margin"].min()))
 
     meta = {"config": json.dumps(cfg_dict), "seed": args.seed, "batch": B, "seq": T,
             "steps": args.steps, "accum": args.accum, "scalar_shape": "[]",
-            "min_route_margin": repr(min_margin), "min_margin_arg": repr(args.min_margin)}
+            "min_route_margin": repr(min_margin), "min_margin_arg": repr(args.min_margin),
+            "overrides": json.dumps(overrides)}
 
     if args.steps > 0:
         tc = training_config(cfg_dict, args.steps)

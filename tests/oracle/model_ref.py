@@ -18,6 +18,13 @@ dsmoe extensions (config keys of ours, absent = default):
     n_routed_experts, gate 1.0, no router weight, no aux loss).
   * "n_device_groups" D (default 1), "device_aux_alpha" a2 (default 0.0): device-level balance loss.
 
+Evaluation-only routing override (the paper's expert-specialization analyses, section 4.5), set with
+DeepseekForCausalLM.set_routing_override(disable_top, top_k, drop_shared): per token the `disable_top`
+experts of highest softmax score are masked out (-inf) and top-k is taken over the rest with k = top_k
+(0 = num_experts_per_tok); gates are the chosen experts' softmax scores over ALL routed experts,
+renormalised only when norm_topk_prob and k > 1; drop_shared skips the shared experts. Training-mode
+forwards refuse an active override.
+
 Torch 1.13 compatible (no scaled_dot_product_attention, no nn.RMSNorm).
 """
 import math
@@ -288,14 +295,27 @@ class MoEGate(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.n_routed_experts, config.hidden_size))
         nn.init.normal_(self.weight, std=config.initializer_range)
         self.last = {}
+        self.disable_top = 0   # evaluation-only routing override (see the module docstring)
+        self.override_k = 0
 
     def forward(self, hidden_states):
         bsz, seq_len, h = hidden_states.shape
         hidden_states = hidden_states.view(-1, h)
         logits = F.linear(hidden_states, self.weight, None)
         scores = logits.softmax(dim=-1)
-        topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
-        if self.top_k > 1 and self.norm_topk_prob:
+        k = self.override_k or self.top_k
+        if self.disable_top == 0 and self.override_k == 0:
+            topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
+        else:
+            if self.training:
+                raise RuntimeError("routing override in training mode: overrides are for evaluation only")
+            masked = scores
+            if self.disable_top > 0:
+                _, top_idx = torch.topk(scores, k=self.disable_top, dim=-1)
+                masked = scores.scatter(-1, top_idx, float("-inf"))
+            _, topk_idx = torch.topk(masked, k=k, dim=-1, sorted=False)
+            topk_weight = torch.gather(scores, -1, topk_idx)  # probabilities over ALL routed experts
+        if k > 1 and self.norm_topk_prob:
             denominator = topk_weight.sum(dim=-1, keepdim=True) + 1e-20
             topk_weight = topk_weight / denominator
 
@@ -336,11 +356,14 @@ class MoEGate(nn.Module):
 
         # diagnostics for the oracle (no effect on the computation)
         with torch.no_grad():
-            sw, si = torch.topk(scores, k=min(self.top_k + 1, self.n_routed_experts), dim=-1, sorted=True)
-            if self.top_k < self.n_routed_experts:
-                margin = sw[:, self.top_k - 1] - sw[:, self.top_k]
-            else:
-                margin = torch.full((scores.shape[0],), float("inf"), dtype=scores.dtype)
+            # The chosen set is the score ranks [disable_top, disable_top + k): it is decided by the gaps
+            # at both rank boundaries (only the upper one without an override).
+            n = self.n_routed_experts
+            sw, si = torch.topk(scores, k=min(self.disable_top + k + 1, n), dim=-1, sorted=True)
+            margin = torch.full((scores.shape[0],), float("inf"), dtype=scores.dtype)
+            for b in (self.disable_top, self.disable_top + k):
+                if 0 < b < n:
+                    margin = torch.minimum(margin, sw[:, b - 1] - sw[:, b])
             order = torch.argsort(torch.gather(scores, 1, topk_idx), dim=-1, descending=True)
             self.last = {
                 "idx": torch.gather(topk_idx, 1, order),
@@ -383,10 +406,13 @@ class DeepseekMoE(nn.Module):
             self.shared_experts = DeepseekMLP(
                 config, intermediate_size=config.moe_intermediate_size * config.n_shared_experts)
         self.inject_aux = True  # False: the check script gets the aux losses in-graph instead
+        self.drop_shared = False  # evaluation-only routing override
         self.last_aux = None
         self.last_device_aux = None
 
     def forward(self, hidden_states, input_ids):
+        if self.drop_shared and self.training:
+            raise RuntimeError("drop_shared in training mode: overrides are for evaluation only")
         identity = hidden_states
         orig_shape = hidden_states.shape
         if isinstance(self.gate, HashGate):
@@ -411,7 +437,7 @@ class DeepseekMoE(nn.Module):
                     y = AddAuxiliaryLoss.apply(y, device_aux_loss)
         else:
             y = self.moe_infer(hidden_states, flat_topk_idx, topk_weight.view(-1, 1)).view(*orig_shape)
-        if self.config.n_shared_experts is not None:
+        if self.config.n_shared_experts is not None and not self.drop_shared:
             y = y + self.shared_experts(identity)
         return y
 
@@ -508,6 +534,26 @@ class DeepseekForCausalLM(nn.Module):
     def aux_losses(self):
         """{layer: (expert_aux or None, device_aux or None)} from the last forward."""
         return {i: (m.last_aux, m.last_device_aux) for i, m in self.moe_layers()}
+
+    def set_routing_override(self, disable_top=0, top_k=0, drop_shared=False):
+        """Evaluation-only routing override of every MoE layer (see the module docstring); all zero /
+        False restores the config's routing."""
+        c = self.config
+        active = disable_top != 0 or top_k != 0 or drop_shared
+        if active and c.n_routed_experts is None:
+            raise ValueError("routing override on a dense model")
+        if disable_top < 0 or top_k < 0:
+            raise ValueError("disable_top and top_k must be >= 0")
+        if c.router_type == "hash" and (disable_top or top_k):
+            raise ValueError("router_type hash: only drop_shared applies")
+        if active and disable_top + (top_k or c.num_experts_per_tok) > c.n_routed_experts:
+            raise ValueError("disable_top + top_k must be <= n_routed_experts")
+        if drop_shared and c.n_shared_experts is None:
+            raise ValueError("drop_shared without shared experts")
+        for _, m in self.moe_layers():
+            if isinstance(m.gate, MoEGate):
+                m.gate.disable_top, m.gate.override_k = disable_top, top_k
+            m.drop_shared = drop_shared
 
     def set_inject_aux(self, flag):
         for _, m in self.moe_layers():

@@ -1,0 +1,180 @@
+// Inference speed on a model with deepseek-moe-16b's expert shapes (hidden 2048, 16 heads of 128,
+// 2 shared + 64 routed experts of width 1408, top-6, first layer dense with width 10944), 4 layers,
+// vocab 32000, random weights, in bf16 / q8 / q4 storage:
+//   Infer_Decode/<type>   batch-1 decode steps after a 16-token prompt: tokens/s, and the weight
+//                         bytes one token reads (attention + dense FFN + router + shared experts +
+//                         the 6 routed experts it picked + lm_head + norms + its embedding row) and
+//                         the bandwidth that implies; compare with Ceiling_ReadBandwidth of the same
+//                         run (bench/infer_bench.sh prints the ratio).
+//   Infer_Prefill/<type>  one prompt of 128 tokens: tokens/s.
+// Weights are random bytes of the right format (not quantized from fp32: that would take longer
+// than the measurement and the kernels' speed does not depend on the values).
+#include <benchmark/benchmark.h>
+
+#include <memory>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/rng.h"
+#include "infer/engine.h"
+#include "infer/infer_weights.h"
+
+namespace {
+
+using namespace dsmoe;
+using ops::WType;
+
+ModelConfig bench_config() {
+  ModelConfig m;
+  m.vocab_size = 32000;
+  m.hidden_size = 2048;
+  m.intermediate_size = 10944;
+  m.moe_intermediate_size = 1408;
+  m.num_hidden_layers = 4;
+  m.num_attention_heads = 16;
+  m.num_key_value_heads = 16;
+  m.n_shared_experts = 2;
+  m.n_routed_experts = 64;
+  m.num_experts_per_tok = 6;
+  m.first_k_dense_replace = 1;
+  m.max_position_embeddings = 4096;
+  return m;
+}
+
+void fill_random(InferenceWeights& w, uint64_t seed) {
+  Rng rng(seed);
+  for (auto& s : w.slots()) {
+    if (!s.is_matrix) {  // norms 1, router small normal (the same routing spread as trained models)
+      float* p = (float*)s.mutable_data();
+      const bool norm = s.t.shape.size() == 1;
+      for (int64_t i = 0; i < s.t.numel; ++i) p[i] = norm ? 1.0f : (float)(0.05 * rng.normal());
+      continue;
+    }
+    const int64_t n = s.mat.rows * s.mat.row_bytes();
+    uint8_t* p = s.mutable_data();
+    const uint64_t base = rng.next_u64();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n / 8; ++i) {
+      uint64_t x = (base + (uint64_t)i) * 0x9E3779B97F4A7C15ull;  // splitmix64
+      x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+      x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+      x ^= x >> 31;
+      if (s.mat.type == WType::BF16)  // sign, exponent 2^-10..2^-7, 7 random mantissa bits
+        x = (x & 0x807F807F807F807Full) | 0x3A803A803A803A80ull;
+      if (s.mat.type == WType::Q8)  // int8 in [-64, 63]
+        x = (x & 0x7F7F7F7F7F7F7F7Full) - 0x4040404040404040ull;
+      std::memcpy(p + 8 * i, &x, 8);
+    }
+    if (s.mat.scales) {
+      const uint16_t d = f32_to_bf16(s.mat.type == WType::Q8 ? 0.02f / 127 : 0.02f / 7);
+      std::fill(s.mutable_scales(), s.mutable_scales() + s.mat.rows * s.mat.blocks(), d);
+    }
+  }
+}
+
+// One weight set at a time (bf16 is 3.9 GB).
+InferenceWeights& weights(WType t) {
+  static std::unique_ptr<InferenceWeights> w;
+  if (!w || w->type() != t) {
+    w.reset();
+    w = std::make_unique<InferenceWeights>(InferenceWeights::allocate(bench_config(), t));
+    fill_random(*w, 1);
+  }
+  return *w;
+}
+
+// Weight bytes read by one token whose MoE layers picked `k` routed experts each.
+double bytes_per_token(const InferenceWeights& w) {
+  const ModelConfig& m = w.config();
+  double b = (double)w.embed().row_bytes() + (double)w.lm_head().bytes() + m.hidden_size * 4.0;  // + final norm
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
+    const auto& L = w.layer(l);
+    b += L.attn.q.bytes() + L.attn.k.bytes() + L.attn.v.bytes() + L.attn.o.bytes() + 2.0 * m.hidden_size * 4;
+    if (!m.is_moe_layer(l)) {
+      b += L.mlp_gate_up.bytes() + L.mlp_down.bytes();
+      continue;
+    }
+    const double per_expert = (L.moe.experts_gate_up.bytes() + L.moe.experts_down.bytes()) / (double)m.n_routed_experts;
+    b += m.n_routed_experts * m.hidden_size * 4.0 + L.moe.shared_gate_up.bytes() + L.moe.shared_down.bytes() +
+         m.num_experts_per_tok * per_expert;
+  }
+  return b;
+}
+
+const WType kTypes[] = {WType::BF16, WType::Q8, WType::Q4};
+
+void Infer_Decode(benchmark::State& state) {
+  const WType t = kTypes[state.range(0)];
+  state.SetLabel(ops::wtype_name(t));
+  const InferenceWeights& w = weights(t);
+  InferenceEngine eng(w);
+  const int64_t prompt = 16, max_steps = 512;
+  KvCache cache(w.config(), prompt + max_steps + 8);
+  std::vector<int32_t> toks(prompt);
+  for (int64_t i = 0; i < prompt; ++i) toks[i] = (int32_t)(i * 977 % 32000);
+  std::vector<float> logits;
+  Segment seg{&cache, toks.data(), prompt};
+  eng.step(std::span<const Segment>(&seg, 1), false, logits);
+  int32_t next = 7;
+  for (auto _ : state) {
+    if (cache.len + 1 >= cache.capacity) {  // keep the context short and the same for every type
+      state.PauseTiming();
+      cache.clear();
+      seg = Segment{&cache, toks.data(), prompt};
+      eng.step(std::span<const Segment>(&seg, 1), false, logits);
+      state.ResumeTiming();
+    }
+    seg = Segment{&cache, &next, 1};
+    eng.step(std::span<const Segment>(&seg, 1), false, logits);
+    next = (int32_t)((next * 31 + 11) % 32000);
+  }
+  const double bpt = bytes_per_token(w);
+  state.counters["tokens/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["MB/token"] = bpt / 1e6;
+  state.counters["GB/s"] = benchmark::Counter(bpt, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(Infer_Decode)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+
+void Infer_Prefill(benchmark::State& state) {
+  const WType t = kTypes[state.range(0)];
+  state.SetLabel(ops::wtype_name(t));
+  const InferenceWeights& w = weights(t);
+  InferenceEngine eng(w);
+  const int64_t n = 128;
+  KvCache cache(w.config(), n);
+  std::vector<int32_t> toks(n);
+  for (int64_t i = 0; i < n; ++i) toks[i] = (int32_t)(i * 7919 % 32000);
+  std::vector<float> logits;
+  for (auto _ : state) {
+    cache.clear();
+    Segment seg{&cache, toks.data(), n};
+    eng.step(std::span<const Segment>(&seg, 1), false, logits);
+  }
+  state.counters["tokens/s"] = benchmark::Counter((double)n, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(Infer_Prefill)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+
+}  // namespace
+
+namespace {
+
+// One projection alone: a [16384, 2048] matrix (64 MiB in bf16, far beyond the caches) times one
+// activation row: the GEMV's streaming rate per storage, without the rest of a decode step.
+void Infer_Gemv(benchmark::State& state) {
+  const WType t = kTypes[state.range(0)];
+  state.SetLabel(ops::wtype_name(t));
+  const int64_t R = 16384, K = 2048;
+  std::vector<uint8_t> data((size_t)(R * ops::WeightMat::row_bytes_of(t, K)), 0x11);
+  std::vector<uint16_t> scales((size_t)(R * K / 32), f32_to_bf16(0.01f));
+  const ops::WeightMat w{t, R, K, data.data(), ops::WeightMat::has_scales(t) ? scales.data() : nullptr};
+  std::vector<float> x(K, 0.5f), y(R);
+  for (auto _ : state) {
+    ops::qlinear_forward(y.data(), x.data(), w, 1);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter((double)w.bytes(), benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(Infer_Gemv)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace

@@ -1,0 +1,52 @@
+// dsmoe experiment: train a suite of models on the same data and budget (configs/paper/suite.json
+// reproduces the paper's comparisons), run the expert-specialization analyses and write a report.
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "experiment/report.h"
+#include "experiment/runner.h"
+#include "experiment/suite.h"
+#include "io/safetensors.h"
+
+namespace dsmoe::cli {
+
+void add_experiment_commands(CLI::App& app) {
+  auto* c = app.add_subcommand("experiment", "train a suite of models on the same data and budget, analyse, report");
+  auto suite = std::make_shared<std::string>("configs/paper/suite.json");
+  auto out = std::make_shared<std::string>();
+  auto data = std::make_shared<std::string>();
+  auto quick = std::make_shared<bool>(false);
+  auto report_only = std::make_shared<bool>(false);
+  auto quiet = std::make_shared<bool>(false);
+  c->add_option("--suite", *suite, "suite JSON (models, seeds, analyses)")->capture_default_str();
+  c->add_option("--out", *out, "output folder: runs/, results.json, report.md and its images")->required();
+  c->add_option("--data", *data, "prepared data folder (overrides the suite's \"data\")");
+  c->add_flag("--quick", *quick, "the suite's quick variant: tiny models, a few steps (a smoke run)");
+  c->add_flag("--report-only", *report_only, "redraw the report from OUT/results.json without training");
+  c->add_flag("--quiet", *quiet, "no progress lines");
+  c->callback([=] {
+    namespace fs = std::filesystem;
+    nlohmann::json results;
+    if (*report_only) {
+      const std::string p = (fs::path(*out) / "results.json").string();
+      try {
+        results = nlohmann::json::parse(read_text_file(p));
+      } catch (const nlohmann::json::exception& e) {
+        fail("{}: not a results file: {}", p, e.what());
+      }
+    } else {
+      const experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
+      experiment::RunOptions o;
+      o.out_dir = *out;
+      o.progress = !*quiet;
+      results = experiment::run_suite(s, o);
+    }
+    const std::string report = experiment::write_report(results, *out);
+    std::printf("report: %s\n", report.c_str());
+  });
+}
+
+}  // namespace dsmoe::cli

@@ -1,0 +1,28 @@
+// Runs a suite: trains every (model, seed) on the suite's data with the normal trainer (one run
+// folder each, under OUT/runs/<id>/seed-<s>), evaluates the held-out loss, runs the analyses on the
+// trained models (evaluation-time routing overrides and routing statistics) and writes everything to
+// OUT/results.json, from which report.h draws the report. A finished run whose folder holds a
+// checkpoint of the same config is reused, and an interrupted one resumes, so re-running a suite after
+// a crash or after adding a model trains only what is missing.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "experiment/suite.h"
+
+namespace dsmoe::experiment {
+
+struct RunOptions {
+  std::string out_dir;
+  bool progress = true;  // the trainer's progress line and one line per run
+};
+
+// Returns the results JSON (also written atomically to OUT/results.json):
+// {suite, quick, data, seeds, unigram_baseline, threads, wall_s, tokens_per_model, eval_tokens,
+//  models: [{id, label, groups, config, seeds, total_params, activated_params, flops_per_2k_tokens, ...}],
+//  runs: [{model, seed, dir, val_loss, train_s, curve: {steps, tokens, train_loss, val_steps, val_tokens,
+//          val_loss}, disable_top: [{ratio, disabled, loss}], top_k: [{k, loss}],
+//          drop_shared: {top_k, loss}, routing: {...}}]}
+nlohmann::json run_suite(const Suite& suite, const RunOptions& opt);
+
+}  // namespace dsmoe::experiment
