@@ -2,6 +2,7 @@
 // them: 2 per multiply-add, backward twice the forward).
 #include <benchmark/benchmark.h>
 
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
@@ -74,36 +75,46 @@ BENCHMARK(Moe_LayerFwdBwd)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-// A whole training step (forward, backward, no optimizer) of a small DeepSeekMoE, model FLOPs per
-// token from model_stats (6N + attention).
-void TrainStep_Default(benchmark::State& state) {
-  ModelConfig m = moe_shape(128, 1, 15, 3, 64);
-  m.num_hidden_layers = 4;
-  m.num_attention_heads = 4;
-  m.num_key_value_heads = 4;
-  m.intermediate_size = 512;
-  m.first_k_dense_replace = 1;
-  m.max_position_embeddings = 256;
-  const int64_t B = 16, T = 256;
+// A whole training step (zero the gradients, forward, backward; no optimizer) of a config file's
+// model at batch B x T, in model FLOPs per token from model_stats (6 x activated non-embedding
+// parameters + attention), the count bench/torch_moe_peer.py uses for the same config file.
+// layers > 0 keeps only the first `layers` layers (the paper-2B model: its 9 layers are identical MoE
+// layers, so fewer of them keep the per-layer work and only raise the lm_head's share a little, while
+// the step fits a few seconds and a few GB).
+void train_step(benchmark::State& state, const char* config, int64_t B, int64_t T, int64_t layers) {
+  ModelConfig m = load_config(std::string(DSMOE_SOURCE_DIR) + "/" + config).model;
+  if (layers > 0) m.num_hidden_layers = layers;
   Model model(m);
   Rng rng(1);
-  model.init_weights(rng, 0.02);
+  model.init_weights(rng, m.initializer_range);
   std::vector<int32_t> x(B * T), y(B * T);
-  for (auto& t : x) t = (int32_t)rng.below(256);
-  for (auto& t : y) t = (int32_t)rng.below(256);
+  for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+  for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
   auto step = [&] {
     model.zero_grads();
     model.forward(x.data(), y.data(), B, T, true);
-    model.backward(1.0f / (B * T), true);
+    model.backward(1.0f / (float)(B * T), true);
   };
   step();  // untimed warm-up, as in Moe_LayerFwdBwd
   for (auto _ : state) step();
   const ModelStats s = model_stats(m, T);
-  state.counters["GFLOP/s"] = benchmark::Counter(s.train_flops_per_token * B * T,
+  state.counters["GFLOP/s"] = benchmark::Counter(s.train_flops_per_token * (double)(B * T),
                                                  benchmark::Counter::kIsIterationInvariantRate,
                                                  benchmark::Counter::kIs1000);
-  state.counters["tokens/s"] = benchmark::Counter((double)B * T, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] = benchmark::Counter((double)(B * T), benchmark::Counter::kIsIterationInvariantRate);
 }
+// configs/default.json at its training batch (16 x 256).
+void TrainStep_Default(benchmark::State& state) { train_step(state, "configs/default.json", 16, 256, 0); }
+// The paper-reproduction suite's DeepSeekMoE (hidden 128, 4 layers, 1 + 63 experts of 88, top-7),
+// at its training batch (16 x 256); the suite trains it about 20 times.
+void TrainStep_PaperDeepSeekMoE(benchmark::State& state) {
+  train_step(state, "configs/paper/deepseekmoe.json", 16, 256, 0);
+}
+// configs/paper-2b.json (hidden 1280, 1 + 63 experts of 880, top-7, vocab 8192) with 2 of its 9
+// layers at 4 x 512 tokens (its training batch is 8 x 2048 x 256 accumulation steps).
+void TrainStep_Paper2B(benchmark::State& state) { train_step(state, "configs/paper-2b.json", 4, 512, 2); }
 BENCHMARK(TrainStep_Default)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(TrainStep_PaperDeepSeekMoE)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(TrainStep_Paper2B)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 
 }  // namespace

@@ -49,8 +49,8 @@ for T in $THREADS; do
   echo "[$(load)] dsmoe ceilings"
   "$BENCH" --benchmark_filter='^Ceiling' --benchmark_format=console \
     --benchmark_out="$OUT_DIR/dsmoe_ceiling_t$T.json" --benchmark_out_format=json
-  echo "[$(load)] dsmoe MoE layers + training step, OMP_NUM_THREADS=$T"
-  OMP_NUM_THREADS=$T "$BENCH" --benchmark_filter='^(Moe_LayerFwdBwd|TrainStep_Default)' --benchmark_format=console \
+  echo "[$(load)] dsmoe MoE layers + training steps, OMP_NUM_THREADS=$T"
+  OMP_NUM_THREADS=$T "$BENCH" --benchmark_filter='^(Moe_LayerFwdBwd|TrainStep_)' --benchmark_format=console \
     --benchmark_out="$OUT_DIR/dsmoe_t$T.json" --benchmark_out_format=json
   echo "[$(load)] torch peer, OPENBLAS_CORETYPE unset"
   OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T "$TORCH_PY" bench/torch_moe_peer.py --threads "$T" \

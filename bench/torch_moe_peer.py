@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """PyTorch peer for bench/bench_moe.cpp: times the official DeepSeekMoE module's TRAINING path
 (tests/oracle/model_ref.py: MoEGate + repeat_interleave + per-expert masked MLP + AddAuxiliaryLoss +
-shared experts), forward + backward, fp32, on CPU, at the shapes of Moe_LayerFwdBwd, and a whole
-training step of the TrainStep_Default model.
+shared experts), forward + backward, fp32, on CPU, at the shapes of Moe_LayerFwdBwd, and whole
+training steps of the TrainStep_* models (the same config files).
 
 Run with Debian's interpreter, which has torch 1.13:  /usr/bin/python3 bench/torch_moe_peer.py --threads 2
 
@@ -97,18 +97,38 @@ def moe_case(name, H, Ks, E, k, I, N, warmup, iters):
             "GFLOP/s": flops / mean_s / 1e9, "tokens/s": N / mean_s}
 
 
-def train_case(warmup, iters, B=16, T=256):
-    cfg = DeepseekConfig({
-        "vocab_size": 256, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 4, "intermediate_size": 512, "first_k_dense_replace": 1,
-        "moe_intermediate_size": 64, "n_shared_experts": 1, "n_routed_experts": 15,
-        "num_experts_per_tok": 3, "max_position_embeddings": 256,
-    })
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+# The TrainStep_* benchmarks of bench_moe.cpp: config file, batch, sequence length, layers kept (0: all).
+TRAIN_CASES = {
+    "train": ("TrainStep_Default", "configs/default.json", 16, 256, 0),
+    "train_paper": ("TrainStep_PaperDeepSeekMoE", "configs/paper/deepseekmoe.json", 16, 256, 0),
+    "train_2b": ("TrainStep_Paper2B", "configs/paper-2b.json", 4, 512, 2),
+}
+
+
+def load_config_json(path):
+    """A dsmoe config file with its "extends" chain resolved (a file's keys replace its base's), as
+    src/model/config.cpp load_config_json; only the model keys are kept."""
+    with open(path) as f:
+        d = json.load(f)
+    if "extends" in d:
+        base = load_config_json(os.path.join(os.path.dirname(path), d.pop("extends")))
+        base.update(d)
+        d = base
+    return {k: v for k, v in d.items() if k not in ("training", "_comment")}
+
+
+def train_case(case, warmup, iters):
+    name, path, B, T, layers = TRAIN_CASES[case]
+    d = load_config_json(os.path.join(ROOT, path))
+    if layers:
+        d["num_hidden_layers"] = layers
+    cfg = DeepseekConfig(d)
     torch.manual_seed(1)
     model = DeepseekForCausalLM(cfg).float().train()
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (B, T), generator=g)
-    y = torch.randint(0, 256, (B, T), generator=g)
+    x = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
+    y = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
 
     def step():
         for p in model.parameters():
@@ -123,7 +143,7 @@ def train_case(warmup, iters, B=16, T=256):
     inactive = sum((E - k) * 3 * H * I for l in range(cfg.num_hidden_layers) if cfg.is_moe_layer(l))
     act_nonembed = total - inactive - cfg.vocab_size * H
     fpt = 6.0 * act_nonembed + 12.0 * cfg.num_hidden_layers * H * T
-    return {"name": "TrainStep_Default", "ms": mean_s * 1e3, "min_ms": min_s * 1e3, "iters": iters,
+    return {"name": name, "ms": mean_s * 1e3, "min_ms": min_s * 1e3, "iters": iters,
             "GFLOP/s": fpt * B * T / mean_s / 1e9, "tokens/s": B * T / mean_s,
             "train_flops_per_token": fpt}
 
@@ -131,7 +151,8 @@ def train_case(warmup, iters, B=16, T=256):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cases", default="small,2b,16b,train", help="comma list of small,2b,16b,train")
+    ap.add_argument("--cases", default="small,2b,16b,train,train_paper",
+                    help="comma list of small,2b,16b (MoE layers), train, train_paper, train_2b (training steps)")
     ap.add_argument("--tokens", action="append", default=[],
                     help="override tokens of a MoE shape, e.g. --tokens 16b=1024 (repeatable)")
     ap.add_argument("--iters", type=int, default=0, help="timed iterations (0: 10 small/train, 2 big)")
@@ -160,8 +181,8 @@ def main():
         tokens[key] = (H, Ks, E, k, I, int(n))
     results = []
     for case in a.cases.split(","):
-        if case == "train":
-            r = train_case(a.warmup, a.iters or 10)
+        if case in TRAIN_CASES:
+            r = train_case(case, a.warmup, a.iters or (2 if case == "train_2b" else 10))
         else:
             r = moe_case(case, *tokens[case], a.warmup, a.iters or (10 if case == "small" else 2))
         results.append(r)

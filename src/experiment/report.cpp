@@ -247,7 +247,7 @@ std::string write_report(const json& results, const std::string& out_dir) {
       {"shared-4of64", "1.811"}};
   md += "## Models and held-out loss (the paper's Table 1 at this scale)\n\n";
   md += "| model | experts (shared + active/routed), width | total params | activated params | FFN params | "
-        "train FLOPs per 2K tokens | held-out loss | paper (Pile, 2B) |\n|---|---|---|---|---|---|---|---|\n";
+        "train FLOPs per 2K tokens | train time | held-out loss | paper (Pile, 2B) |\n|---|---|---|---|---|---|---|---|---|\n";
   auto table_row = [&](const std::string& id) {
     const json& m = *R.model(id);
     const std::string experts =
@@ -255,14 +255,16 @@ std::string write_report(const json& results, const std::string& out_dir) {
             ? fmt::format("{} + {}/{}, {}", m.at("shared_experts").get<int64_t>(), m.at("active_routed").get<int64_t>(),
                           m.at("routed_experts").get<int64_t>(), m.at("expert_width").get<int64_t>())
             : fmt::format("dense FFN {}", m.at("expert_width").get<int64_t>());
-    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} |\n", md_escape(m.at("label").get<std::string>()), experts,
-                      fmt_count(m.at("total_params").get<double>()), fmt_count(m.at("activated_params").get<double>()),
-                      fmt_count(m.at("ffn_params").get<double>()), fmt_count(m.at("flops_per_2k_tokens").get<double>()),
-                      fmt_loss(R.val_loss(id)), kPaper.count(id) ? kPaper.at(id) : "-");
+    const BySeed secs = R.per_seed(id, [](const json& run) -> std::optional<double> { return run.at("train_s").get<double>(); });
+    md += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} min | {} | {} |\n", md_escape(m.at("label").get<std::string>()),
+                      experts, fmt_count(m.at("total_params").get<double>()),
+                      fmt_count(m.at("activated_params").get<double>()), fmt_count(m.at("ffn_params").get<double>()),
+                      fmt_count(m.at("flops_per_2k_tokens").get<double>()), mean_of(secs) / 60, fmt_loss(R.val_loss(id)),
+                      kPaper.count(id) ? kPaper.at(id) : "-");
   };
   for (const auto& id : table_ids) table_row(id);
   md += "\nFLOPs per 2K tokens use 6 x activated non-embedding parameters + 12 x layers x hidden x 2048 (attention), "
-        "as `dsmoe info`. The paper's losses are on the Pile with 2B-parameter models and 100B tokens: compare the "
+        "as `dsmoe info`; train time is the mean wall time of a run (on a shared machine: indicative only). The paper's losses are on the Pile with 2B-parameter models and 100B tokens: compare the "
         "ordering, not the values.\n\n";
   if (!table_ids.empty()) {
     BarChart b;

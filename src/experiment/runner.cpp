@@ -241,8 +241,12 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     run["analysis_s"] = seconds_since(t_an);
     res["runs"].push_back(std::move(run));
 
-    flops_done += plan[i].flops;
-    secs_training += seconds_since(t_run);
+    if (!resume || sum.steps_done > 0) {  // the rate of runs actually trained now, not of reused ones
+      flops_done += plan[i].flops;
+      secs_training += seconds_since(t_run);
+    } else {
+      flops_total -= plan[i].flops;
+    }
     if (opt.progress) {
       const double eta = flops_done > 0 ? secs_training * (flops_total - flops_done) / flops_done : NAN;
       std::fprintf(stderr, "[experiment] %s seed %llu: val loss %.4f | trained in %s | suite %s elapsed, ETA %s\n",

@@ -25,7 +25,11 @@ double grad_norm(const std::vector<float>& g) {
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < nchunks; ++c) {
     double s = 0;
-    for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += (double)g[i] * g[i];
+    const int64_t end = std::min(n, (c + 1) * chunk);
+    // A SIMD reduction (the compiler's fixed lane order, so still deterministic): the serial
+    // double sum was latency-bound at ~1 ns/element, a visible part of small models' steps.
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = c * chunk; i < end; ++i) s += (double)g[i] * g[i];
     part[c] = s;
   }
   double s = 0;
@@ -42,6 +46,14 @@ void clip_grads(std::vector<float>& g, double norm, double max_norm) {
 }
 
 std::string first_nonfinite(const ParamLayout& layout, const std::vector<float>& buf) {
+  // Checked after every step: a vectorised scan first (x - x is 0 for finite x, NaN otherwise),
+  // the per-tensor search only when something is wrong.
+  const int64_t n = (int64_t)buf.size();
+  const float* b = buf.data();
+  int64_t bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : bad)
+  for (int64_t i = 0; i < n; ++i) bad += (b[i] - b[i]) != 0.0f || b[i] != b[i];
+  if (bad == 0) return "";
   for (const auto& t : layout.tensors())
     for (int64_t i = 0; i < t.numel; ++i)
       if (!std::isfinite(buf[t.offset + i])) return t.name;

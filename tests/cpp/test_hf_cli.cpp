@@ -197,4 +197,52 @@ TEST(HfCli, ErrorsAreReported) {
   EXPECT_NE(c.err.find("--dtype 'f8'"), std::string::npos) << c.err;
 }
 
+// dsmoe quantize end to end: the folder it writes scores exactly like quantizing at load time
+// (the same quantizer, deterministic), q8 stays near fp32, the source folder is never touched,
+// and bad destinations or types are refused.
+TEST(HfCli, QuantizeThenScoreEqualsQuantizeOnLoad) {
+  Fixture& f = fixture();
+  auto digest = [](const std::string& dir) {
+    std::string all;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file()) all += e.path().filename().string() + read_text_file(e.path().string());
+    return all;
+  };
+  const std::string before = digest(f.run_dir);
+  const std::string ids = test::tmp_path("hf_cli_q_ids.jsonl");
+  write_file_atomic(ids, "[72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]\n");
+  Out ref = run("score --model " + f.run_dir + " --ids-jsonl " + ids);
+  ASSERT_EQ(ref.rc, 0) << ref.err;
+  const double nll_f32 = json::parse(ref.out)["mean_nll"].get<double>();
+  for (const std::string type : {"q8", "q4"}) {
+    const std::string out = test::tmp_path("hf_cli_quant_" + type);
+    fs::remove_all(out);
+    Out q = run("quantize --model " + f.run_dir + " --out " + out + " --type " + type);
+    ASSERT_EQ(q.rc, 0) << q.err;
+    const json cfg = json::parse(read_text_file(out + "/config.json"));
+    ASSERT_TRUE(cfg.contains("quantization_config")) << cfg.dump();
+    Out a = run("score --model " + out + " --ids-jsonl " + ids);
+    Out b = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype " + type);
+    ASSERT_EQ(a.rc, 0) << a.err;
+    ASSERT_EQ(b.rc, 0) << b.err;
+    const json ja = json::parse(a.out), jb = json::parse(b.out);
+    EXPECT_EQ(ja["sequences"][0]["logprobs"], jb["sequences"][0]["logprobs"]) << type;
+    EXPECT_EQ(ja["dtype"], type) << a.out.substr(0, 300);
+    if (type == "q8")  // int8 with absmax/127 block scales: the model's NLL moves by far less than 1%
+      EXPECT_NEAR(ja["mean_nll"].get<double>(), nll_f32, 0.01 * nll_f32) << a.out.substr(0, 300);
+  }
+  EXPECT_EQ(digest(f.run_dir), before) << "quantize modified its source folder";
+  Out inside = run("quantize --model " + f.run_dir + " --out " + f.run_dir + "/q --type q8");
+  EXPECT_EQ(inside.rc, 1);
+  EXPECT_NE(inside.err.find("lies inside --model"), std::string::npos) << inside.err;
+  Out same = run("quantize --model " + f.run_dir + " --out " + f.run_dir + " --type q8");
+  EXPECT_EQ(same.rc, 1);
+  EXPECT_NE(same.err.find("must differ"), std::string::npos) << same.err;
+  Out bad = run("quantize --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_q5") + " --type q5");
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_NE(bad.err.find("q5"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(test::tmp_path("hf_cli_q5")));
+  EXPECT_EQ(digest(f.run_dir), before);
+}
+
 }  // namespace
