@@ -165,6 +165,8 @@ struct Claim {
 // The verdict of "a has lower loss than b" (the paper's claim) from the evidence.
 std::string lower_verdict(const Evidence& e, const std::string& a, const std::string& b) {
   if (e.n == 0) return "not tested (runs missing)";
+  if (e.n == 1 && !(e.noise > 0))
+    return fmt::format("**not resolved**: one seed and no spread to judge the difference ({:+.4f}) by", e.diff);
   if (e.sign < 0) return fmt::format("**holds**: {} lower by {:.4f}", a, -e.diff);
   if (e.sign > 0) return fmt::format("**does not hold at this scale**: {} lower by {:.4f}", b, e.diff);
   return fmt::format("**not resolved**: the difference ({:+.4f}) is within the seed noise", e.diff);
@@ -172,6 +174,8 @@ std::string lower_verdict(const Evidence& e, const std::string& a, const std::st
 // The verdict of "a is about as good as b" (the paper: comparable losses).
 std::string match_verdict(const Evidence& e, const std::string& a, const std::string& b) {
   if (e.n == 0) return "not tested (runs missing)";
+  if (e.n == 1 && !(e.noise > 0))
+    return fmt::format("**not resolved**: one seed and no spread to judge the difference ({:+.4f}) by", e.diff);
   if (e.sign < 0) return fmt::format("**holds** ({} even lower, by {:.4f})", a, -e.diff);
   if (e.sign > 0) return fmt::format("**does not hold at this scale**: {} lower by {:.4f}", b, e.diff);
   return fmt::format("**consistent**: no difference beyond the seed noise ({:+.4f})", e.diff);
@@ -222,6 +226,8 @@ std::string write_report(const json& results, const std::string& out_dir) {
   const bool quick = results.value("quick", false);
   const double unigram = results.at("unigram_baseline").get<double>();
 
+  double total_train_s = 0;
+  for (const auto& run : results.at("runs")) total_train_s += run.value("train_s", 0.0);
   md += fmt::format("# {}\n\n", results.at("suite").get<std::string>());
   if (quick)
     md += "> **Quick mode (smoke run).** Tiny models trained for a handful of steps: the numbers below test "
@@ -230,12 +236,13 @@ std::string write_report(const json& results, const std::string& out_dir) {
       "Every model was trained from scratch on `{}` with the same token budget ({} tokens: {} steps of {} "
       "tokens, sequences of {}), schedule and evaluation windows; seeds {} (the seed fixes the initialisation and "
       "the data order, so runs with the same seed are paired). Loss = mean cross-entropy in nats per token on {} "
-      "held-out tokens; the unigram baseline is {:.4f}. {} threads, suite wall time {:.1f} min. Reproduce: "
+      "held-out tokens; the unigram baseline is {:.4f}. {} threads; training took {:.1f} min in all (sum over runs). "
+      "Reproduce: "
       "`dsmoe experiment --suite {}{} --out {}`.\n\n",
       results.at("data").get<std::string>(), fmt_count(results.at("tokens_per_model").get<double>()),
       results.at("steps").get<int64_t>(), results.at("batch_tokens").get<int64_t>(), results.at("seq_len").get<int64_t>(),
       results.at("seeds").dump(), fmt_count(results.at("eval_tokens").get<double>()), unigram,
-      results.at("threads").get<int64_t>(), results.value("wall_s", 0.0) / 60, results.at("suite_file").get<std::string>(),
+      results.at("threads").get<int64_t>(), total_train_s / 60, results.at("suite_file").get<std::string>(),
       quick ? " --quick" : "", out_dir);
 
   // ---------------- Table 1 ----------------
