@@ -2,6 +2,7 @@
 // them: 2 per multiply-add, backward twice the forward).
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,14 @@
 using namespace dsmoe;
 
 namespace {
+
+// Wall seconds of one call of f.
+template <typename F>
+double seconds(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 ModelConfig moe_shape(int64_t hidden, int64_t shared, int64_t routed, int64_t topk, int64_t inter) {
   ModelConfig m;
@@ -53,7 +62,8 @@ void Moe_LayerFwdBwd(benchmark::State& state) {
   };
   // One untimed warm-up step: the big shapes run a single timed iteration, which must not include
   // the first-touch page faults of the activation and scratch buffers (the PyTorch peer warms up too).
-  step();
+  // Its time is reported as cold_s.
+  state.counters["cold_s"] = seconds(step);
   for (auto _ : state) step();
   const double active = (double)(m.num_experts_per_tok + m.n_shared_experts) * 3 * H * m.moe_intermediate_size +
                         (double)m.n_routed_experts * H;  // experts + router
@@ -95,7 +105,7 @@ void train_step(benchmark::State& state, const char* config, int64_t B, int64_t 
     model.forward(x.data(), y.data(), B, T, true);
     model.backward(1.0f / (float)(B * T), true);
   };
-  step();  // untimed warm-up, as in Moe_LayerFwdBwd
+  state.counters["cold_s"] = seconds(step);  // untimed warm-up, as in Moe_LayerFwdBwd
   for (auto _ : state) step();
   const ModelStats s = model_stats(m, T);
   state.counters["GFLOP/s"] = benchmark::Counter(s.train_flops_per_token * (double)(B * T),

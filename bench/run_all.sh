@@ -9,6 +9,10 @@
 #                 picks for itself (Debian's OpenBLAS 0.3.21 does not detect this CPU and falls back
 #                 to SSE "Prescott" kernels when the variable is unset; torch 1.13 does its fp32
 #                 matmuls through that OpenBLAS). 0: only the unset run.
+#   DSMOE_FILTER  dsmoe's benchmarks (default '^(Moe_LayerFwdBwd|TrainStep_)'; e.g. '^TrainStep_' with
+#                 PEER_CASES=train,train_paper for the training steps only, ~10 min for both thread counts)
+#   PEER_CASES    the peer's cases (default "small,2b,16b,train,train_paper"; add train_2b for the
+#                 TrainStep_Paper2B peer, ~1.5 min per peer run at these sizes)
 #   TOKENS_2B, TOKENS_16B  tokens of the two big MoE layers in the side-by-side rows (default 2048,
 #                 1024: these must be rows registered in bench/bench_moe.cpp). dsmoe also runs the
 #                 full-size rows (8192, 4096), shown without a peer.
@@ -17,6 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset OPENBLAS_CORETYPE
+# Passive OpenMP waiting (both engines): on a shared 2-core machine, spinning barriers collapse when
+# another process holds a core (see the inference section of bench/RESULTS.md).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 BENCH="${DSMOE_BENCH:-}"
 if [[ -z "$BENCH" ]]; then
@@ -28,6 +35,8 @@ TORCH_PY=/usr/bin/python3
 "$TORCH_PY" -c "import torch" 2>/dev/null || { echo "$TORCH_PY cannot import torch" >&2; exit 1; }
 THREADS="${THREADS:-2 1}"
 PEER_MATCHED="${PEER_MATCHED:-1}"
+DSMOE_FILTER="${DSMOE_FILTER:-^(Moe_LayerFwdBwd|TrainStep_)}"
+PEER_CASES="${PEER_CASES:-small,2b,16b,train,train_paper}"
 TOKENS_2B="${TOKENS_2B:-2048}"
 TOKENS_16B="${TOKENS_16B:-1024}"
 OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/dsmoe_run_all.XXXXXX)}"
@@ -50,15 +59,15 @@ for T in $THREADS; do
   "$BENCH" --benchmark_filter='^Ceiling' --benchmark_format=console \
     --benchmark_out="$OUT_DIR/dsmoe_ceiling_t$T.json" --benchmark_out_format=json
   echo "[$(load)] dsmoe MoE layers + training steps, OMP_NUM_THREADS=$T"
-  OMP_NUM_THREADS=$T "$BENCH" --benchmark_filter='^(Moe_LayerFwdBwd|TrainStep_)' --benchmark_format=console \
+  OMP_NUM_THREADS=$T "$BENCH" --benchmark_filter="$DSMOE_FILTER" --benchmark_format=console \
     --benchmark_out="$OUT_DIR/dsmoe_t$T.json" --benchmark_out_format=json
   echo "[$(load)] torch peer, OPENBLAS_CORETYPE unset"
-  OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T "$TORCH_PY" bench/torch_moe_peer.py --threads "$T" \
+  OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T "$TORCH_PY" bench/torch_moe_peer.py --threads "$T" --cases "$PEER_CASES" \
     --tokens 2b="$TOKENS_2B" --tokens 16b="$TOKENS_16B" --json "$OUT_DIR/torch_t$T.json"
   if [[ "$PEER_MATCHED" == 1 ]]; then
     CT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["context"]["openblas_kernels"])' "$OUT_DIR/dsmoe_t$T.json")"
     echo "[$(load)] torch peer, OPENBLAS_CORETYPE=$CT (the kernels dsmoe picked)"
-    OPENBLAS_CORETYPE=$CT OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T "$TORCH_PY" bench/torch_moe_peer.py --threads "$T" \
+    OPENBLAS_CORETYPE=$CT OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T "$TORCH_PY" bench/torch_moe_peer.py --threads "$T" --cases "$PEER_CASES" \
       --tokens 2b="$TOKENS_2B" --tokens 16b="$TOKENS_16B" --json "$OUT_DIR/torch_matched_t$T.json"
   fi
   echo "[$(load)] done"
@@ -69,7 +78,7 @@ import json, os, sys
 out, threads = sys.argv[1], sys.argv[2:]
 def gb(path):
     d = json.load(open(path))
-    return d, {b["name"].replace("/real_time", ""): b for b in d["benchmarks"]}
+    return d, {b["name"].replace("/real_time", "").replace("/iterations:2", ""): b for b in d["benchmarks"]}
 def tp(path):
     if not os.path.exists(path): return {}
     d = json.load(open(path))
@@ -87,11 +96,11 @@ for T in threads:
           + ", ".join(f"{k.split('/')[-1]} {v:.1f} GB/s" for k, v in bw.items()))
     print(f"torch peer: OpenBLAS core {iu['openblas']['corename']} (unset)"
           + (f", {im['openblas']['corename']} (matched)" if im else ""))
-    hdr = f"| {'case':<52} | dsmoe GFLOP/s | dsmoe tok/s | dsmoe/ceiling | torch GFLOP/s (unset) | ratio | torch GFLOP/s (matched) | ratio |"
+    hdr = f"| {'case':<52} | dsmoe GFLOP/s | dsmoe tok/s | dsmoe/ceiling | cold step s | torch GFLOP/s (unset) | ratio | torch GFLOP/s (matched) | ratio |"
     print(hdr); print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for name, b in ds.items():
         g = b["GFLOP/s"] / 1e9
-        row = f"| {name:<52} | {g:13.1f} | {b['tokens/s']:11.0f} | {100 * g / sg:12.1f}% |"
+        row = f"| {name:<52} | {g:13.1f} | {b['tokens/s']:11.0f} | {100 * g / sg:12.1f}% | {b.get('cold_s', float('nan')):11.2f} |"
         for t in (tu, tm):
             if name in t:
                 row += f" {t[name]['GFLOP/s']:{21 if t is tu else 23}.2f} | {g / t[name]['GFLOP/s']:4.1f}x |"

@@ -146,7 +146,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
 
 void Model::zero_grads() {
   ensure_grad_buffers();
-  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  zero_span(grads_.data(), grads_.size());
 }
 
 void Model::ensure_grad_buffers() {

@@ -103,11 +103,13 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     const int64_t Is = m.shared_inter();
     fit(a.shared_gu, N * 2 * Is);
     fit(a.shared_act, N * Is);
-    std::vector<float> shared_out(N * H);
+    fit(a.shared_out, N * H);
     const int64_t all[2] = {0, N};
-    ops::experts_forward(shared_out.data(), a.shared_gu.data(), a.shared_act.data(), x, P.shared_gate_up,
+    ops::experts_forward(a.shared_out.data(), a.shared_gu.data(), a.shared_act.data(), x, P.shared_gate_up,
                          P.shared_down, all, ops::ExpertsShape{1, H, Is});
-    for (int64_t i = 0; i < N * H; ++i) out[i] += shared_out[i];
+    const float* so = a.shared_out.data();
+#pragma omp parallel for simd schedule(static) if (N * H > (1 << 16))
+    for (int64_t i = 0; i < N * H; ++i) out[i] += so[i];
   }
 }
 

@@ -26,6 +26,7 @@ struct MoeActivations {
   ops::DispatchPlan plan;
   std::vector<float> xs, gu, act, ys;        // [rows, H], [rows, 2I], [rows, I], [rows, H]
   std::vector<float> shared_gu, shared_act;  // [N, 2Is], [N, Is]
+  std::vector<float> shared_out;             // [N, H], kept between steps: a fresh one page-faulted every forward
   std::vector<float> freq;                   // balance-loss frequencies f [groups, E]
 };
 

@@ -121,6 +121,7 @@ void combine_backward(float* dys, float* dgates, const float* dy, const float* y
       const float* d = dy + (s / k) * dim;
       const float* v = ys + (int64_t)r * dim;
       float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
       for (int64_t i = 0; i < dim; ++i) acc += d[i] * v[i];
       dgates[s] += acc;
     }

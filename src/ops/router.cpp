@@ -15,8 +15,7 @@ void softmax_forward(float* probs, const float* logits, int64_t n, int64_t E) {
   for (int64_t t = 0; t < n; ++t) {
     const float* x = logits + t * E;
     float* p = probs + t * E;
-    float mx = -INFINITY;
-    for (int64_t e = 0; e < E; ++e) mx = std::max(mx, x[e]);
+    const float mx = vmax(x, E);
     vexp(p, x, mx, E);
     float sum = 0.0f;
     for (int64_t e = 0; e < E; ++e) sum += p[e];
@@ -43,19 +42,29 @@ void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int6
   const int64_t end = skip + k;  // ranks [0, skip) are excluded, [skip, end) returned
 #pragma omp parallel
   {
-    std::vector<int32_t> idx((size_t)E);
+    std::vector<float> tv((size_t)end);
+    std::vector<int32_t> ti((size_t)end);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < n; ++t) {
       const float* p = probs + t * E;
-      for (int64_t e = 0; e < E; ++e) idx[(size_t)e] = (int32_t)e;
-      // Strict weak order: larger value first, equal values by the lower expert id.
-      std::partial_sort(idx.begin(), idx.begin() + end, idx.end(), [p](int32_t a, int32_t b) {
-        return p[a] > p[b] || (p[a] == p[b] && a < b);
-      });
+      // Insertion into the sorted best `end` (a partial_sort of E ids cost ~2% of a small model's step).
+      // Order: larger value first, equal values by the lower expert id; experts arrive in id order, so
+      // a newcomer goes after every kept value >= its own.
+      int64_t cnt = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        const float v = p[e];
+        if (cnt == end && !(v > tv[(size_t)end - 1])) continue;
+        int64_t j = cnt < end ? cnt++ : end - 1;
+        for (; j > 0 && tv[(size_t)j - 1] < v; --j) {
+          tv[(size_t)j] = tv[(size_t)j - 1];
+          ti[(size_t)j] = ti[(size_t)j - 1];
+        }
+        tv[(size_t)j] = v;
+        ti[(size_t)j] = (int32_t)e;
+      }
       for (int64_t j = 0; j < k; ++j) {
-        const int32_t e = idx[(size_t)(skip + j)];
-        ids[t * k + j] = e;
-        vals[t * k + j] = p[e];
+        ids[t * k + j] = ti[(size_t)(skip + j)];
+        vals[t * k + j] = tv[(size_t)(skip + j)];
       }
     }
   }

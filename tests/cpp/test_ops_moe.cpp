@@ -13,12 +13,14 @@
 // result, covered by the same tolerances.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "io/safetensors.h"
 #include "ops/balance_loss.h"
 #include "ops/dispatch.h"
@@ -199,6 +201,30 @@ TEST(MoeOps, TopKSkipExcludesTheTopRanks) {
   std::vector<int32_t> ids(n * 2);
   std::vector<float> vals(n * 2);
   EXPECT_THROW(topk_forward(ids.data(), vals.data(), probs.data(), n, E, 2, 5), Error) << "skip + k > E";
+}
+
+// The selection against a full stable sort, at the paper configs' shapes (63 experts, top-7; skip up
+// to the whole row) with many ties (values on a coarse grid).
+TEST(MoeOps, TopKMatchesSortWithTies) {
+  const int64_t E = 63, n = 200;
+  Rng rng(7);
+  std::vector<float> probs(n * E);
+  for (auto& p : probs) p = (float)rng.below(9) * 0.125f;
+  for (const auto& [skip, k] : std::vector<std::pair<int64_t, int64_t>>{{0, 7}, {0, 1}, {3, 7}, {0, E}, {60, 3}}) {
+    std::vector<int32_t> ids(n * k);
+    std::vector<float> vals(n * k);
+    topk_forward(ids.data(), vals.data(), probs.data(), n, E, k, skip);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* p = probs.data() + t * E;
+      std::vector<int32_t> order(E);
+      for (int64_t e = 0; e < E; ++e) order[e] = (int32_t)e;
+      std::stable_sort(order.begin(), order.end(), [p](int32_t a, int32_t b) { return p[a] > p[b]; });
+      for (int64_t j = 0; j < k; ++j) {
+        ASSERT_EQ(ids[t * k + j], order[skip + j]) << "row " << t << " rank " << j << " skip " << skip << " k " << k;
+        ASSERT_EQ(vals[t * k + j], p[order[skip + j]]);
+      }
+    }
+  }
 }
 
 static void router_chain_test(const std::string& op, bool norm) {
