@@ -13,6 +13,13 @@ inline void fit(std::vector<T>& v, size_t n) {
   if (v.size() != n) v.resize(n);
 }
 
+// At least n elements, never shrinks: inference scratch, whose size alternates between prefill and
+// decode steps and must not be reallocated at every call.
+template <typename T>
+inline void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
 // p[0, n) = 0 with all threads: the gradient buffers zeroed before every backward are tens of MB, and
 // a serial memset left the other cores idle (memory bandwidth scales with the cores here).
 template <typename T>

@@ -521,11 +521,11 @@ std::string write_report(const json& results, const std::string& out_dir) {
       md += "## Routing statistics on the held-out set (first seed)\n\nPer MoE layer: load max/mean and coefficient of "
             "variation (1 and 0 = perfectly balanced), routing entropy / ln(routed experts) (1 = uniform), how often a "
             "token's top-1 expert repeats the previous token's (against the rate if drawn independently), and the most "
-            "frequently co-selected expert pair with its lift over independent selection.\n\n"
-            "| model | layer | load max/mean | load CV | entropy (norm.) | top-1 repeat (chance) | top pair (lift) |\n"
-            "|---|---|---|---|---|---|---|\n";
+            "frequently co-selected expert pair with its lift over independent selection.\n";
       routing_header = true;
     }
+    md += "\n| model | layer | load max/mean | load CV | entropy (norm.) | top-1 repeat (chance) | top pair (lift) |\n"
+          "|---|---|---|---|---|---|---|\n";
     const json& layers = routing->at("layers");
     Heatmap h;
     h.title = fmt::format("{}: expert load per layer (load / mean load)", R.label(id));
@@ -574,15 +574,8 @@ std::string write_report(const json& results, const std::string& out_dir) {
     if (c.rows > 1 && m.at("active_routed").get<int64_t>() > 1) save(out_dir, img2, report::to_svg(c), images);
     md += fmt::format("\n![expert load {}]({})\n", id, img);
     if (c.rows > 1 && m.at("active_routed").get<int64_t>() > 1) md += fmt::format("![co-selection {}]({})\n", id, img2);
-    md += "\n| model | layer | load max/mean | load CV | entropy (norm.) | top-1 repeat (chance) | top pair (lift) |\n"
-          "|---|---|---|---|---|---|---|\n";
   }
-  if (routing_header) {  // drop the table header left after the last model
-    const std::string hdr = "\n| model | layer | load max/mean | load CV | entropy (norm.) | top-1 repeat (chance) | top pair (lift) |\n"
-                            "|---|---|---|---|---|---|---|\n";
-    if (md.size() >= hdr.size() && md.compare(md.size() - hdr.size(), hdr.size(), hdr) == 0) md.resize(md.size() - hdr.size());
-    md += "\n";
-  }
+  if (routing_header) md += "\n";
 
   // How far the learned routers are from uniform: specialization analyses mean little if they are not.
   std::string router_note;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <omp.h>
 
@@ -172,8 +173,10 @@ json run_suite(const Suite& s, const RunOptions& opt) {
   };
   std::vector<Planned> plan;
   double flops_total = 0;
+  std::map<const SuiteModel*, double> run_flops;  // training FLOPs of one run of each model
   for (const auto& m : s.models) {
     const ModelStats st = model_stats(m.config.model, m.config.train.seq_len);
+    run_flops[&m] = st.train_flops_per_token * (double)tokens_per_model;
     const ModelStats st2k = model_stats(m.config.model, 2048);
     res["models"].push_back({{"id", m.id},
                              {"label", m.label},
@@ -195,15 +198,13 @@ json run_suite(const Suite& s, const RunOptions& opt) {
   for (uint64_t seed : s.seeds)
     for (const auto& m : s.models)
       if (std::find(m.seeds.begin(), m.seeds.end(), seed) != m.seeds.end()) {
-        plan.push_back({&m, seed, model_stats(m.config.model, m.config.train.seq_len).train_flops_per_token *
-                                      (double)tokens_per_model});
+        plan.push_back({&m, seed, run_flops.at(&m)});
         flops_total += plan.back().flops;
       }
   for (const auto& m : s.models)  // seeds outside the suite's list (a model's own "seeds")
     for (uint64_t seed : m.seeds)
       if (std::find(s.seeds.begin(), s.seeds.end(), seed) == s.seeds.end()) {
-        plan.push_back({&m, seed, model_stats(m.config.model, m.config.train.seq_len).train_flops_per_token *
-                                      (double)tokens_per_model});
+        plan.push_back({&m, seed, run_flops.at(&m)});
         flops_total += plan.back().flops;
       }
 

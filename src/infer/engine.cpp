@@ -1,5 +1,7 @@
 #include "infer/engine.h"
 
+#include "core/buffers.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,11 +17,6 @@
 #include "ops/rope.h"
 
 namespace dsmoe {
-
-template <typename T>
-static void grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
 
 KvCache::KvCache(const ModelConfig& m, int64_t cap)
     : layers(m.num_hidden_layers), capacity(cap), kv_dim(m.num_key_value_heads * m.head_dim()) {

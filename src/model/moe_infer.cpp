@@ -1,5 +1,7 @@
 #include "model/moe_infer.h"
 
+#include "core/buffers.h"
+
 #include <algorithm>
 
 #include "ops/experts.h"
@@ -9,12 +11,6 @@
 namespace dsmoe {
 
 using ops::WeightMat;
-
-// Scratch only grows: decode steps alternate between sizes and must not reallocate every call.
-template <typename T>
-static void grow(std::vector<T>& v, int64_t n) {
-  if ((int64_t)v.size() < n) v.resize((size_t)n);
-}
 
 MoeWeights moe_weights_f32(const ModelConfig& m, const LayerView& L) {
   const int64_t H = m.hidden_size, E = m.n_routed_experts, I = m.moe_intermediate_size;

@@ -176,6 +176,31 @@ void dot_tail(const WeightMat& w, const uint8_t* p, const float* s, const float*
 // ahead, keeps more misses in flight than the hardware prefetcher alone (measured: Infer_Gemv).
 constexpr int64_t kPrefetch = 1024;
 
+// acc[i] += d * (w0 . x_i[col, col + 16) + w1 . x_i[col + 16, col + 32)): one block of 32 decoded
+// weights against NX activation rows (the scale applied once per block, not per weight).
+template <int NX>
+inline void fma_block(__m512 w0, __m512 w1, float scale, const float* x, int64_t ldx, int64_t col, __m512* acc) {
+  const __m512 d = _mm512_set1_ps(scale);
+  for (int i = 0; i < NX; ++i) {
+    __m512 t = _mm512_mul_ps(w0, _mm512_loadu_ps(x + i * ldx + col));
+    t = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * ldx + col + 16), t);
+    acc[i] = _mm512_fmadd_ps(t, d, acc[i]);
+  }
+}
+
+// Runs block(b, acc) over the `full` whole blocks of a row, alternating the two accumulator sets;
+// returns the first column not done.
+template <class Block>
+inline int64_t for_blocks(int64_t full, Block&& block, __m512* a0, __m512* a1) {
+  int64_t b = 0;
+  for (; b + 2 <= full; b += 2) {
+    block(b, a0);
+    block(b + 1, a1);
+  }
+  if (b < full) block(b, a0);
+  return full * kBlock;
+}
+
 // Two accumulators per activation row (even / odd half-blocks or blocks) so consecutive FMAs do not
 // wait on each other's latency: with one, a single row could not keep up with the memory.
 template <int NX>
@@ -202,49 +227,27 @@ void dot_row(const WeightMat& w, int64_t r, const float* x, int64_t ldx, float* 
     row_scales(s, w.scales + r * nb, nb);
     const int8_t* q = (const int8_t*)p;
     const int64_t full = K / kBlock;
-    int64_t b = 0;
     auto block = [&](int64_t bb, __m512* acc) {
       if (bb % 2 == 0) _mm_prefetch((const char*)(q + bb * 32) + kPrefetch, _MM_HINT_T0);
       const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + bb * 32))));
       const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + bb * 32 + 16))));
-      const __m512 d = _mm512_set1_ps(s[bb]);
-      for (int i = 0; i < NX; ++i) {
-        __m512 t = _mm512_mul_ps(w0, _mm512_loadu_ps(x + i * ldx + bb * 32));
-        t = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * ldx + bb * 32 + 16), t);
-        acc[i] = _mm512_fmadd_ps(t, d, acc[i]);
-      }
+      fma_block<NX>(w0, w1, s[bb], x, ldx, bb * 32, acc);
     };
-    for (; b + 2 <= full; b += 2) {
-      block(b, a0);
-      block(b + 1, a1);
-    }
-    if (b < full) block(b++, a0);
-    c = full * kBlock;
+    c = for_blocks(full, block, a0, a1);
   } else if (w.type == WType::Q4) {
     row_scales(s, w.scales + r * nb, nb);
     // Nibble -> value by a 16-entry table lookup (vpermps uses the low 4 bits of each index), which
     // replaces mask + subtract + convert.
     const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     const int64_t full = K / kBlock;
-    int64_t b = 0;
     auto block = [&](int64_t bb, __m512* acc) {
       if (bb % 4 == 0) _mm_prefetch((const char*)(p + bb * 16) + kPrefetch, _MM_HINT_T0);
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + bb * 16)));
       const __m512 w0 = _mm512_permutexvar_ps(v, lut);
       const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
-      const __m512 d = _mm512_set1_ps(s[bb]);
-      for (int i = 0; i < NX; ++i) {
-        __m512 t = _mm512_mul_ps(w0, _mm512_loadu_ps(x + i * ldx + bb * 32));
-        t = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * ldx + bb * 32 + 16), t);
-        acc[i] = _mm512_fmadd_ps(t, d, acc[i]);
-      }
+      fma_block<NX>(w0, w1, s[bb], x, ldx, bb * 32, acc);
     };
-    for (; b + 2 <= full; b += 2) {
-      block(b, a0);
-      block(b + 1, a1);
-    }
-    if (b < full) block(b++, a0);
-    c = full * kBlock;
+    c = for_blocks(full, block, a0, a1);
   }
   float acc[NX];
   for (int i = 0; i < NX; ++i) acc[i] = _mm512_reduce_add_ps(_mm512_add_ps(a0[i], a1[i]));

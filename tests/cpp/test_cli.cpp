@@ -187,22 +187,7 @@ std::string write_config(const std::string& dir, const std::string& name, const 
   return path;
 }
 
-std::string make_dataset(const std::string& dir) {
-  static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dogs ", "run ", "fast ", "and ",
-                                "birds ", "sing\n"};
-  Rng rng(dsmoe::test::test_seed());
-  auto text = [&](size_t n) {
-    TokenSplit s;
-    s.vocab_size = 256;
-    s.tokenizer = "bytes";
-    while (s.tokens.size() < n)
-      for (const char* c = words[rng.below(12)]; *c; ++c) s.tokens.push_back((unsigned char)*c);
-    return s;
-  };
-  save_split(dir, "train", text(12000));
-  save_split(dir, "val", text(2000));
-  return dir;
-}
+std::string make_dataset(const std::string& dir) { return dsmoe::test::make_word_dataset(dir, 12000, 2000); }
 
 std::vector<std::string> train_args(const std::string& cfg, const std::string& data, const std::string& out) {
   return {"train", "--config", cfg, "--data", data, "--out", out, "--quiet", "--sample-tokens", "0"};

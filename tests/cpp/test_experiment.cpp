@@ -40,22 +40,7 @@ std::string fresh_dir(const std::string& name) {
 }
 
 // Byte-level text of a few words (the suite's models have a 2K vocabulary; bytes fit in it).
-std::string make_dataset(const std::string& dir) {
-  static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dogs ", "run ", "fast ", "and ",
-                                "birds ", "sing\n"};
-  Rng rng(test::test_seed());
-  auto text = [&](size_t n) {
-    TokenSplit s;
-    s.vocab_size = 256;
-    s.tokenizer = "bytes";
-    while (s.tokens.size() < n)
-      for (const char* c = words[rng.below(12)]; *c; ++c) s.tokens.push_back((unsigned char)*c);
-    return s;
-  };
-  save_split(dir, "train", text(20000));
-  save_split(dir, "val", text(4000));
-  return dir;
-}
+std::string make_dataset(const std::string& dir) { return test::make_word_dataset(dir, 20000, 4000); }
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -76,25 +76,11 @@ Config tiny_config(const json& patch = json::object()) {
   return parse_config(j, "<test config>");
 }
 
-// A small byte-level dataset: words drawn from a fixed list (learnable structure) by an RNG seeded
-// from the test seed.
+// A fresh word dataset (test_util) under the test folder.
 std::string make_dataset(const std::string& name) {
-  static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dogs ", "run ", "fast ", "and ",
-                                "birds ", "sing\n"};
   const std::string dir = dsmoe::test::tmp_path(name);
   fs::remove_all(dir);
-  Rng rng(dsmoe::test::test_seed());
-  auto text = [&](size_t n) {
-    TokenSplit s;
-    s.vocab_size = 256;
-    s.tokenizer = "bytes";
-    while (s.tokens.size() < n)
-      for (const char* c = words[rng.below(12)]; *c; ++c) s.tokens.push_back((unsigned char)*c);
-    return s;
-  };
-  save_split(dir, "train", text(20000));
-  save_split(dir, "val", text(3000));
-  return dir;
+  return dsmoe::test::make_word_dataset(dir, 20000, 3000);
 }
 
 struct MetricRow {

@@ -7,6 +7,9 @@
 #include <filesystem>
 #include <sstream>
 
+#include "core/rng.h"
+#include "train/data.h"
+
 namespace dsmoe::test {
 
 std::string source_dir() { return DSMOE_SOURCE_DIR; }
@@ -85,6 +88,23 @@ static std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
      << "); worst at " << index_str(worst, shape) << ": got " << got[worst] << ", expected " << want[worst]
      << "; max abs error " << max_abs;
   return ::testing::AssertionFailure() << os.str();
+}
+
+std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens) {
+  static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dogs ", "run ", "fast ", "and ",
+                                "birds ", "sing\n"};
+  Rng rng(test_seed());
+  auto text = [&](size_t n) {
+    TokenSplit s;
+    s.vocab_size = 256;
+    s.tokenizer = "bytes";
+    while (s.tokens.size() < n)
+      for (const char* c = words[rng.below(12)]; *c; ++c) s.tokens.push_back((unsigned char)*c);
+    return s;
+  };
+  save_split(dir, "train", text(train_tokens));
+  save_split(dir, "val", text(val_tokens));
+  return dir;
 }
 
 }  // namespace dsmoe::test

@@ -34,4 +34,8 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
 
 std::string source_dir();
 
+// A small byte-level dataset (vocab 256): words drawn from a fixed list (learnable structure) by an
+// RNG seeded from test_seed(), saved as DIR's train and val splits. Returns dir.
+std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens);
+
 }  // namespace dsmoe::test
