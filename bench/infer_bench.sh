@@ -4,14 +4,18 @@
 #   ceiling tokens/s = read GB/s / weight bytes one token reads (MB/token, counted by the benchmark).
 #   bench/infer_bench.sh                      2 threads
 #   THREADS=1 DSMOE_BENCH=build-q/dsmoe_bench bench/infer_bench.sh
+#   OMP_WAIT_POLICY=passive bench/infer_bench.sh   on a machine shared with other busy processes
+# The OpenMP wait policy is left as the caller has it (unset: libgomp spins briefly, then sleeps;
+# what a user of dsmoe gets). A decode step runs ~30 short parallel regions, and waking sleeping
+# threads for each costs a third of the speed (measured: bench/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset OPENBLAS_CORETYPE
-BENCH="${DSMOE_BENCH:-$(ls -1 build*/dsmoe_bench 2>/dev/null | head -1)}"
+BENCH="${DSMOE_BENCH:-build/dsmoe_bench}"
 THREADS="${THREADS:-2}"
 OUT="$(mktemp /tmp/dsmoe_infer.XXXXXX.json)"
-echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), threads $THREADS, $BENCH"
-OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=passive "$BENCH" --benchmark_filter='^(Ceiling_ReadBandwidth|Infer_)' \
+echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), threads $THREADS, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}, $BENCH"
+OMP_NUM_THREADS=$THREADS "$BENCH" --benchmark_filter='^(Ceiling_ReadBandwidth|Infer_)' \
   --benchmark_out="$OUT" --benchmark_out_format=json
 python3 - "$OUT" "$THREADS" <<'PY'
 import json, sys

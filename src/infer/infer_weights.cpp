@@ -36,11 +36,11 @@ InferenceWeights InferenceWeights::layout_only(const ModelConfig& cfg, WType typ
 InferenceWeights InferenceWeights::allocate(const ModelConfig& cfg, WType type) {
   InferenceWeights w = layout_only(cfg, type);
   for (Slot& s : w.slots_) {
-    s.data.assign((size_t)(s.mat.rows * s.mat.row_bytes()), 0);
+    s.data = HugeBuffer((size_t)(s.mat.rows * s.mat.row_bytes()));  // zero-filled
     s.mat.data = s.data.data();
     if (WeightMat::has_scales(s.mat.type)) {
-      s.scales.assign((size_t)(s.mat.rows * s.mat.blocks()), 0);
-      s.mat.scales = s.scales.data();
+      s.scales = HugeBuffer((size_t)(s.mat.rows * s.mat.blocks()) * 2);
+      s.mat.scales = (const uint16_t*)s.scales.data();
     }
   }
   w.build_views();

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/huge_buffer.h"
+
 #include "model/config.h"
 #include "model/decoder_layer.h"
 #include "model/moe_infer.h"
@@ -30,8 +32,8 @@ class InferenceWeights {
     ParamTensor t;
     bool is_matrix = false;
     ops::WeightMat mat;                 // type, rows, cols, data, scales (fp32 slots: type F32)
-    std::vector<uint8_t> data;          // owned storage (empty for views)
-    std::vector<uint16_t> scales;
+    HugeBuffer data;                    // owned storage (empty for views); huge pages: streamed per token
+    HugeBuffer scales;
     uint8_t* mutable_data() { return (uint8_t*)mat.data; }
     uint16_t* mutable_scales() { return (uint16_t*)mat.scales; }
   };

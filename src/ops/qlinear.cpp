@@ -173,8 +173,10 @@ void dot_tail(const WeightMat& w, const uint8_t* p, const float* s, const float*
 #ifdef DSMOE_QLINEAR_AVX512
 
 // Software prefetch distance (bytes) in the weight stream: one 64-byte line per iteration, this far
-// ahead, keeps more misses in flight than the hardware prefetcher alone (measured: Infer_Gemv).
-constexpr int64_t kPrefetch = 1024;
+// ahead, keeps more misses in flight than the hardware prefetcher alone. Measured with Infer_Gemv
+// streaming from DRAM, 2 threads: 0 / 1024 / 2048 / 4096 bytes gave bf16 18 / 23 / 25 / 24 GB/s and
+// q8 13 / 16 / 23 / 22 GB/s (bench/RESULTS.md).
+constexpr int64_t kPrefetch = 2048;
 
 // acc[i] += d * (w0 . x_i[col, col + 16) + w1 . x_i[col + 16, col + 32)): one block of 32 decoded
 // weights against NX activation rows (the scale applied once per block, not per weight).
