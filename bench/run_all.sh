@@ -3,7 +3,7 @@
 #   bench/run_all.sh                      threads 2 then 1, results under a fresh temporary folder
 #   THREADS="2" OUT_DIR=/tmp/x bench/run_all.sh
 # Environment:
-#   DSMOE_BENCH   the dsmoe_bench binary (default: build-bench/dsmoe_bench, else the first build*/dsmoe_bench)
+#   DSMOE_BENCH   the dsmoe_bench binary (default: build/dsmoe_bench, the README's build folder)
 #   THREADS       thread counts to run, in order (default "2 1")
 #   PEER_MATCHED  1 (default): also run the peer with OPENBLAS_CORETYPE set to the kernel set dsmoe
 #                 picks for itself (Debian's OpenBLAS 0.3.21 does not detect this CPU and falls back
@@ -25,12 +25,8 @@ unset OPENBLAS_CORETYPE
 # another process holds a core (see the inference section of bench/RESULTS.md).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
-BENCH="${DSMOE_BENCH:-}"
-if [[ -z "$BENCH" ]]; then
-  if [[ -x build-bench/dsmoe_bench ]]; then BENCH=build-bench/dsmoe_bench
-  else BENCH="$(ls -1 build*/dsmoe_bench 2>/dev/null | head -1 || true)"; fi
-fi
-[[ -x "$BENCH" ]] || { echo "no dsmoe_bench found (build it: cmake --build build-bench --target dsmoe_bench)" >&2; exit 1; }
+BENCH="${DSMOE_BENCH:-build/dsmoe_bench}"
+[[ -x "$BENCH" ]] || { echo "no dsmoe_bench at $BENCH (build it: cmake --build build --target dsmoe_bench)" >&2; exit 1; }
 TORCH_PY=/usr/bin/python3
 "$TORCH_PY" -c "import torch" 2>/dev/null || { echo "$TORCH_PY cannot import torch" >&2; exit 1; }
 THREADS="${THREADS:-2 1}"
