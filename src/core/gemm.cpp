@@ -1,14 +1,88 @@
 #include "core/gemm.h"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
 
 namespace dsmoe {
 
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+              (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr int64_t kMinSplitWork = int64_t(1) << 20;
+
+// [b0, b1) of `len` for thread t of nt, in whole units of `align`.
+void band(int64_t len, int64_t align, int t, int nt, int64_t& b0, int64_t& b1) {
+  const int64_t units = (len + align - 1) / align;
+  b0 = std::min(len, units * t / nt * align);
+  b1 = std::min(len, units * (t + 1) / nt * align);
+}
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+  const int T = omp_get_max_threads();
+  if (omp_in_parallel() || T == 1 || M * N * K < kMinSplitWork)
+    return sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (M * N <= (int64_t(1) << 16) && K >= 8 * std::max(M, N)) {
+    // Small C, long K (weight gradients of small matrices: dW = dY^T X over all tokens): split K.
+    // Thread 0 accumulates into C with the caller's beta, the others into private partials, which
+    // are then added in thread order (deterministic for a given thread count).
+    std::vector<float> part((size_t)((T - 1) * M * N));
+#pragma omp parallel num_threads(T)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      int64_t k0, k1;
+      band(K, 16, t, nt, k0, k1);
+      const float* a = trans_a ? A + k0 * lda : A + k0;
+      const float* b = trans_b ? B + k0 : B + k0 * ldb;
+      if (t == 0) {
+        sgemm(trans_a, trans_b, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc);
+      } else {
+        float* p = part.data() + (t - 1) * M * N;
+        if (k1 > k0) sgemm(trans_a, trans_b, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, p, N);
+        else std::fill(p, p + M * N, 0.0f);
+      }
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < M; ++i)
+        for (int u = 0; u < nt - 1; ++u) {
+          const float* p = part.data() + (u * M + i) * N;
+          float* c = C + i * ldc;
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) c[j] += p[j];
+        }
+    }
+    return;
+  }
+  // Otherwise one band of C per thread along its longer side, each a single-threaded OpenBLAS call
+  // (OpenBLAS's OpenMP build runs single-threaded inside a parallel region) on the band's part of
+  // A or B and the whole of the other.
+  const bool by_rows = M >= N;
+  const int64_t len = by_rows ? M : N;
+  const int64_t align = len >= 16 * T ? 16 : 1;  // whole micro-kernel tiles per band
+#pragma omp parallel num_threads(T)
+  {
+    int64_t b0, b1;
+    band(len, align, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
+    if (b1 > b0) {
+      if (by_rows)  // rows b0..b1 of op(A) and C
+        sgemm(trans_a, trans_b, b1 - b0, N, K, alpha, trans_a ? A + b0 : A + b0 * lda, lda, B, ldb, beta, C + b0 * ldc,
+              ldc);
+      else  // columns b0..b1 of op(B) and C
+        sgemm(trans_a, trans_b, M, b1 - b0, K, alpha, A, lda, trans_b ? B + b0 * ldb : B + b0, ldb, beta, C + b0, ldc);
+    }
+  }
 }
 
 int blas_threads() { return openblas_get_num_threads(); }
