@@ -21,9 +21,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset OPENBLAS_CORETYPE
-# Passive OpenMP waiting (both engines): on a shared 2-core machine, spinning barriers collapse when
-# another process holds a core (see the inference section of bench/RESULTS.md).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+# The OpenMP wait policy is left as the caller has it, for both engines (unset: libgomp spins briefly,
+# then sleeps; what users get). On a machine shared with other busy processes, OMP_WAIT_POLICY=passive
+# avoids spinning barriers that collapse when another process holds a core (bench/RESULTS.md).
+echo "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 
 BENCH="${DSMOE_BENCH:-build/dsmoe_bench}"
 [[ -x "$BENCH" ]] || { echo "no dsmoe_bench at $BENCH (build it: cmake --build build --target dsmoe_bench)" >&2; exit 1; }
