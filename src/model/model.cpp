@@ -128,11 +128,28 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     decoder_layer_forward(cfg_, attention_weights(cfg_, W), N, pos_.data(), rope_, buf, attend, ffn);
   }
   ops::rmsnorm_forward(lnf_.data(), rstdf_.data(), x_final_.data(), P_.final_norm, N, H, eps);
-  ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
-  if (targets) {
+  if (targets)
     for (int64_t i = 0; i < N; ++i)
       if (targets[i] >= V) fail("target id {} at position {} is outside the vocabulary [0, {})", targets[i], i, V);
-    ops::cross_entropy_forward(losses_.data(), logits_.data(), targets, N, V);
+  dlogits_ready_ = targets && compute_aux;
+  if (dlogits_ready_) {
+    // Training: lm_head, loss and the loss's gradient one block of rows at a time, while the block's
+    // logits (~1 MB) are still in cache: OpenBLAS's zeroing of C, the cross-entropy pass and the
+    // gradient pass then hit L2 instead of streaming the whole [N, V] logits through memory three
+    // more times (and backward no longer zeroes [N, V] gradients to accumulate into).
+    fit(d_logits_, N * V);
+    const int64_t rows = std::max<int64_t>(16, ((int64_t(1) << 18) / V) / 16 * 16);
+    for (int64_t r0 = 0; r0 < N; r0 += rows) {
+      const int64_t n = std::min(rows, N - r0);
+      ops::linear_forward(logits_.data() + r0 * V, lnf_.data() + r0 * H, P_.lm_head, n, H, V);
+      ops::cross_entropy_forward_backward(losses_.data() + r0, d_logits_.data() + r0 * V, logits_.data() + r0 * V,
+                                          targets + r0, n, V);
+    }
+  } else {
+    ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+    if (targets) ops::cross_entropy_forward(losses_.data(), logits_.data(), targets, N, V);
+  }
+  if (targets) {
     double sum = 0;
     for (int64_t i = 0; i < N; ++i)
       if (targets[i] >= 0) {
@@ -165,10 +182,14 @@ void Model::backward(float lm_scale, bool with_aux) {
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
   const ops::AttentionShape as{B, T, T, Hq, Hkv, D};
 
-  zero(d_logits_, N * V);
-  ops::cross_entropy_backward(d_logits_.data(), logits_.data(), targets_.data(), lm_scale, N, V);
   zero(d_ln_, N * H);
-  ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+  if (dlogits_ready_) {  // softmax - onehot from the training forward; the loss scale goes in as alpha
+    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V, lm_scale);
+  } else {
+    zero(d_logits_, N * V);
+    ops::cross_entropy_backward(d_logits_.data(), logits_.data(), targets_.data(), lm_scale, N, V);
+    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+  }
   zero(d_resid_, N * H);  // dL/d(residual stream), carried down through the layers
   ops::rmsnorm_backward(d_resid_.data(), G_.final_norm, d_ln_.data(), x_final_.data(), P_.final_norm, rstdf_.data(), N, H);
 

@@ -88,6 +88,7 @@ class Model {
   bool last_forward_overridden_ = false;  // its activations do not fit backward
   // backward scratch
   std::vector<float> d_resid_, d_ln_, d_att_, d_q_, d_k_, d_v_, d_gu_, d_act_, d_logits_, mlp_scratch_;
+  bool dlogits_ready_ = false;  // the last forward (training, with targets) left softmax - onehot in d_logits_
   MoeScratch moe_scratch_;
 };
 

@@ -28,6 +28,21 @@ double row_sum(const float* e, int64_t V) {
   return sum;
 }
 
+// e[0, V) = exp(x - max x); returns max x and the sum of e (double).
+struct RowStats {
+  float m;
+  double sum;
+};
+RowStats exp_row(float* e, const float* x, int64_t V) {
+  const float m = vmax(x, V);
+  vexp(e, x, m, V);
+  return {m, row_sum(e, V)};
+}
+
+float row_loss(const RowStats& r, const float* x, int32_t target) {
+  return (float)((double)r.m + std::log(r.sum) - (double)x[target]);
+}
+
 }  // namespace
 
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t n, int64_t V) {
@@ -42,10 +57,7 @@ void cross_entropy_forward(float* losses, const float* logits, const int32_t* ta
         continue;
       }
       const float* x = logits + i * V;
-      const float m = vmax(x, V);
-      vexp(e.data(), x, m, V);
-      const double sum = row_sum(e.data(), V);
-      losses[i] = (float)((double)m + std::log(sum) - (double)x[targets[i]]);
+      losses[i] = row_loss(exp_row(e.data(), x, V), x, targets[i]);
     }
   }
 }
@@ -60,16 +72,33 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       if (targets[i] < 0) continue;
-      const float* x = logits + i * V;
       float* d = dlogits + i * V;
-      const float m = vmax(x, V);
-      vexp(e.data(), x, m, V);
-      const double sum = row_sum(e.data(), V);
-      const float c = (float)((double)scale / sum);  // scale * softmax = e * c
+      const float c = (float)((double)scale / exp_row(e.data(), logits + i * V, V).sum);  // scale * softmax = e * c
 #pragma omp simd
       for (int64_t j = 0; j < V; ++j) d[j] += e[j] * c;
       d[targets[i]] -= scale;
     }
+  }
+}
+
+void cross_entropy_forward_backward(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                                    int64_t n, int64_t V) {
+  check_targets(targets, n, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    float* d = dlogits + i * V;
+    if (targets[i] < 0) {
+      losses[i] = 0.0f;
+      std::fill(d, d + V, 0.0f);
+      continue;
+    }
+    const float* x = logits + i * V;
+    const RowStats r = exp_row(d, x, V);  // d = exp(x - max), then scaled in place
+    losses[i] = row_loss(r, x, targets[i]);
+    const float c = (float)(1.0 / r.sum);
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) d[j] *= c;
+    d[targets[i]] -= 1.0f;
   }
 }
 

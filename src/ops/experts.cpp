@@ -63,8 +63,7 @@ void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys
     if (!dxs && !dw_gu) return;
     // dact_e [m, I] = dys_e [m, H] @ w_down[e] [H, I]
     gemm(false, false, m, I, H, 1.0f, dys_e, H, wd, I, 0.0f, dact_e, I);
-    std::fill(dgu_e, dgu_e + m * 2 * I, 0.0f);
-    swiglu_backward(dgu_e, dact_e, gu + r0 * 2 * I, m, I);
+    swiglu_backward(dgu_e, dact_e, gu + r0 * 2 * I, m, I);  // overwrites dgu_e
     // dw_gu[e] [2I, H] += dgu_e^T [2I, m] @ xs_e [m, H]
     if (dw_gu) gemm(true, false, 2 * I, H, m, 1.0f, dgu_e, 2 * I, xs_e, H, 1.0f, dw_gu + e * 2 * I * H, H);
     // dxs_e [m, H] += dgu_e [m, 2I] @ w_gu[e] [2I, H]

@@ -11,11 +11,11 @@ void linear_forward(float* y, const float* x, const float* w, int64_t n, int64_t
 }
 
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
-                     int64_t in, int64_t out) {
-  // dx [n, in] += dy [n, out] * w [out, in]
-  if (dx) gemm(false, false, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
-  // dw [out, in] += dy^T [out, n] * x [n, in]
-  if (dw) gemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+                     int64_t in, int64_t out, float alpha) {
+  // dx [n, in] += alpha dy [n, out] * w [out, in]
+  if (dx) gemm(false, false, n, in, out, alpha, dy, out, w, in, 1.0f, dx, in);
+  // dw [out, in] += alpha dy^T [out, n] * x [n, in]
+  if (dw) gemm(true, false, out, in, n, alpha, dy, out, x, in, 1.0f, dw, in);
 }
 
 }  // namespace dsmoe::ops

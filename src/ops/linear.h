@@ -6,8 +6,8 @@ namespace dsmoe::ops {
 
 // x [n, in], w [out, in] -> y [n, out]
 void linear_forward(float* y, const float* x, const float* w, int64_t n, int64_t in, int64_t out);
-// dx [n, in] += dy W ; dw [out, in] += dy^T x
+// dx [n, in] += alpha dy W ; dw [out, in] += alpha dy^T x (alpha: a scale still to apply to dy)
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
-                     int64_t in, int64_t out);
+                     int64_t in, int64_t out, float alpha = 1.0f);
 
 }  // namespace dsmoe::ops

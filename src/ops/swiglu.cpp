@@ -35,8 +35,8 @@ void swiglu_backward(float* dgu, const float* dh, const float* gu, int64_t n, in
     for (int64_t i = 0; i < I; ++i) {
       const float s = sigmoid(g[i]);
       float silu = g[i] * s;
-      dg[i] += d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-      du[i] += d[i] * silu;
+      dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+      du[i] = d[i] * silu;
     }
   }
 }

@@ -7,7 +7,8 @@ namespace dsmoe::ops {
 
 // gu [n, 2I] -> h [n, I]
 void swiglu_forward(float* h, const float* gu, int64_t n, int64_t I);
-// dgu [n, 2I] += d/d(g|u)
+// dgu [n, 2I] = d/d(g|u), overwritten: its only user, the experts' backward, fills a scratch buffer
+// (accumulating would need that buffer zeroed first, a whole extra pass over it every step)
 void swiglu_backward(float* dgu, const float* dh, const float* gu, int64_t n, int64_t I);
 
 }  // namespace dsmoe::ops

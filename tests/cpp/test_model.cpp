@@ -110,6 +110,24 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
                                 t.shape, kRel * max_abs(ref) + 1e-12, kRel));
   }
 
+  // --- The LM-loss gradients by both cross-entropy paths: the training forward's fused pass (lm_head
+  // and loss gradient in row blocks, the loss scale applied as the GEMM alpha) and an evaluation
+  // forward followed by the separate backward op. Same math, fp32 rounding only: kRel as above. ---
+  {
+    model.forward(x.data(), y.data(), B, T, true);
+    model.zero_grads();
+    model.backward(1.0f / (float)(B * T), false);
+    const std::vector<float> fused = model.grads();
+    model.forward(x.data(), y.data(), B, T, false);
+    model.zero_grads();
+    model.backward(1.0f / (float)(B * T), false);
+    for (const auto& t : model.layout().hf_tensors()) {
+      const std::vector<float> a(fused.begin() + t.offset, fused.begin() + t.offset + t.numel);
+      EXPECT_TRUE(test::all_close(name + " lm-only grad (eval forward) " + t.name, model.grads().data() + t.offset,
+                                  a.data(), t.numel, t.shape, kRel * max_abs(a) + 1e-12, kRel));
+    }
+  }
+
   // --- 10 optimizer steps with accumulation, clipping and the schedule ---
   load_weights(f, model);  // same start as the oracle's trajectory
   AdamW opt(model.layout(), cfg.train);

@@ -326,6 +326,20 @@ TEST(DenseOps, CrossEntropy) {
     for (int64_t i = 0; i < n; ++i)
       if (targets[i] < 0)
         for (int64_t j = 0; j < V; ++j) ASSERT_EQ(dl[i * V + j], kPrefill) << "ignored row " << i << " got a gradient";
+
+    // The fused training pass: the same losses (the same row arithmetic, so bit for bit), and the
+    // unscaled gradient, overwritten (NaN prefill) with zeros on ignored rows. Times scale (one more
+    // rounding, eps/2 relative) it must meet the oracle's dlogits with the tolerance above.
+    std::vector<float> losses2((size_t)n, NAN), d2(logits.size(), NAN);
+    ops::cross_entropy_forward_backward(losses2.data(), d2.data(), logits.data(), targets.data(), n, V);
+    EXPECT_TRUE(bit_equal(losses2, losses)) << "fused losses differ from cross_entropy_forward";
+    std::vector<float> d2s(d2.size());
+    for (size_t j = 0; j < d2.size(); ++j) d2s[j] = d2[j] * scale;
+    CHECK_CLOSE("cross-entropy fused dlogits x scale", d2s, dlogits_ref, o.shape(c, "dlogits"),
+                (Tol{4 * kEps * scale, 4 * kEps}));
+    for (int64_t i = 0; i < n; ++i)
+      if (targets[i] < 0)
+        for (int64_t j = 0; j < V; ++j) ASSERT_EQ(d2[i * V + j], 0.0f) << "ignored row " << i << " got a gradient";
   }
 }
 
