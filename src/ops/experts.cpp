@@ -20,8 +20,9 @@ void swiglu_mlp_forward(float* y, float* gu, float* act, const float* x, const W
 // expert (dense FFN, shared experts) gets all threads inside its GEMMs. Every expert writes only its
 // own rows and weight slices, so results do not depend on which thread ran it (deterministic).
 // The single expert is called OUTSIDE any parallel region, not from an `omp parallel if (false)`:
-// inside that inactive region OpenBLAS still goes parallel, and libgomp builds a fresh nested team
-// (new threads) for every GEMM, which made a width-64 shared expert 4x slower than its GEMMs.
+// inside that inactive region OpenBLAS still goes parallel and libgomp starts a fresh nested team
+// for every GEMM (strace: one clone3 per call); the shared experts were 12.3% of the default
+// training step that way, 5.2% now (bench/RESULTS.md).
 template <class Body>
 void for_each_expert(int64_t n_experts, Body&& body) {
   if (n_experts == 1) return body(0);
