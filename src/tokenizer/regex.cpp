@@ -15,8 +15,6 @@ namespace {
 // \s: the White_Space property (PCRE2's UCP \s also takes U+180E, which is not White_Space).
 constexpr const char* kSpaceItems = "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}"
                                     "\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
-// \w: letters, marks, decimal digits, connector punctuation (PCRE2's UCP \w has all of \p{N}, no marks).
-constexpr const char* kWordItems = "\\p{L}\\p{M}\\p{Nd}\\p{Pc}";
 // \h: a hexadecimal digit in Oniguruma (horizontal space in PCRE2).
 constexpr const char* kHexItems = "0-9a-fA-F";
 
@@ -47,6 +45,19 @@ std::string delta_items(const std::string& gc) {
   }
   return out;
 }
+// \w: Oniguruma's Unicode word class is UTS #18's: Alphabetic, marks, decimal digits, connector
+// punctuation and Join_Control (U+200C/D). So letter numbers (U+2160 ROMAN NUMERAL ONE) and
+// circled letters (U+24B6, So but Alphabetic) are word characters and other numbers (U+00B2) are not;
+// PCRE2's UCP \w is \p{L}, all of \p{N} and '_'. Each item carries the characters newer than PCRE2's
+// tables (a Unicode 16 letter such as U+134E1; found by a random corpus seed).
+const std::string& word_items() {
+  static const std::string items = [] {
+    std::string s = "\\p{Alphabetic}\\p{Join_Control}";
+    for (const char* gc : {"L", "Nl", "M", "Nd", "Pc"}) s += delta_items(gc);
+    return s + "\\p{M}\\p{Nd}\\p{Pc}";
+  }();
+  return items;
+}
 }  // namespace
 
 std::string onig_to_pcre2(const std::string& p) {
@@ -62,8 +73,8 @@ std::string onig_to_pcre2(const std::string& p) {
       switch (e) {
         case 's': items = kSpaceItems; break;
         case 'S': items = kSpaceItems, negated = true; break;
-        case 'w': items = kWordItems; break;
-        case 'W': items = kWordItems, negated = true; break;
+        case 'w': items = word_items().c_str(); break;
+        case 'W': items = word_items().c_str(), negated = true; break;
         case 'h': items = kHexItems; break;
         case 'H': items = kHexItems, negated = true; break;
         default: break;

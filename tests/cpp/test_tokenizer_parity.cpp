@@ -352,7 +352,10 @@ TEST(TokenizerParity, PreTokenizerClassesOverAllCodePoints) {
   const std::vector<std::pair<std::string, json>> pres = {
       {"Punctuation", {{"type", "Punctuation"}, {"behavior", "Isolated"}}},
       {"Digits", {{"type", "Digits"}, {"individual_digits", false}}},
-      {"WhitespaceSplit", {{"type", "WhitespaceSplit"}}}};
+      {"WhitespaceSplit", {{"type", "WhitespaceSplit"}}},
+      // \w+|[^\w\s]+: Oniguruma's \w, including the letters and marks newer than PCRE2's tables
+      // (regression: U+134E1, a Unicode 16 letter, split a word; found by a random corpus seed).
+      {"Whitespace", {{"type", "Whitespace"}}}};
   for (const auto& [name, pre] : pres) {
     json t = base;
     t["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", json::array({pre, bl})}};
