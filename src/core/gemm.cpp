@@ -38,7 +38,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
     // Small C, long K (weight gradients of small matrices: dW = dY^T X over all tokens): split K.
     // Thread 0 accumulates into C with the caller's beta, the others into private partials, which
     // are then added in thread order (deterministic for a given thread count).
-    std::vector<float> part((size_t)((T - 1) * M * N));
+    // Reused across calls (weight gradients come here every layer of every step); every partial is
+    // fully written below, so it needs no zeroing.
+    thread_local std::vector<float> part;
+    if (part.size() < (size_t)((T - 1) * M * N)) part.resize((size_t)((T - 1) * M * N));
+    float* const partial = part.data();  // the calling thread's buffer (thread_local: not named in the region)
 #pragma omp parallel num_threads(T)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -49,7 +53,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
       if (t == 0) {
         sgemm(trans_a, trans_b, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc);
       } else {
-        float* p = part.data() + (t - 1) * M * N;
+        float* p = partial + (t - 1) * M * N;
         if (k1 > k0) sgemm(trans_a, trans_b, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, p, N);
         else std::fill(p, p + M * N, 0.0f);
       }
@@ -57,7 +61,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < M; ++i)
         for (int u = 0; u < nt - 1; ++u) {
-          const float* p = part.data() + (u * M + i) * N;
+          const float* p = partial + (u * M + i) * N;
           float* c = C + i * ldc;
 #pragma omp simd
           for (int64_t j = 0; j < N; ++j) c[j] += p[j];

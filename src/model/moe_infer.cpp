@@ -77,16 +77,9 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
     grow(s.act, rows * I);
     grow(s.ys, rows * H);
     ops::dispatch_gather(s.xs.data(), x, s.plan, H);
-    const int64_t* off = s.plan.offsets.data();
-    // Experts in parallel, one thread each (the product inside then runs single-threaded), as the
-    // training layer's experts_forward: many small per-expert products.
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = off[e], n = off[e + 1] - r0;
-      if (n > 0)
-        ops::swiglu_mlp_forward(s.ys.data() + r0 * H, s.gu.data() + r0 * 2 * I, s.act.data() + r0 * I,
-                                s.xs.data() + r0 * H, gate_up(e), down(e), n);
-    }
+    // The training layer's experts op, in this storage: experts in parallel, one thread each.
+    ops::experts_forward(s.ys.data(), s.gu.data(), s.act.data(), s.xs.data(), W.experts_gate_up, W.experts_down,
+                         s.plan.offsets.data(), E);
     ops::combine_forward(out, s.ys.data(), s.gates.data(), s.plan, H);
   }
   // --- Shared experts: one SwiGLU MLP over all tokens, added unweighted ---

@@ -30,15 +30,21 @@ void for_each_expert(int64_t n_experts, Body&& body) {
   for (int64_t e = 0; e < n_experts; ++e) body(e);
 }
 
-void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
-                     const int64_t* offsets, const ExpertsShape& s) {
-  const int64_t H = s.hidden, I = s.inter;
-  for_each_expert(s.n_experts, [&](int64_t e) {
+void experts_forward(float* ys, float* gu, float* act, const float* xs, const WeightMat& w_gu, const WeightMat& w_down,
+                     const int64_t* offsets, int64_t n_experts) {
+  const int64_t H = w_gu.cols, I = w_down.cols;
+  for_each_expert(n_experts, [&](int64_t e) {
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m <= 0) return;
-    swiglu_mlp_forward(ys + r0 * H, gu + r0 * 2 * I, act + r0 * I, xs + r0 * H,
-                       WeightMat::f32(w_gu + e * 2 * I * H, 2 * I, H), WeightMat::f32(w_down + e * H * I, H, I), m);
+    swiglu_mlp_forward(ys + r0 * H, gu + r0 * 2 * I, act + r0 * I, xs + r0 * H, w_gu.slice_rows(e * 2 * I, 2 * I),
+                       w_down.slice_rows(e * H, H), m);
   });
+}
+
+void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
+                     const int64_t* offsets, const ExpertsShape& s) {
+  const int64_t E = s.n_experts, H = s.hidden, I = s.inter;
+  experts_forward(ys, gu, act, xs, WeightMat::f32(w_gu, E * 2 * I, H), WeightMat::f32(w_down, E * H, I), offsets, E);
 }
 
 void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,

@@ -24,6 +24,10 @@ struct ExpertsShape {
 // Saves gu [rows, 2I] and act [rows, I] (the SwiGLU output) for backward; both are required.
 void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
                      const int64_t* offsets, const ExpertsShape& s);
+// The same in any weight storage (training's fp32 above and the inference engine's grouped MoE): the
+// experts' stacked matrices w_gu [E * 2I, H] and w_down [E * H, I].
+void experts_forward(float* ys, float* gu, float* act, const float* xs, const WeightMat& w_gu, const WeightMat& w_down,
+                     const int64_t* offsets, int64_t n_experts);
 // dxs [rows, H] +=, dw_gu [E, 2I, H] +=, dw_down [E, H, I] +=. scratch needs rows * 3I floats.
 void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,
                       const float* gu, const float* act, const float* w_gu, const float* w_down,

@@ -277,7 +277,9 @@ void gemv(float* y, const float* x, const WeightMat& w, int64_t n) {
   const bool par = R * K >= (1 << 16);  // tiny matrices (tests): a parallel region costs more than it saves
 #pragma omp parallel if (par)
   {
-    std::vector<float> s((size_t)w.blocks());
+    // Per-thread scratch kept across calls: a decode step makes hundreds of these calls.
+    thread_local std::vector<float> s;
+    if (s.size() < (size_t)w.blocks()) s.resize((size_t)w.blocks());
     float out[4];
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
@@ -302,7 +304,9 @@ void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
   const int64_t R = w.rows, K = w.cols, tiles = (R + kTileRows - 1) / kTileRows;
 #pragma omp parallel
   {
-    std::vector<float> tile((size_t)(std::min(kTileRows, R) * K));
+    // Per-thread tile kept across calls (megabytes: a fresh one per call cost page faults every time).
+    thread_local std::vector<float> tile;
+    if (tile.size() < (size_t)(std::min(kTileRows, R) * K)) tile.resize((size_t)(std::min(kTileRows, R) * K));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, R - r0);

@@ -46,12 +46,6 @@ Config tiny_config(int64_t max_pos = 160) {
   return c;
 }
 
-std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = (int32_t)rng.below(V);
-  return t;
-}
-
 double max_abs(const float* p, int64_t n) {
   double m = 0;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, (double)std::fabs(p[i]));
@@ -70,7 +64,7 @@ TEST(HfEngine, KvCacheDecodingEqualsFullRecomputation) {
   Rng rng(test::test_seed());
   model.init_weights(rng, 0.2);
   const int64_t V = cfg.model.vocab_size, T = 90, prefill = 70;  // > 64: several attention row blocks
-  auto tokens = random_tokens(rng, T, V);
+  auto tokens = test::random_tokens(rng, T, V);
   model.forward(tokens.data(), nullptr, 1, T, false);
   std::vector<float> full(model.logits(), model.logits() + T * V);
   const double scale = max_abs(full.data(), T * V);
@@ -105,8 +99,8 @@ TEST(HfEngine, BatchedGenerationEqualsOneByOne) {
   Rng rng(test::test_seed() + 1);
   model.init_weights(rng, 0.3);
   const int64_t V = cfg.model.vocab_size;
-  std::vector<std::vector<int32_t>> prompts = {random_tokens(rng, 9, V), random_tokens(rng, 1, V),
-                                               random_tokens(rng, 30, V), random_tokens(rng, 4, V)};
+  std::vector<std::vector<int32_t>> prompts = {test::random_tokens(rng, 9, V), test::random_tokens(rng, 1, V),
+                                               test::random_tokens(rng, 30, V), test::random_tokens(rng, 4, V)};
   InferenceEngine eng(model);
   for (double temp : {0.0, 1.0}) {
     SamplingOptions o;
@@ -148,11 +142,11 @@ TEST(HfEngine, GenerationStopsAtTheContextLimit) {
   SamplingOptions o;
   o.temperature = 0;
   o.max_new_tokens = 100;
-  auto r = generate_batch(eng, {random_tokens(rng, 20, cfg.model.vocab_size)}, o, 0);
+  auto r = generate_batch(eng, {test::random_tokens(rng, 20, cfg.model.vocab_size)}, o, 0);
   EXPECT_EQ(r[0].finish, FinishReason::Length);
   EXPECT_EQ(r[0].tokens.size(), 4u) << "20 prompt tokens + 4 = max_position_embeddings 24";
   try {
-    generate_batch(eng, {random_tokens(rng, 25, cfg.model.vocab_size)}, o, 0);
+    generate_batch(eng, {test::random_tokens(rng, 25, cfg.model.vocab_size)}, o, 0);
     FAIL() << "a prompt longer than max_position_embeddings must be refused";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("more than max_position_embeddings (24)"), std::string::npos) << e.what();
@@ -165,7 +159,7 @@ TEST(HfEngine, ScoreWindowsOverlapByOneToken) {
   Rng rng(test::test_seed() + 2);
   model.init_weights(rng, 0.3);
   InferenceEngine eng(model);
-  auto tokens = random_tokens(rng, 70, cfg.model.vocab_size);
+  auto tokens = test::random_tokens(rng, 70, cfg.model.vocab_size);
   auto lp = score_tokens(eng, tokens, 32);
   ASSERT_EQ(lp.size(), 69u);
   // Windows [0, 32), [31, 63), [62, 70): the second window's scores are those of that slice alone.

@@ -49,12 +49,6 @@ Config small_config() {
   return c;
 }
 
-std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = (int32_t)rng.below(V);
-  return t;
-}
-
 // Logits of every position: one prefill step (all rows) and, to cover the decode GEMV, the last
 // 6 positions as single-token steps.
 std::vector<float> engine_logits(InferenceEngine& eng, const std::vector<int32_t>& tokens) {
@@ -82,7 +76,7 @@ TEST(QuantizedModel, EngineComputesTheModelOfTheDequantizedWeights) {
   Model model(cfg.model);
   Rng rng(test::test_seed());
   model.init_weights(rng, 0.15);
-  const auto tokens = random_tokens(rng, 40, cfg.model.vocab_size);
+  const auto tokens = test::random_tokens(rng, 40, cfg.model.vocab_size);
   const int64_t T = (int64_t)tokens.size(), V = cfg.model.vocab_size;
   for (WType t : {WType::BF16, WType::Q8, WType::Q4}) {
     InferenceWeights w = InferenceWeights::convert(model, t);
@@ -107,7 +101,7 @@ TEST(QuantizedModel, LogprobsStayWithinTheQuantizationBoundOfFp32) {
   Model model(cfg.model);
   Rng rng(test::test_seed() + 1);
   model.init_weights(rng, 0.15);
-  const auto tokens = random_tokens(rng, 48, cfg.model.vocab_size);
+  const auto tokens = test::random_tokens(rng, 48, cfg.model.vocab_size);
   InferenceEngine ref(model);
   const auto lp32 = score_tokens(ref, tokens);
   // Stated bound. Weight errors are uniform in [-d/2, d/2] per element, d = absmax/qmax of a block
@@ -160,7 +154,7 @@ TEST(QuantizedFolder, RoundTripIsExactAndTheSourceIsUntouched) {
   model.init_weights(rng, 0.15);
   const std::string src = make_source("qf_src", cfg, model);
   const auto before = snapshot(src);
-  const auto tokens = random_tokens(rng, 30, cfg.model.vocab_size);
+  const auto tokens = test::random_tokens(rng, 30, cfg.model.vocab_size);
   for (WType t : {WType::Q8, WType::Q4}) {
     const std::string out = test::tmp_path(std::string("qf_") + ops::wtype_name(t));
     fs::remove_all(out);

@@ -107,4 +107,10 @@ std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_
   return dir;
 }
 
+std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = (int32_t)rng.below(V);
+  return t;
+}
+
 }  // namespace dsmoe::test

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/rng.h"
+
 namespace dsmoe::test {
 
 // Seed for the random inputs of this test run: $DSMOE_TEST_SEED if set, else fresh from the clock.
@@ -33,6 +35,9 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
 }
 
 std::string source_dir();
+
+// n token ids drawn uniformly from [0, V).
+std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V);
 
 // A small byte-level dataset (vocab 256): words drawn from a fixed list (learnable structure) by an
 // RNG seeded from test_seed(), saved as DIR's train and val splits. Returns dir.
