@@ -20,7 +20,12 @@
 #include "infer/hf_checkpoint.h"
 #include "infer/infer_weights.h"
 #include "infer/sampling.h"
+#include "infer/model_files.h"
 #include "infer/text_codec.h"
+#include "infer/text_stream.h"
+#include "io/output_dir.h"
+#include "cli/options.h"
+#include "core/progress.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 
@@ -30,50 +35,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-// Text <-> ids: the folder's tokenizer.json (HF byte-level BPE) or dsmoe's byte codec.
-struct TextIO {
-  std::optional<tok::Tokenizer> tok;
-  TextCodec bytes = TextCodec::load("bytes");
-  int32_t bos = -1, eos = -1;
-  int64_t vocab = 0;
-  std::string name;
-
-  // add_special: BOS (and whatever tokenizer_config.json asks) as HF's encode(add_special_tokens=True).
-  std::vector<int32_t> encode(const std::string& text, bool add_special) const {
-    if (tok) return tok->encode(text, add_special);
-    if (vocab < 256)
-      fail("text input needs a tokenizer: the model's vocab_size is {} (< 256 byte ids) and no tokenizer.json was "
-           "found; give --tokenizer or token ids", vocab);
-    return bytes.encode(text);
-  }
-  std::string decode(const std::vector<int32_t>& ids) const {
-    if (tok) return tok->decode(ids, /*skip_special_tokens=*/true);
-    return bytes.decode(ids);
-  }
-};
-
-// spec: "" = DIR/tokenizer.json when present, else bytes; "bytes"; or a tokenizer.json path.
-TextIO load_text_io(const std::string& dir, const std::string& spec, const ModelConfig& m) {
-  TextIO io;
-  io.vocab = m.vocab_size;
-  std::string path = spec;
-  if (spec.empty()) path = fs::exists(fs::path(dir) / "tokenizer.json") ? (fs::path(dir) / "tokenizer.json").string() : "bytes";
-  auto in_vocab = [&](int64_t id) { return id >= 0 && id < m.vocab_size ? (int32_t)id : -1; };
-  if (path == "bytes") {
-    io.name = "bytes";
-    // Byte ids are text, never EOS; a model with fewer than 256 ids (tests) can only take token ids.
-    io.eos = m.vocab_size < 256 ? in_vocab(m.eos_token_id) : m.eos_token_id < 256 ? -1 : in_vocab(m.eos_token_id);
-    return io;
-  }
-  io.tok = tok::Tokenizer::load(path);
-  io.name = path;
-  if (io.tok->vocab_size() > m.vocab_size)
-    fail("{}: the tokenizer has {} ids but the model's vocab_size is {}", path, io.tok->vocab_size(), m.vocab_size);
-  io.bos = io.tok->bos_id() ? *io.tok->bos_id() : in_vocab(m.bos_token_id);
-  io.eos = io.tok->eos_id() ? *io.tok->eos_id() : in_vocab(m.eos_token_id);
-  return io;
-}
 
 // "1,2,3", "[1, 2, 3]" or "1 2 3".
 std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
@@ -105,7 +66,7 @@ int64_t parse_size(const std::string& s) {
   try {
     v = std::stod(s, &used);
   } catch (...) {
-    fail("--shard-size '{}': expected a size like 2GB, 500MB or a byte count", s);
+    usage_error("--shard-size '{}': expected a size like 2GB, 500MB or a byte count", s);
   }
   std::string unit = s.substr(used);
   double mul = 1;
@@ -116,64 +77,11 @@ int64_t parse_size(const std::string& s) {
   else if (unit == "KiB") mul = 1024.0;
   else if (unit == "MiB") mul = 1024.0 * 1024;
   else if (unit == "GiB") mul = 1024.0 * 1024 * 1024;
-  else fail("--shard-size '{}': unknown unit '{}' (B, KB, MB, GB, KiB, MiB, GiB)", s, unit);
-  if (v <= 0) fail("--shard-size '{}' must be > 0", s);
+  else usage_error("--shard-size '{}': unknown unit '{}' (B, KB, MB, GB, KiB, MiB, GiB)", s, unit);
+  if (!std::isfinite(v) || v <= 0 || v * mul > 1e15)
+    usage_error("--shard-size '{}' is out of range (more than 0 bytes, at most 1PB)", s);
   return (int64_t)(v * mul);
 }
-
-// Streams decoded text as tokens arrive, holding back what could still change: a trailing U+FFFD
-// (an incomplete UTF-8 sequence split across byte tokens) and any suffix that may begin a stop string.
-class TextStream {
- public:
-  TextStream(const TextIO& io, std::vector<std::string> stops) : io_(io), stops_(std::move(stops)) {}
-  // Appends a token; sets `out` to the newly safe text. Returns false when a stop string appeared
-  // (the text up to it has then been emitted).
-  bool push(int32_t t, std::string& out) {
-    ids_.push_back(t);
-    const std::string text = io_.decode(ids_);
-    size_t stop_at = std::string::npos;
-    for (const auto& s : stops_) {
-      if (s.empty()) continue;
-      size_t p = text.find(s);
-      if (p != std::string::npos) stop_at = std::min(stop_at, p);
-    }
-    if (stop_at != std::string::npos) {
-      out = stop_at > emitted_ ? text.substr(emitted_, stop_at - emitted_) : "";
-      emitted_ = std::max(emitted_, stop_at);
-      final_ = text.substr(0, stop_at);
-      stopped_ = true;
-      return false;
-    }
-    size_t safe = text.size();
-    static const std::string kRepl = "\xEF\xBF\xBD";
-    while (safe >= 3 && text.compare(safe - 3, 3, kRepl) == 0) safe -= 3;
-    for (const auto& s : stops_)
-      for (size_t k = std::min(s.size() - 1, safe); k > 0; --k)
-        if (text.compare(safe - k, k, s, 0, k) == 0) {
-          safe -= k;
-          break;
-        }
-    out = safe > emitted_ ? text.substr(emitted_, safe - emitted_) : "";
-    emitted_ = std::max(emitted_, safe);
-    final_ = text;
-    return true;
-  }
-  // What is left to print at the end, and the full text.
-  std::string flush() {
-    std::string rest = final_.size() > emitted_ ? final_.substr(emitted_) : "";
-    emitted_ = final_.size();
-    return rest;
-  }
-  const std::string& text() const { return final_; }
-
- private:
-  const TextIO& io_;
-  std::vector<std::string> stops_;
-  std::vector<int32_t> ids_;
-  size_t emitted_ = 0;
-  std::string final_;
-  bool stopped_ = false;
-};
 
 struct SamplingArgs {
   SamplingOptions o;
@@ -183,10 +91,14 @@ struct SamplingArgs {
 };
 
 void add_sampling_options(CLI::App* c, SamplingArgs& a) {
-  c->add_option("--max-new-tokens", a.o.max_new_tokens, "tokens to generate at most")->capture_default_str();
-  c->add_option("--temperature", a.o.temperature, "0 = greedy")->capture_default_str();
-  c->add_option("--top-k", a.o.top_k, "sample among the k most likely tokens (0 = off)")->capture_default_str();
-  c->add_option("--top-p", a.o.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
+  c->add_option("--max-new-tokens", a.o.max_new_tokens, "tokens to generate at most (the context may end it sooner)")
+      ->check(int_in(0, kMaxTokens))
+      ->capture_default_str();
+  c->add_option("--temperature", a.o.temperature, "0 = greedy")->check(real_in(0, 100))->capture_default_str();
+  c->add_option("--top-k", a.o.top_k, "sample among the k most likely tokens (0 = off)")
+      ->check(int_in(0, kMaxTokens))
+      ->capture_default_str();
+  c->add_option("--top-p", a.o.top_p, "nucleus sampling mass (1 = off)")->check(real_in(0, 1, true))->capture_default_str();
   c->add_option("--seed", a.seed, "sampling seed (each prompt gets its own generator with this seed)")->capture_default_str();
   c->add_option("--stop", a.stops, "stop when the generated text contains this string (repeatable)");
   c->add_flag("--ignore-eos", a.ignore_eos, "do not stop at the end-of-sequence token");
@@ -198,15 +110,16 @@ double now_s() {
 
 // dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
 // checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading).
-InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, bool verbose) {
+InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, bool verbose = true) {
   const double t0 = now_s();
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
   InferenceModel im = load_inference_model(dir, type);
+  // Always said: which weights (and, by the caller, which tokenizer) produced the output.
   if (verbose)
     std::fprintf(stderr,
-                 "loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
-                 "disk -> %.2f GB %s, %.2f s\n",
+                 "dsmoe: loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
+                 "disk -> %.2f GB %s weights, %.2f s\n",
                  dir.c_str(), (long long)im.report.tensors, (long long)im.report.files, (long long)im.report.f32,
                  (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
                  im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
@@ -225,9 +138,10 @@ struct GenerateArgs {
 };
 
 void cmd_generate(const GenerateArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.verbose);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype);
   const ModelConfig& m = lm.config.model;
-  TextIO io = load_text_io(a.dir, a.tokenizer, m);
+  const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
+  std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_text;
   for (const auto& p : a.prompts) {
@@ -252,7 +166,7 @@ void cmd_generate(const GenerateArgs& a) {
     prompt_text.push_back("The ");
   }
   SamplingOptions o = a.s.o;
-  o.eos_token = a.s.ignore_eos ? -1 : io.eos;
+  o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
   InferenceEngine eng(*lm.weights);
   const bool stream = !a.json_out && prompts.size() == 1;
   std::vector<TextStream> streams;
@@ -308,11 +222,12 @@ struct ChatArgs {
 // DeepSeek chat format (deepseek-moe-16b-chat's template):
 //   <BOS>[system\n\n]User: {msg}\n\nAssistant: {reply}<EOS>User: {msg}\n\nAssistant:
 void cmd_chat(const ChatArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, false);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype);
   const ModelConfig& m = lm.config.model;
-  TextIO io = load_text_io(a.dir, a.tokenizer, m);
+  const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
+  std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
   SamplingOptions o = a.s.o;
-  o.eos_token = a.s.ignore_eos ? -1 : io.eos;
+  o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
   InferenceEngine eng(*lm.weights);
   KvCache cache(m, m.max_position_embeddings);
   Rng rng(a.s.seed);
@@ -327,8 +242,8 @@ void cmd_chat(const ChatArgs& a) {
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
     std::vector<int32_t> input;
-    if (first && io.bos >= 0) input.push_back(io.bos);
-    if (need_eos && io.eos >= 0) input.push_back(io.eos);
+    if (first && io.bos_id() >= 0) input.push_back(io.bos_id());
+    if (need_eos && io.eos_id() >= 0) input.push_back(io.eos_id());
     std::string text = (first && !a.system.empty() ? a.system + "\n\n" : "") + "User: " + line + "\n\nAssistant:";
     auto ids = io.encode(text, false);
     input.insert(input.end(), ids.begin(), ids.end());
@@ -362,12 +277,15 @@ struct ScoreArgs {
 };
 
 void cmd_score(const ScoreArgs& a) {
-  if (a.text_file.empty() == a.ids_jsonl.empty()) fail("score: give exactly one of --text-file or --ids-jsonl");
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, false);
+  if (a.text_file.empty() == a.ids_jsonl.empty()) usage_error("score: give exactly one of --text-file or --ids-jsonl");
+  InferenceModel lm = load_for_inference(a.dir, a.dtype);
   const ModelConfig& m = lm.config.model;
+  if (a.ctx > m.max_position_embeddings)
+    usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", a.ctx, m.max_position_embeddings);
   std::vector<std::vector<int32_t>> seqs;
   if (!a.text_file.empty()) {
-    TextIO io = load_text_io(a.dir, a.tokenizer, m);
+    const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
+    std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
     seqs.push_back(io.encode(read_text_file(a.text_file), !a.no_special));
   } else {
     std::istringstream in(read_text_file(a.ids_jsonl));
@@ -392,13 +310,21 @@ void cmd_score(const ScoreArgs& a) {
       seqs.push_back(std::move(ids));
     }
   }
+  int64_t to_score = 0;
+  for (const auto& s : seqs) to_score += std::max<int64_t>(0, (int64_t)s.size() - 1);
+  // A perplexity of 1.0 over nothing would read as a perfect model.
+  if (to_score == 0)
+    fail("score: {} has no token to score (a sequence needs at least 2 tokens: each is scored given those before it)",
+         a.text_file.empty() ? a.ids_jsonl : a.text_file);
   InferenceEngine eng(*lm.weights);
   json out_seqs = json::array();
   double total = 0;
   int64_t n = 0;
   const double t0 = now_s();
+  Progress progress("score", to_score, "tok");
   for (const auto& s : seqs) {
     auto lp = score_tokens(eng, s, a.ctx);
+    progress.update(n + (int64_t)lp.size());
     double sum = 0;
     for (double v : lp) sum += v;
     total += sum;
@@ -411,12 +337,42 @@ void cmd_score(const ScoreArgs& a) {
     }
     out_seqs.push_back(js);
   }
+  progress.finish();
   const double dt = now_s() - t0;
-  const double nll = n ? -total / (double)n : 0.0;
+  const double nll = -total / (double)n;
   json j = {{"tokens_scored", n}, {"mean_nll", nll}, {"perplexity", std::exp(nll)},
             {"dtype", ops::wtype_name(lm.weights->type())},
             {"ctx", a.ctx > 0 ? a.ctx : m.max_position_embeddings}, {"seconds", dt}, {"sequences", out_seqs}};
   std::printf("%s\n", j.dump().c_str());
+}
+
+// ---------------------------------------------------------------- export, quantize
+
+// --model, --out, --force, --shard-size, --tokenizer of the commands that write a model folder.
+struct ModelOutArgs {
+  std::string dir, out, shard = "2GiB", tokenizer;
+  bool force = false;
+  OutputRequest request(const std::string& command) const {
+    OutputRequest r;
+    r.dir = out;
+    r.command = command;
+    r.replaces = {"export", "quantize"};  // both write model folders; --force may replace either
+    r.force = force;
+    r.inputs = {dir};
+    if (!tokenizer.empty() && tokenizer != "bytes") r.inputs.push_back(tokenizer);
+    return r;
+  }
+};
+
+void add_model_out_options(CLI::App* c, ModelOutArgs& a, const std::string& model_help) {
+  c->add_option("--model", a.dir, model_help)->required();
+  c->add_option("--out", a.out, "output folder: new or empty, or an earlier export/quantize output with --force "
+                                "(written beside it, then swapped in)")
+      ->required();
+  c->add_flag("--force", a.force, "replace --out when it holds an earlier dsmoe export or quantize output");
+  c->add_option("--shard-size", a.shard, "largest shard, e.g. 2GiB, 500MB")->capture_default_str();
+  c->add_option("--tokenizer", a.tokenizer,
+                "tokenizer.json to write beside the weights (default: the model folder's; needed when it has none)");
 }
 
 }  // namespace
@@ -461,7 +417,8 @@ void add_infer_commands(CLI::App& app) {
     c->add_option("--text-file", a->text_file, "text to score (tokenized with BOS when the tokenizer adds it)");
     c->add_option("--ids-jsonl", a->ids_jsonl, "one JSON array of token ids per line, each scored separately");
     c->add_option("--tokenizer", a->tokenizer, "tokenizer.json, or \"bytes\" (default: the model folder's)");
-    c->add_option("--ctx", a->ctx, "window length (default max_position_embeddings); windows overlap by one token");
+    c->add_option("--ctx", a->ctx, "window length (default max_position_embeddings); windows overlap by one token")
+        ->check(int_in(2, kMaxTokens));
     c->add_flag("--summary", a->summary, "omit the per-token log-probabilities");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
@@ -470,58 +427,51 @@ void add_infer_commands(CLI::App& app) {
   // quantize
   {
     auto* c = app.add_subcommand("quantize", "write a q8 / q4 weight-quantized copy of a model folder");
-    auto dir = std::make_shared<std::string>();
-    auto out = std::make_shared<std::string>();
+    auto a = std::make_shared<ModelOutArgs>();
     auto type = std::make_shared<std::string>();
-    auto shard = std::make_shared<std::string>("2GiB");
-    c->add_option("--model", *dir, "model folder: HF checkpoint, dsmoe run folder (or a quantized folder)")->required();
-    c->add_option("--out", *out, "output folder (written to a temporary folder, then renamed into place)")->required();
-    c->add_option("--type", *type, "q8 (int8, llama.cpp Q8_0-like) or q4 (4-bit, Q4_0-like); blocks of 32")->required();
-    c->add_option("--shard-size", *shard, "largest shard, e.g. 2GiB, 500MB")->capture_default_str();
+    add_model_out_options(c, *a, "model folder: HF checkpoint, dsmoe run folder (or a quantized folder)");
+    c->add_option("--type", *type, "q8 (int8, llama.cpp Q8_0-like) or q4 (4-bit, Q4_0-like); blocks of 32")
+        ->required()
+        ->check(CLI::IsMember({"q8", "q4"}));
     c->callback([=] {
       const ops::WType t = ops::parse_wtype(*type, "--type (q8 or q4)");
-      if (t != ops::WType::Q8 && t != ops::WType::Q4) fail("--type '{}': expected q8 or q4", *type);
-      const fs::path in_p = fs::weakly_canonical(fs::absolute(*dir)), out_p = fs::weakly_canonical(fs::absolute(*out));
-      if (in_p == out_p) fail("quantize: --out must differ from --model (the source is never modified)");
-      if (std::mismatch(in_p.begin(), in_p.end(), out_p.begin(), out_p.end()).first == in_p.end())
-        fail("quantize: --out {} lies inside --model {}", *out, *dir);
       ExportOptions o;
-      o.max_shard_bytes = parse_size(*shard);
-      const fs::path tok = fs::path(*dir) / "tokenizer.json";
-      if (fs::exists(tok)) o.tokenizer = tok.string();
+      o.max_shard_bytes = parse_size(a->shard);
+      StagedOutput out(a->request("quantize"));
       const double t0 = now_s();
-      InferenceModel im = load_inference_model(*dir, t);
-      const int64_t n = write_quantized(*out, im.config, *im.weights, o);
-      std::printf("quantized %s -> %s (%s, %.3f GB of weights, %lld shard%s, %.1f s)\n", dir->c_str(), out->c_str(),
-                  type->c_str(), im.weights->bytes() / 1e9, (long long)n, n == 1 ? "" : "s", now_s() - t0);
+      InferenceModel im = load_for_inference(a->dir, *type);
+      // The text files come from the model folder (or --tokenizer): a folder without them could not be
+      // used for text, so a model that needs a tokenizer and has none is refused here.
+      const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, im.config.model);
+      const int64_t n = write_quantized(out.path(), im.config, *im.weights, o);
+      write_model_text_files(out.path(), text, im.config.model);
+      out.commit();
+      std::printf("quantized %s -> %s (%s, %.3f GB of weights, %lld shard%s, %s, %.1f s)\n", a->dir.c_str(),
+                  a->out.c_str(), ops::wtype_name(t), im.weights->bytes() / 1e9, (long long)n, n == 1 ? "" : "s",
+                  text.describe().c_str(), now_s() - t0);
     });
   }
   // export
   {
-    auto* c = app.add_subcommand("export", "write a model folder as a Hugging Face checkpoint");
-    auto dir = std::make_shared<std::string>();
-    auto out = std::make_shared<std::string>();
+    auto* c = app.add_subcommand("export", "write a model folder as a Hugging Face checkpoint (with its tokenizer files)");
+    auto a = std::make_shared<ModelOutArgs>();
     auto dtype = std::make_shared<std::string>("f32");
-    auto shard = std::make_shared<std::string>("2GiB");
-    auto tokenizer = std::make_shared<std::string>();
-    c->add_option("--model", *dir, "dsmoe run folder (or HF checkpoint to re-shard / convert)")->required();
-    c->add_option("--out", *out, "output folder")->required();
-    c->add_option("--dtype", *dtype, "f32 or bf16")->capture_default_str();
-    c->add_option("--shard-size", *shard, "largest shard, e.g. 2GiB, 500MB")->capture_default_str();
-    c->add_option("--tokenizer", *tokenizer, "tokenizer.json to copy beside (with its tokenizer_config.json)");
+    add_model_out_options(c, *a, "dsmoe run folder (or HF checkpoint to re-shard / convert)");
+    c->add_option("--dtype", *dtype, "f32 or bf16")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
     c->callback([=] {
       ExportOptions o;
-      if (*dtype == "f32") o.dtype = DType::F32;
-      else if (*dtype == "bf16") o.dtype = DType::BF16;
-      else fail("--dtype '{}': expected f32 or bf16", *dtype);
-      o.max_shard_bytes = parse_size(*shard);
-      o.tokenizer = *tokenizer;
-      if (fs::absolute(*out).lexically_normal() == fs::absolute(*dir).lexically_normal())
-        fail("export: --out must differ from --model");
-      LoadedModel lm = load_model_dir(*dir);
-      const int64_t n = export_hf(*out, lm.config, *lm.model, o);
-      std::printf("exported %s -> %s (%s, %lld shard%s)\n", dir->c_str(), out->c_str(), dtype->c_str(), (long long)n,
-                  n == 1 ? "" : "s");
+      o.dtype = *dtype == "bf16" ? DType::BF16 : DType::F32;
+      o.max_shard_bytes = parse_size(a->shard);
+      StagedOutput out(a->request("export"));
+      LoadedModel lm = load_model_dir(a->dir);
+      // The text files come from the model folder (or --tokenizer): a folder without them could not be
+      // used for text, so a model that needs a tokenizer and has none is refused here.
+      const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, lm.config.model);
+      const int64_t n = export_hf(out.path(), lm.config, *lm.model, o);
+      write_model_text_files(out.path(), text, lm.config.model);
+      out.commit();
+      std::printf("exported %s -> %s (%s, %lld shard%s, %s)\n", a->dir.c_str(), a->out.c_str(), dtype->c_str(),
+                  (long long)n, n == 1 ? "" : "s", text.describe().c_str());
     });
   }
 }

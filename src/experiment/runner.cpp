@@ -223,6 +223,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     to.data_dir = s.data_dir;
     to.out_dir = dir;
     to.resume = resume;
+    to.force = !resume;  // a run folder of this suite whose config changed: the suite retrains it
     to.progress = opt.progress;
     const auto t_run = Clock::now();
     const TrainSummary sum = train(cfg, to);

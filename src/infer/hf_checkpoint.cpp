@@ -444,12 +444,16 @@ json export_config(const Config& cfg, const char* torch_dtype) {
   return j;
 }
 
-void copy_tokenizer(const std::string& dir, const std::string& tokenizer) {
-  if (tokenizer.empty()) return;
-  if (!fs::exists(tokenizer)) fail("{}: tokenizer file not found", tokenizer);
-  write_file_atomic(join(dir, "tokenizer.json"), read_text_file(tokenizer));
-  const fs::path tc = fs::path(tokenizer).parent_path() / "tokenizer_config.json";
-  if (fs::exists(tc)) write_file_atomic(join(dir, "tokenizer_config.json"), read_text_file(tc.string()));
+// DIR created, and the model files an earlier write left there removed (an index would shadow a new
+// single file; stale shards would be loaded by nothing but waste space).
+void prepare_model_dir(const std::string& dir) {
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    const bool shard = n.rfind("model-", 0) == 0 && n.find("-of-") != std::string::npos &&
+                       n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0;
+    if (n == kIndex || n == kSingle || shard) fs::remove(e.path());
+  }
 }
 
 }  // namespace
@@ -458,14 +462,7 @@ int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model,
   if (o.dtype != DType::F32 && o.dtype != DType::BF16)
     fail("export: dtype {} is not supported (expected F32 or BF16)", dtype_name(o.dtype));
   if (o.max_shard_bytes <= 0) fail("export: the shard size must be > 0, got {}", o.max_shard_bytes);
-  fs::create_directories(dir);
-  // Remove what an earlier export may have left (an index would shadow a new single file).
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string n = e.path().filename().string();
-    const bool shard = n.rfind("model-", 0) == 0 && n.find("-of-") != std::string::npos &&
-                       n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0;
-    if (n == kIndex || n == kSingle || shard) fs::remove(e.path());
-  }
+  prepare_model_dir(dir);
   write_file_atomic(join(dir, "config.json"),
                     export_config(cfg, o.dtype == DType::BF16 ? "bfloat16" : "float32").dump(2) + "\n");
   const float* p = model.params().data();
@@ -484,9 +481,7 @@ int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model,
                       }
                     }
                   }});
-  const int64_t n = write_tensor_files(dir, ts, o.max_shard_bytes);
-  copy_tokenizer(dir, o.tokenizer);
-  return n;
+  return write_tensor_files(dir, ts, o.max_shard_bytes);
 }
 
 int64_t write_quantized(const std::string& dir, const Config& cfg, const InferenceWeights& w, const ExportOptions& o) {
@@ -494,12 +489,9 @@ int64_t write_quantized(const std::string& dir, const Config& cfg, const Inferen
   if (q != ops::WType::Q8 && q != ops::WType::Q4)
     fail("quantize: storage {} is not a quantized format (expected q8 or q4)", ops::wtype_name(q));
   if (o.max_shard_bytes <= 0) fail("quantize: the shard size must be > 0, got {}", o.max_shard_bytes);
-  // Everything is written to a fresh temporary folder beside DIR, which then replaces DIR.
-  const fs::path out = fs::absolute(dir).lexically_normal();
-  const fs::path tmp = out.parent_path() / (out.filename().string() + ".tmp-" + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
+  prepare_model_dir(dir);
+  const fs::path out(dir);
+  {
     json j = export_config(cfg, "bfloat16");
     j["quantization_config"] = {
         {"quant_method", kQuantMethod},
@@ -509,7 +501,7 @@ int64_t write_quantized(const std::string& dir, const Config& cfg, const Inferen
         {"scale_suffix", kScaleSuffix},
         {"weights", q == ops::WType::Q8 ? "I8 [out, in]" : "U8 [out, ceil(in/32)*16], byte j = q[j]+8 | (q[j+16]+8) << 4"},
         {"not_quantized", {"mlp.gate (router)", "input_layernorm", "post_attention_layernorm", "norm"}}};
-    write_file_atomic((tmp / "config.json").string(), j.dump(2) + "\n");
+    write_file_atomic((out / "config.json").string(), j.dump(2) + "\n");
     auto& ww = const_cast<InferenceWeights&>(w);  // slot_at is a lookup; nothing is modified
     std::vector<OutTensor> ts;
     const ParamLayout layout(cfg.model);
@@ -531,19 +523,7 @@ int64_t write_quantized(const std::string& dir, const Config& cfg, const Inferen
       ts.push_back({t.name, q == ops::WType::Q8 ? DType::I8 : DType::U8, {rows, m.row_bytes()}, copy(m.data, data_bytes)});
       ts.push_back({t.name + kScaleSuffix, DType::BF16, {rows, m.blocks()}, copy(m.scales, rows * m.blocks() * 2), true});
     }
-    const int64_t n = write_tensor_files(tmp.string(), ts, o.max_shard_bytes);
-    copy_tokenizer(tmp.string(), o.tokenizer);
-    // Swap in: the old DIR (if any) is moved aside first and removed only after the new one is in place.
-    const fs::path old = out.parent_path() / (out.filename().string() + ".old-" + std::to_string(getpid()));
-    const bool had = fs::exists(out);
-    if (had) fs::rename(out, old);
-    fs::rename(tmp, out);
-    if (had) fs::remove_all(old);
-    return n;
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
+    return write_tensor_files(out.string(), ts, o.max_shard_bytes);
   }
 }
 

@@ -93,17 +93,17 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<ops::W
 struct ExportOptions {
   DType dtype = DType::F32;                       // F32, BF16 or F16 (F16 not yet: F32 / BF16)
   int64_t max_shard_bytes = 2LL * 1024 * 1024 * 1024;  // a shard holds at most this many tensor bytes
-  std::string tokenizer;                          // tokenizer.json to copy beside (and its tokenizer_config.json)
 };
-// Writes DIR as a HF checkpoint the official modeling code loads: config.json (HF keys, dsmoe's own
-// keys kept for an exact reload, no "training"), model.safetensors or shards + index. Stale
-// model*.safetensors / index files of an earlier export in DIR are removed first.
+// Writes the weights and config of a HF checkpoint the official modeling code loads into DIR
+// (created): config.json (HF keys, dsmoe's own keys kept for an exact reload, no "training"),
+// model.safetensors or shards + index. Stale model*.safetensors / index files of an earlier write in
+// DIR are removed first. The tokenizer files are infer/model_files.h's. Writing a folder users keep
+// goes through io/output_dir.h's StagedOutput (atomic, never over what dsmoe did not write).
 // Returns the number of shard files.
 int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model, const ExportOptions& o);
 
-// Writes a quantized folder (format above) of `w` (q8 or q4 storage) to DIR, atomically: everything
-// goes to a temporary folder beside DIR which then replaces DIR in one rename (an existing DIR is
-// replaced only once the new one is complete). o.dtype is ignored. Returns the number of shards.
+// Writes a quantized folder (format above) of `w` (q8 or q4 storage) into DIR, as export_hf does.
+// o.dtype is ignored. Returns the number of shards.
 int64_t write_quantized(const std::string& dir, const Config& cfg, const InferenceWeights& w, const ExportOptions& o);
 
 }  // namespace dsmoe

@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "core/edit_distance.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 
@@ -79,19 +80,6 @@ const std::set<std::string> kIgnoredHfKeys = {
     "initializer_range", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
     "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training",
     "_comment"};  // "_comment": free text, used by configs/ to say what a file is for
-
-// Edit distance, to tell a typo of a known key ("n_routed_expert") from a foreign HF key.
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
 
 }  // namespace
 

@@ -34,6 +34,19 @@ TokenSplit load_split(const std::string& dir, const std::string& split) {
     if (!fs::exists(tp)) fail("{}: metadata 'tokenizer' names {}, which does not exist", path, tp.string());
     s.tokenizer = tp.string();
   }
+  for (const char* key : {"bos_id", "eos_id"}) {
+    auto m = f.metadata().find(key);
+    if (m == f.metadata().end()) continue;
+    int64_t v = -2;
+    try {
+      size_t used = 0;
+      v = std::stoll(m->second, &used);
+      if (used != m->second.size()) v = -2;
+    } catch (...) {
+    }
+    if (v < -1 || v >= s.vocab_size) fail("{}: metadata '{}' is '{}', expected an id in [0, {}) or -1", path, key, m->second, s.vocab_size);
+    (std::string(key) == "bos_id" ? s.bos_id : s.eos_id) = (int32_t)v;
+  }
   for (size_t i = 0; i < s.tokens.size(); ++i)
     if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
       fail("{}: token {} at index {} outside [0, vocab_size={})", path, s.tokens[i], i, s.vocab_size);
@@ -46,6 +59,8 @@ void save_split(const std::string& dir, const std::string& split, const TokenSpl
   w.add("tokens", DType::I32, {(int64_t)s.tokens.size()}, s.tokens.data());
   w.set_metadata("vocab_size", std::to_string(s.vocab_size));
   w.set_metadata("tokenizer", s.tokenizer);
+  w.set_metadata("bos_id", std::to_string(s.bos_id));
+  w.set_metadata("eos_id", std::to_string(s.eos_id));
   w.write((fs::path(dir) / (split + ".safetensors")).string());
 }
 

@@ -1,6 +1,9 @@
 // Token datasets and batching. A prepared dataset is a folder with train.safetensors and
 // val.safetensors, each holding one I32 tensor "tokens" (documents concatenated) and metadata
-// naming the tokenizer and vocabulary size.
+// naming the tokenizer, the vocabulary size and the ids that mark document boundaries: with a
+// tokenizer that has them, each document is stored as BOS text EOS (BOS as the tokenizer's
+// post-processor adds it for inference, EOS so that a model learns to end a text); byte-level data
+// has no such ids and separates documents with a newline only.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -15,6 +18,8 @@ struct TokenSplit {
   std::vector<int32_t> tokens;
   int64_t vocab_size = 0;
   std::string tokenizer;  // "bytes" or a tokenizer.json path (stored relative to the dataset folder)
+  int32_t bos_id = -1;    // the id starting each document, -1: none (metadata "bos_id")
+  int32_t eos_id = -1;    // the id ending each document, -1: none (metadata "eos_id")
 };
 
 // Loads DIR/<split>.safetensors; errors name the file and what is wrong.

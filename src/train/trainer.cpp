@@ -4,26 +4,34 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <csignal>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include <omp.h>
 
 #include "core/blas_env.h"
 #include "core/error.h"
+#include "core/interrupt.h"
+#include "core/progress.h"
 #include "core/rng.h"
+#include "core/sgemm_ceiling.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/params.h"
 #include "report/run_charts.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
+#include "train/run_dir.h"
 
 namespace dsmoe {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches) {
+double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
+                const std::function<void(int64_t)>& on_batch) {
   std::vector<int32_t> x, y;
   double sum = 0;
   int64_t count = 0;
@@ -32,6 +40,7 @@ double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_
     ForwardResult r = model.forward(x.data(), y.data(), batch, seq_len, false);
     sum += r.lm_loss * (double)r.n_targets;
     count += r.n_targets;
+    if (on_batch) on_batch(i);
   }
   return count ? sum / (double)count : 0.0;
 }
@@ -66,14 +75,6 @@ static void update_charts(const std::string& metrics_path, const std::string& ou
     if (!warned) std::fprintf(stderr, "\n[dsmoe] warning: charts not written: %s\n", e.what());
     warned = true;
   }
-}
-
-static std::string fmt_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  int64_t t = (int64_t)std::llround(s);
-  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
 }
 
 // Max-over-mean expert load of one layer's selection counts.
@@ -135,32 +136,52 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
   return r;
 }
 
-TrainSummary train(const Config& cfg, const TrainOptions& opt) {
-  const TrainConfig& tc = cfg.train;
-  const ModelConfig& mc = cfg.model;
+TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   TokenSplit train_data = load_split(opt.data_dir, "train");
   TokenSplit val_data = load_split(opt.data_dir, "val");
+  Config cfg = cfg_in;
+  // The run's config.json names the token ids the data marks documents with (config.h keeps the HF
+  // defaults otherwise), so that inference on the run folder uses the same BOS/EOS.
+  if (train_data.bos_id >= 0) cfg.model.bos_token_id = train_data.bos_id;
+  if (train_data.eos_id >= 0) cfg.model.eos_token_id = train_data.eos_id;
+  const TrainConfig& tc = cfg.train;
+  const ModelConfig& mc = cfg.model;
   if (train_data.vocab_size > mc.vocab_size)
     fail("{}: the data's vocabulary ({} tokens, tokenizer '{}') is larger than the model's vocab_size ({})",
          opt.data_dir, train_data.vocab_size, train_data.tokenizer, mc.vocab_size);
 
+  const RunStart start = open_run_dir(opt.out_dir, opt.data_dir, opt.resume, opt.force);
   Model model(mc);
-  {
+  if (opt.init && start == RunStart::Fresh) {
+    opt.init(model);
+  } else {
     Rng init_rng(tc.seed);
     model.init_weights(init_rng, tc.init_std > 0 ? tc.init_std : mc.initializer_range);
   }
   AdamW optimizer(model.layout(), tc);
   BatchSampler sampler(train_data, tc.batch_size, tc.seq_len, tc.seed ^ 0x5eedda7aULL);
   TrainState st;
-  fs::create_directories(opt.out_dir);
-  if (train_data.tokenizer != "bytes")  // the run folder carries its tokenizer: generate/chat/score read text
+  // The run folder carries its tokenizer (and tokenizer_config.json: BOS/EOS, chat template), so that
+  // generate/chat/score/export read text with exactly what the data was made with.
+  if (train_data.tokenizer != "bytes") {
     fs::copy_file(train_data.tokenizer, fs::path(opt.out_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
+    const fs::path tc_json = fs::path(train_data.tokenizer).parent_path() / "tokenizer_config.json";
+    if (fs::exists(tc_json))
+      fs::copy_file(tc_json, fs::path(opt.out_dir) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+  }
   const std::string metrics_path = (fs::path(opt.out_dir) / "metrics.jsonl").string();
-  if (opt.resume && checkpoint_exists(opt.out_dir)) {
+  ProgressOptions po;
+  po.enabled = opt.progress;
+  po.show_rate = false;  // the line shows tokens/s itself
+  Progress progress("step", tc.steps, "", po);
+  if (start == RunStart::Resume) {
     load_checkpoint(opt.out_dir, model, &optimizer, &st);
     sampler.set_state(st.data_rng);
     drop_metrics_after(metrics_path, st.step);
-    std::fprintf(stderr, "[dsmoe] resumed from %s at step %lld\n", opt.out_dir.c_str(), (long long)st.step);
+    // Said even with --quiet: which state the run continues from is part of its result.
+    const std::string note = fmt::format("[dsmoe] resumed from {} at step {} of {}", opt.out_dir, st.step, tc.steps);
+    if (opt.progress) progress.message(note);
+    else std::fprintf(stderr, "%s\n", note.c_str());
   } else {
     std::ofstream(metrics_path, std::ios::trunc);  // a fresh run starts a fresh log
   }
@@ -168,18 +189,32 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
   if (!metrics) fail("{}: cannot open for writing", metrics_path);
 
   if (opt.progress)
-    std::fprintf(stderr, "[dsmoe] %s: %lld params, %d threads, OpenBLAS kernels %s\n", opt.out_dir.c_str(),
-                 (long long)model.layout().total(), omp_get_max_threads(), blas_kernel_name());
+    progress.message(fmt::format("[dsmoe] {}: {} params{}, {} threads, OpenBLAS kernels {}", opt.out_dir,
+                                 model.layout().total(),
+                                 opt.init && start == RunStart::Fresh ? ", initialised from " + opt.init_from : "",
+                                 omp_get_max_threads(), blas_kernel_name()));
+  std::optional<InterruptGuard> guard;
+  if (opt.catch_signals) guard.emplace();
   TrainSummary sum;
   sum.unigram_baseline = unigram_baseline(train_data, val_data);
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
   const int64_t last_step = opt.stop_after > 0 ? std::min(opt.stop_after, tc.steps) : tc.steps;
   const auto t_start = Clock::now();
   auto t_log = t_start;
+  auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
   int64_t steps_since_log = 0;
-  double lm_acc = 0, aux_acc = 0, dev_acc = 0;
+  double lm_acc = 0, aux_acc = 0, dev_acc = 0, side_s_since_log = 0;
   const int64_t first_step = st.step + 1;
+  progress.start_at(st.step, last_step);
   bool charts_warned = false;
+  auto save = [&] {
+    const auto t0 = Clock::now();
+    st.data_rng = sampler.state();
+    save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
+    const double dt = seconds_since(t0);
+    sum.checkpoint_s += dt;
+    side_s_since_log += dt;
+  };
 
   for (int64_t step = first_step; step <= last_step; ++step) {
     StepResult r = train_step(model, optimizer, tc, step, [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
@@ -194,17 +229,35 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
     aux_acc += aux;
     dev_acc += dev;
     ++steps_since_log;
+    ++sum.steps_run;
+    sum.steps_done = step;
+
+    if (const int sig = interrupt_requested()) {
+      save();
+      progress.finish(fmt::format("interrupted at step {}", step));
+      throw Interrupted(fmt::format("{} at step {} of {}: checkpoint saved in {}; continue the run with the same "
+                                    "`dsmoe train` command and --resume",
+                                    sig == SIGTERM ? "terminated (SIGTERM)" : "interrupted (SIGINT)", step, tc.steps,
+                                    opt.out_dir),
+                        sig);
+    }
 
     const bool last = step == last_step;
     const bool do_eval = last || (tc.eval_interval > 0 && step % tc.eval_interval == 0);
     double val = NAN;
-    if (do_eval) val = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+    if (do_eval) {
+      const auto t0 = Clock::now();
+      val = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+      const double dt = seconds_since(t0);
+      sum.eval_s += dt;
+      side_s_since_log += dt;
+    }
     if (step % tc.log_interval == 0 || last || do_eval) {
       const auto now = Clock::now();
-      const double dt = std::chrono::duration<double>(now - t_log).count();
+      // tokens/s of the training steps alone: evaluation and checkpoint time is not training speed
+      const double dt = std::chrono::duration<double>(now - t_log).count() - side_s_since_log;
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
       const double tps = dt > 0 ? (double)(steps_since_log * tokens_per_step) / dt : 0;
-      const double eta = (double)(last_step - step) * elapsed / (double)(step - first_step + 1);
       nlohmann::json rec = {{"step", step},
                             {"lr", lr},
                             {"lm_loss", lm_acc / steps_since_log},
@@ -220,25 +273,31 @@ TrainSummary train(const Config& cfg, const TrainOptions& opt) {
       metrics << rec.dump() << "\n";
       metrics.flush();
       if (do_eval && opt.charts) update_charts(metrics_path, opt.out_dir, mc, charts_warned);
-      if (opt.progress)
-        std::fprintf(stderr, "\rstep %lld/%lld | %.0f tok/s | lm %.4f | aux %.4f dev %.4f | load max/mean %.2f%s | ETA %s   ",
-                     (long long)step, (long long)tc.steps, tps, lm_acc / steps_since_log, aux_acc / steps_since_log,
-                     dev_acc / steps_since_log, imbalance,
-                     do_eval ? fmt::format(" | val {:.4f}", val).c_str() : "", fmt_duration(eta).c_str());
+      std::string detail = fmt::format("{:.0f} tok/s | lm {:.4f}", tps, lm_acc / steps_since_log);
+      if (mc.is_moe())
+        detail += fmt::format(" | aux {:.4f} dev {:.4f} | load max/mean {:.2f}", aux_acc / steps_since_log,
+                              dev_acc / steps_since_log, imbalance);
+      if (do_eval) detail += fmt::format(" | val {:.4f}", val);
+      progress.update(step, detail, /*force=*/true);
       sum.final_lm_loss = lm_acc / steps_since_log;
-      sum.tokens_per_s = tps;
-      lm_acc = aux_acc = dev_acc = 0;
+      lm_acc = aux_acc = dev_acc = side_s_since_log = 0;
       steps_since_log = 0;
       t_log = now;
     }
     if (do_eval) sum.val_loss = val;
-    if (last || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) {
-      st.data_rng = sampler.state();
-      save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
-    }
-    sum.steps_done = step;
+    if (last || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) save();
   }
-  if (opt.progress) std::fprintf(stderr, "\n");
+  sum.wall_s = seconds_since(t_start);
+  const double train_s = sum.wall_s - sum.eval_s - sum.checkpoint_s;
+  if (sum.steps_run > 0 && train_s > 0) {
+    sum.tokens_per_s = (double)(sum.steps_run * tokens_per_step) / train_s;
+    sum.model_flops_per_s = sum.tokens_per_s * model_stats(mc, tc.seq_len).train_flops_per_token;
+    sum.sgemm_ceiling = measure_sgemm_flops();
+    sum.mfu = sum.sgemm_ceiling > 0 ? sum.model_flops_per_s / sum.sgemm_ceiling : 0;
+  }
+  if (sum.steps_run > 0)
+    progress.finish(fmt::format("{:.0f} tok/s average, MFU {:.1f}% of a {:.0f} GFLOP/s SGEMM", sum.tokens_per_s,
+                                100 * sum.mfu, sum.sgemm_ceiling / 1e9));
   if (first_step > last_step) sum.val_loss = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
   return sum;
 }

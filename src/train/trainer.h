@@ -33,24 +33,38 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
 
 struct TrainOptions {
   std::string data_dir;
-  std::string out_dir;
-  bool resume = false;      // continue from out_dir/checkpoint.safetensors if present
+  std::string out_dir;      // the run folder; what may exist there: train/run_dir.h
+  bool resume = false;      // continue from out_dir/checkpoint.safetensors (an error when there is none)
+  bool force = false;       // replace a previous run in out_dir
   int64_t stop_after = 0;   // stop (with a checkpoint) after this step; 0 = run to the end
-  bool progress = true;     // live progress line on stderr
+  bool progress = true;     // progress on stderr (core/progress.h)
   bool charts = true;       // loss.svg etc. (report/run_charts.h) in out_dir at each evaluation
+  bool catch_signals = true;  // SIGINT/SIGTERM: checkpoint the current step, then throw Interrupted
+  // A fresh run's initial weights instead of the random init (e.g. a model folder's, for continued
+  // pre-training or fine-tuning: `dsmoe train --init-from`); `init_from` names them in messages.
+  std::function<void(Model&)> init;
+  std::string init_from;
 };
 
 struct TrainSummary {
   int64_t steps_done = 0;
-  double final_lm_loss = 0;  // last logged training LM loss
-  double val_loss = 0;       // at the end
+  int64_t steps_run = 0;        // steps trained by this call (0 when a finished run was resumed)
+  double final_lm_loss = 0;     // last logged training LM loss
+  double val_loss = 0;          // at the end
   double unigram_baseline = 0;
-  double tokens_per_s = 0;
+  double tokens_per_s = 0;      // tokens of this call / its training-step time (evaluation, checkpoints excluded)
+  double wall_s = 0;            // of this call's step loop, everything included
+  double eval_s = 0, checkpoint_s = 0;
+  double model_flops_per_s = 0; // tokens_per_s x training FLOPs per token (6N + attention, model_stats)
+  double sgemm_ceiling = 0;     // FLOP/s of a large SGEMM measured at the end, same threads
+  double mfu = 0;               // model_flops_per_s / sgemm_ceiling
 };
 
 TrainSummary train(const Config& cfg, const TrainOptions& opt);
 
-// Mean validation LM loss over the config's fixed evaluation windows.
-double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches);
+// Mean validation LM loss over the config's fixed evaluation windows. on_batch(i) after batch i
+// (0-based), for progress.
+double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
+                const std::function<void(int64_t)>& on_batch = {});
 
 }  // namespace dsmoe

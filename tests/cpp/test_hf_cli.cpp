@@ -190,11 +190,11 @@ TEST(HfCli, ErrorsAreReported) {
   EXPECT_EQ(a.rc, 1);
   EXPECT_NE(a.err.find("not a folder"), std::string::npos) << a.err;
   Out b = run("score --model " + f.run_dir);
-  EXPECT_EQ(b.rc, 1);
+  EXPECT_EQ(b.rc, 2);  // a usage error
   EXPECT_NE(b.err.find("exactly one of --text-file or --ids-jsonl"), std::string::npos) << b.err;
   Out c = run("export --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_x") + " --dtype f8");
-  EXPECT_EQ(c.rc, 1);
-  EXPECT_NE(c.err.find("--dtype 'f8'"), std::string::npos) << c.err;
+  EXPECT_EQ(c.rc, 2);
+  EXPECT_NE(c.err.find("--dtype: f8 not in {f32,bf16}"), std::string::npos) << c.err;
 }
 
 // dsmoe quantize end to end: the folder it writes scores exactly like quantizing at load time
@@ -233,13 +233,13 @@ TEST(HfCli, QuantizeThenScoreEqualsQuantizeOnLoad) {
   }
   EXPECT_EQ(digest(f.run_dir), before) << "quantize modified its source folder";
   Out inside = run("quantize --model " + f.run_dir + " --out " + f.run_dir + "/q --type q8");
-  EXPECT_EQ(inside.rc, 1);
-  EXPECT_NE(inside.err.find("lies inside --model"), std::string::npos) << inside.err;
+  EXPECT_EQ(inside.rc, 2);
+  EXPECT_NE(inside.err.find("lies inside the input"), std::string::npos) << inside.err;
   Out same = run("quantize --model " + f.run_dir + " --out " + f.run_dir + " --type q8");
-  EXPECT_EQ(same.rc, 1);
-  EXPECT_NE(same.err.find("must differ"), std::string::npos) << same.err;
+  EXPECT_EQ(same.rc, 2);
+  EXPECT_NE(same.err.find("would replace the input"), std::string::npos) << same.err;
   Out bad = run("quantize --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_q5") + " --type q5");
-  EXPECT_EQ(bad.rc, 1);
+  EXPECT_EQ(bad.rc, 2);
   EXPECT_NE(bad.err.find("q5"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(test::tmp_path("hf_cli_q5")));
   EXPECT_EQ(digest(f.run_dir), before);

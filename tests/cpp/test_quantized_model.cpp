@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
+#include "io/output_dir.h"
 #include "infer/infer_weights.h"
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -163,7 +164,6 @@ TEST(QuantizedFolder, RoundTripIsExactAndTheSourceIsUntouched) {
     o.max_shard_bytes = 20000;  // several shards: each scale must share its weight's shard
     const int64_t shards = write_quantized(out, q.config, *q.weights, o);
     EXPECT_GT(shards, 1);
-    EXPECT_FALSE(fs::exists(out + ".tmp-" + std::to_string(getpid())));
     InferenceModel back = load_inference_model(out);  // auto: the folder's own storage
     ASSERT_EQ(back.weights->type(), t);
     EXPECT_EQ(back.report.stored, t);
@@ -190,6 +190,8 @@ TEST(QuantizedFolder, RoundTripIsExactAndTheSourceIsUntouched) {
   EXPECT_EQ(snapshot(src), before) << "quantizing modified the source folder";
 }
 
+// The CLI writes through io/output_dir.h's StagedOutput: a write that fails part-way (here: bf16
+// storage is not a quantized format) leaves the previous folder exactly as it was.
 TEST(QuantizedFolder, AFailedWriteLeavesTheOldFolder) {
   const Config cfg = small_config();
   Model model(cfg.model);
@@ -199,16 +201,28 @@ TEST(QuantizedFolder, AFailedWriteLeavesTheOldFolder) {
   const std::string out = test::tmp_path("qf_fail_out");
   fs::remove_all(out);
   InferenceModel q = load_inference_model(src, WType::Q8);
-  write_quantized(out, q.config, *q.weights, ExportOptions{});
+  OutputRequest req;
+  req.dir = out;
+  req.command = "quantize";
+  req.replaces = {"quantize"};
+  req.force = true;
+  req.inputs = {src};
+  {
+    StagedOutput o(req);
+    write_quantized(o.path(), q.config, *q.weights, ExportOptions{});
+    o.commit();
+  }
   const auto before = snapshot(out);
-  ExportOptions bad;
-  bad.tokenizer = test::tmp_path("no_such_tokenizer.json");  // fails after the tensors are written
-  EXPECT_THROW(write_quantized(out, q.config, *q.weights, bad), Error);
-  EXPECT_EQ(snapshot(out), before);
-  EXPECT_FALSE(fs::exists(out + ".tmp-" + std::to_string(getpid()))) << "the temporary folder was left behind";
   InferenceWeights bf = InferenceWeights::convert(model, WType::BF16);
-  EXPECT_THROW(write_quantized(out, q.config, bf, ExportOptions{}), Error);
+  std::string staging;
+  {
+    StagedOutput o(req);
+    staging = o.path();
+    write_quantized(o.path(), q.config, *q.weights, ExportOptions{});  // a complete folder, then a failure
+    EXPECT_THROW(write_quantized(o.path(), q.config, bf, ExportOptions{}), Error);
+  }  // not committed
   EXPECT_EQ(snapshot(out), before);
+  EXPECT_FALSE(fs::exists(staging)) << "the staging folder was left behind";
 }
 
 // Single-file q8 folder, rewritten through `edit` (name -> (dtype, shape, bytes)) or its config.

@@ -377,8 +377,9 @@ TEST(RoutingStatsTest, SummaryFiguresOnAKnownRouting) {
 
 // ---------------------------------------------------------------- CLI
 
-std::string run_capture(const std::string& cmd, int* rc) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+// stdout only (progress and notices go to stderr), or both for the error messages.
+std::string run_capture(const std::string& cmd, int* rc, bool with_stderr = false) {
+  FILE* p = popen((cmd + (with_stderr ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;
@@ -435,7 +436,7 @@ TEST(RoutingCli, EvalFlagsPrintTheOverrideAndWriteStats) {
     EXPECT_TRUE(l["summary"]["entropy_normalised"].is_number());
   }
 
-  out = run_capture(eval + " --disable-top 7", &rc);
+  out = run_capture(eval + " --disable-top 7", &rc, true);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("disable_top (7) + top_k (2) must be <= n_routed_experts (8)"), std::string::npos) << out;
 }

@@ -1,0 +1,41 @@
+#include "cli/options.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <fmt/format.h>
+
+namespace dsmoe::cli {
+
+CLI::Validator int_in(int64_t lo, int64_t hi) {
+  const std::string range = fmt::format("[{}, {}]", lo, hi);
+  return CLI::Validator(
+      [lo, hi, range](std::string& s) -> std::string {
+        int64_t v = 0;
+        const char* b = s.data();
+        const char* e = s.data() + s.size();
+        if (b != e && *b == '+') ++b;
+        auto [p, ec] = std::from_chars(b, e, v);
+        if (ec == std::errc::result_out_of_range) return fmt::format("{} is out of range {}", s, range);
+        if (ec != std::errc() || p != e || b == e) return fmt::format("'{}' is not an integer (expected one in {})", s, range);
+        if (v < lo || v > hi) return fmt::format("{} is out of range {}", s, range);
+        return "";
+      },
+      "INT in " + range, "int_in");
+}
+
+CLI::Validator real_in(double lo, double hi, bool lo_open) {
+  const std::string range = fmt::format("{}{}, {}]", lo_open ? "(" : "[", lo, hi);
+  return CLI::Validator(
+      [lo, hi, lo_open, range](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || end != s.c_str() + s.size()) return fmt::format("'{}' is not a number (expected one in {})", s, range);
+        if (!std::isfinite(v)) return fmt::format("{} is not a finite number (expected one in {})", s, range);
+        if (v < lo || v > hi || (lo_open && v == lo)) return fmt::format("{} is out of range {}", s, range);
+        return "";
+      },
+      "NUMBER in " + range, "real_in");
+}
+
+}  // namespace dsmoe::cli

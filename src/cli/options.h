@@ -1,0 +1,19 @@
+// Range-checked command-line values. CLI11's own Range lets NaN through (every comparison with NaN
+// is false) and its integer conversion saturates on overflow, so dsmoe checks the text itself: the
+// error names the flag (CLI11 prefixes it), the value and the range, and the CLI exits 2.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+namespace dsmoe::cli {
+
+// A whole decimal integer in [lo, hi]; a value past int64 is out of range, not clamped.
+CLI::Validator int_in(int64_t lo, int64_t hi);
+// A finite real in [lo, hi] (or (lo, hi] with lo_open); nan and inf are refused.
+CLI::Validator real_in(double lo, double hi, bool lo_open = false);
+
+// The largest --max-new-tokens / --ctx / token counts accepted anywhere (16M tokens).
+inline constexpr int64_t kMaxTokens = int64_t(1) << 24;
+
+}  // namespace dsmoe::cli
