@@ -27,9 +27,12 @@ struct TensorInfo {
 
 // A read-only, memory-mapped safetensors file. Throws dsmoe::Error naming the file and the problem
 // for a missing file, a truncated file, a malformed header, overlapping or out-of-range offsets, or
-// a shape whose size disagrees with its byte range.
+// a shape whose size disagrees with its byte range: the rules of the reference implementation
+// (see parse_header in safetensors.cpp).
 class SafeTensorsFile {
  public:
+  // The reference implementation's bound on the header (100 MB): a larger length is corruption.
+  static constexpr uint64_t kMaxHeaderBytes = 100'000'000;
   explicit SafeTensorsFile(const std::string& path);
   ~SafeTensorsFile();
   SafeTensorsFile(const SafeTensorsFile&) = delete;
@@ -43,14 +46,18 @@ class SafeTensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // Copies a tensor into fp32, converting from F32/F16/BF16/F64; checks the shape when `expect`
-  // is non-empty. The error names the file, the tensor and both shapes.
-  std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
-  void read_f32_into(const std::string& name, float* dst, const std::vector<int64_t>& expect) const;
+  // is non-empty. The error names the file, the tensor and both shapes. A NaN or Inf is refused
+  // (naming the tensor and the element) unless allow_nonfinite (forensics on a diverged run).
+  std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& expect = {},
+                              bool allow_nonfinite = false) const;
+  void read_f32_into(const std::string& name, float* dst, const std::vector<int64_t>& expect,
+                     bool allow_nonfinite = false) const;
   std::vector<int32_t> read_i32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
   // Raw bytes of a tensor that must have exactly this dtype (used for optimizer/RNG state).
   std::vector<uint8_t> read_bytes(const std::string& name, DType dtype) const;
 
  private:
+  void parse_header();
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "train/data.h"
 
@@ -105,6 +106,22 @@ std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_
   save_split(dir, "train", text(train_tokens));
   save_split(dir, "val", text(val_tokens));
   return dir;
+}
+
+::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles)
+      if (msg.find(n) == std::string::npos)
+        return ::testing::AssertionFailure() << "error message lacks '" << n << "': " << msg;
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw a non-dsmoe exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "no error thrown (expected one mentioning '"
+                                       << (needles.empty() ? std::string() : needles[0]) << "')";
 }
 
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {
