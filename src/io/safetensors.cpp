@@ -170,8 +170,8 @@ void SafeTensorsFile::parse_header() {
                                          shape_str(ti.shape), dtype_name(ti.dtype));
     const int64_t need = checked_mul<int64_t>(checked_numel(ti.shape, what), (int64_t)dtype_size(ti.dtype), what);
     if ((uint64_t)need != ti.nbytes)
-      fail("{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] give {}", path, ti.name,
-           shape_str(ti.shape), dtype_name(ti.dtype), need, b, en, ti.nbytes);
+      fail("{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets give {} ([{}, {}])", path, ti.name,
+           shape_str(ti.shape), dtype_name(ti.dtype), need, ti.nbytes, b, en);
     ti.data = data + b;
     auto [pos, fresh] = tensors_.emplace(ti.name, std::move(ti));
     spans.push_back({b, en, &pos->first});

@@ -139,7 +139,7 @@ TEST(SafeTensorsFormat, RefusesMalformedOffsets) {
   EXPECT_TRUE(refused(raw_file("past_end", "{" + f32("a", 1, 0, 4) + "}", std::string(2, '\0')), {"'a'", "outside"}));
   EXPECT_TRUE(refused(raw_file("reversed", "{" + f32("a", 0, 4, 0) + "}", std::string(4, '\0')), {"'a'", "[4, 0]"}));
   EXPECT_TRUE(refused(raw_file("size_mismatch", "{" + f32("a", 2, 0, 4) + "}", std::string(4, '\0')),
-                      {"'a'", "needs 8 bytes", "give 4"}));
+                      {"'a'", "needs 8 bytes but data_offsets give 4 ([0, 4])"}));
 }
 
 TEST(SafeTensorsFormat, RefusesNonFiniteValuesUnlessAllowed) {
