@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <xxhash.h>
 
 #include "core/checked.h"
 #include "core/error.h"
@@ -193,6 +194,45 @@ void SafeTensorsFile::parse_header() {
   if (at != data_size)
     fail("{}: the tensors cover {} of the {} data bytes: {} bytes after the last tensor (trailing data)", path, at,
          data_size, data_size - at);
+  read_checksums();
+}
+
+static std::string hex64(uint64_t h) { return fmt::format("{:016x}", h); }
+
+static uint64_t tensor_hash(const void* data, size_t n) { return XXH3_64bits(n ? data : "", n); }
+
+// The checksums of kChecksumKey. An entry for a name that is not in the file is ignored (whether
+// the right tensors are present is the loaders' check, which names what is missing); a tensor
+// without an entry is refused, since a writer that stores checksums stores one for every tensor.
+void SafeTensorsFile::read_checksums() {
+  auto it = metadata_.find(kChecksumKey);
+  if (it == metadata_.end()) return;
+  const nlohmann::json c = nlohmann::json::parse(it->second, nullptr, false);
+  if (c.is_discarded() || !c.is_object())
+    fail("{}: metadata '{}' must be a JSON object of tensor name -> 16 hex digits", path_, kChecksumKey);
+  for (auto e = c.begin(); e != c.end(); ++e) {
+    auto t = tensors_.find(e.key());
+    if (t == tensors_.end()) continue;
+    const std::string v = e->is_string() ? e->get<std::string>() : e->dump();
+    if (v.size() != 16 || v.find_first_not_of("0123456789abcdef") != std::string::npos)
+      fail("{}: metadata '{}': the checksum of tensor '{}' must be 16 lowercase hex digits, got {}", path_,
+           kChecksumKey, e.key(), v);
+    t->second.checksum = std::stoull(v, nullptr, 16);
+    t->second.has_checksum = true;
+  }
+  for (const auto& [name, t] : tensors_)
+    if (!t.has_checksum)
+      fail("{}: tensor '{}' has no checksum in metadata '{}' although the file's other tensors have (edited file?)",
+           path_, name, kChecksumKey);
+}
+
+void SafeTensorsFile::verify(const TensorInfo& t) const {
+  if (!t.has_checksum) return;
+  const uint64_t h = tensor_hash(t.data, t.nbytes);
+  if (h != t.checksum)
+    fail("{}: tensor '{}' fails its checksum (XXH3-64 {} stored, {} computed over its {} bytes): the file was "
+         "modified or corrupted after it was written",
+         path_, t.name, hex64(t.checksum), hex64(h), t.nbytes);
 }
 
 SafeTensorsFile::~SafeTensorsFile() {
@@ -229,6 +269,7 @@ void SafeTensorsFile::read_f32_into(const std::string& name, float* dst, const s
     fail("{}: tensor '{}' has shape {}, expected {}", path_, name, shape_str(t.shape), shape_str(expect));
   const int64_t n = t.numel();
   if (n == 0) return;  // dst may be the null data() of an empty vector: no memcpy from/to null
+  verify(t);
   switch (t.dtype) {
     case DType::F32: std::memcpy(dst, t.data, n * 4); break;
     case DType::F64: for (int64_t i = 0; i < n; ++i) { double v; std::memcpy(&v, t.data + 8 * i, 8); dst[i] = (float)v; } break;
@@ -254,6 +295,7 @@ std::vector<int32_t> SafeTensorsFile::read_i32(const std::string& name, const st
   const auto& t = get(name);
   if (!expect.empty() && t.shape != expect)
     fail("{}: tensor '{}' has shape {}, expected {}", path_, name, shape_str(t.shape), shape_str(expect));
+  verify(t);
   std::vector<int32_t> out(t.numel());
   if (t.dtype == DType::I32) {
     if (t.nbytes) std::memcpy(out.data(), t.data, t.nbytes);  // out.data() is null when empty
@@ -272,6 +314,7 @@ std::vector<int32_t> SafeTensorsFile::read_i32(const std::string& name, const st
 std::vector<uint8_t> SafeTensorsFile::read_bytes(const std::string& name, DType dtype) const {
   const auto& t = get(name);
   if (t.dtype != dtype) fail("{}: tensor '{}' has dtype {}, expected {}", path_, name, dtype_name(t.dtype), dtype_name(dtype));
+  verify(t);
   return std::vector<uint8_t>(t.data, t.data + t.nbytes);
 }
 
@@ -285,7 +328,11 @@ void SafeTensorsWriter::add(const std::string& name, DType dtype, std::vector<in
 
 void SafeTensorsWriter::write(const std::string& path) const {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata_.empty()) header["__metadata__"] = metadata_;
+  std::map<std::string, std::string> meta = metadata_;
+  nlohmann::ordered_json sums = nlohmann::ordered_json::object();
+  for (const auto& e : entries_) sums[e.name] = hex64(tensor_hash(e.bytes.data(), e.bytes.size()));
+  meta[kChecksumKey] = sums.dump();  // replaces one copied from another file's metadata
+  header["__metadata__"] = meta;
   size_t off = 0;
   for (const auto& e : entries_) {
     header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};

@@ -16,12 +16,20 @@ enum class DType { F32, F16, BF16, F64, I32, I64, U8, I8 };
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 
+// Metadata key of the per-tensor checksums that SafeTensorsWriter stores: the text of a JSON object
+// {tensor name: XXH3-64 of the tensor's bytes as 16 hex digits}. Readers verify a tensor's bytes
+// before using them, so a changed byte is an error naming the tensor instead of a silently different
+// model; files without the key (Hugging Face downloads, other writers) load as before.
+inline constexpr const char* kChecksumKey = "dsmoe.xxh3_64";
+
 struct TensorInfo {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;  // points into the mapping
   size_t nbytes = 0;
+  bool has_checksum = false;      // the file's kChecksumKey metadata holds one for this tensor
+  uint64_t checksum = 0;
   int64_t numel() const;
 };
 
@@ -55,9 +63,14 @@ class SafeTensorsFile {
   std::vector<int32_t> read_i32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
   // Raw bytes of a tensor that must have exactly this dtype (used for optimizer/RNG state).
   std::vector<uint8_t> read_bytes(const std::string& name, DType dtype) const;
+  // Checks a tensor's bytes against its stored checksum (nothing to check without one); throws
+  // naming the file, the tensor and both hashes. The read_* functions call it; callers that use
+  // TensorInfo::data directly must call it themselves.
+  void verify(const TensorInfo& t) const;
 
  private:
   void parse_header();
+  void read_checksums();
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
@@ -66,7 +79,8 @@ class SafeTensorsFile {
 };
 
 // Collects tensors and writes them as one safetensors file, atomically: to `path.tmp.<pid>`, fsync,
-// then rename over `path`, so a crash mid-write leaves any previous file intact.
+// then rename over `path`, so a crash mid-write leaves any previous file intact. Every tensor's
+// checksum goes into the metadata (kChecksumKey).
 class SafeTensorsWriter {
  public:
   void add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data);

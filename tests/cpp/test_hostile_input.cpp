@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "infer/engine.h"
+#include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -314,6 +315,20 @@ TEST(HostileCheckpoint, DegenerateOrOutOfRangeTrainStateIsRefused) {
   EXPECT_TRUE(refused("ckpt_step_neg", [](TrainState& st) { st.step = -4; }, {"'step'", "-4", "training.steps = 5"}));
   EXPECT_TRUE(refused("ckpt_step_big", [](TrainState& st) { st.step = 6; }, {"'step'", "6", "training.steps = 5"}));
   EXPECT_TRUE(refused("ckpt_tokens_neg", [](TrainState& st) { st.tokens_seen = -1; }, {"'tokens_seen'", "-1"}));
+}
+
+TEST(HostileCheckpoint, AChangedWeightByteIsRefusedOnEveryLoadPath) {
+  // A finite but different value: before checksums, every loader took it as the trained weight.
+  SavedRun r = save_run("ckpt_flip", [](Model&, AdamW&, TrainState&) {});
+  const std::string file = r.dir + "/checkpoint.safetensors";
+  const std::string name = "model.layers.1.mlp.experts.2.up_proj.weight";
+  test::flip_tensor_byte(file, name);
+  Model model(r.cfg.model);
+  EXPECT_TRUE(error_mentions([&] { load_checkpoint(r.dir, model, nullptr, nullptr); },
+                             {file, "tensor '" + name + "' fails its checksum"}));
+  EXPECT_TRUE(error_mentions([&] { load_model_dir(r.dir); }, {file, "tensor '" + name + "' fails its checksum"}));
+  EXPECT_TRUE(error_mentions([&] { load_inference_model(r.dir, ops::WType::Q8); },
+                             {file, "tensor '" + name + "' fails its checksum"}));
 }
 
 // ---------------------------------------------------------------- atomic writes

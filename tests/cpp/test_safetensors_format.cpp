@@ -5,7 +5,9 @@
 
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <xxhash.h>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -151,4 +153,56 @@ TEST(SafeTensorsFormat, RefusesNonFiniteValuesUnlessAllowed) {
   SafeTensorsFile f(path);
   EXPECT_TRUE(test::error_mentions([&] { f.read_f32("w"); }, {path, "'w'", "non-finite", "element 1"}));
   EXPECT_EQ(f.read_f32("w", {}, /*allow_nonfinite=*/true).size(), 3u);
+}
+
+// ---------------------------------------------------------------- checksums (dsmoe's metadata)
+
+TEST(SafeTensorsChecksums, WriterStoresOneChecksumPerTensor) {
+  const std::string path = test::tmp_path("stc_written.safetensors");
+  const float a[2] = {1.5f, -2.0f};
+  const int32_t b[1] = {7};
+  SafeTensorsWriter w;
+  w.add_f32("a", {2}, a);
+  w.add("b", DType::I32, {1}, b);
+  w.set_metadata(kChecksumKey, "{}");  // e.g. copied from another file: replaced by the writer's own
+  w.write(path);
+  SafeTensorsFile f(path);
+  const auto sums = nlohmann::json::parse(f.metadata().at(kChecksumKey));
+  ASSERT_EQ(sums.size(), 2u) << sums.dump();
+  EXPECT_EQ(sums["a"], fmt::format("{:016x}", XXH3_64bits(a, sizeof a))) << sums.dump();
+  EXPECT_EQ(sums["b"], fmt::format("{:016x}", XXH3_64bits(b, sizeof b))) << sums.dump();
+}
+
+TEST(SafeTensorsChecksums, AChangedByteIsRefusedNamingTheTensor) {
+  const std::string path = test::tmp_path("stc_flipped.safetensors");
+  const float a[4] = {1, 2, 3, 4};
+  const int32_t b[2] = {5, 6};
+  const uint8_t c[3] = {7, 8, 9};
+  SafeTensorsWriter w;
+  w.add_f32("a", {4}, a);
+  w.add("b", DType::I32, {2}, b);
+  w.add("c", DType::U8, {3}, c);
+  w.write(path);
+  test::flip_tensor_byte(path, "b");
+  test::flip_tensor_byte(path, "a");
+  SafeTensorsFile f(path);  // opening checks no data: only the tensors read are hashed
+  EXPECT_TRUE(test::error_mentions([&] { f.read_i32("b"); }, {path, "tensor 'b' fails its checksum"}));
+  EXPECT_TRUE(test::error_mentions([&] { f.read_f32("a"); }, {path, "tensor 'a' fails its checksum"}));
+  EXPECT_EQ(f.read_bytes("c", DType::U8), std::vector<uint8_t>(c, c + 3));
+}
+
+TEST(SafeTensorsChecksums, MalformedOrIncompleteChecksumsAreRefused) {
+  const std::string data(4, '\x01');
+  const std::string good = fmt::format("{:016x}", XXH3_64bits(data.data(), 4));
+  const auto file = [&](const std::string& name, const std::string& sums) {
+    const nlohmann::json meta = {{kChecksumKey, sums}};
+    return raw_file(name, "{\"__metadata__\":" + meta.dump() + "," + f32("a", 1, 0, 4) + "}", data);
+  };
+  EXPECT_TRUE(refused(file("sum_bad_hex", "{\"a\":\"zz\"}"), {kChecksumKey, "'a'", "16 lowercase hex digits"}));
+  EXPECT_TRUE(refused(file("sum_number", "{\"a\":5}"), {"'a'", "16 lowercase hex digits"}));
+  EXPECT_TRUE(refused(file("sum_not_object", "[1]"), {kChecksumKey, "JSON object"}));
+  EXPECT_TRUE(refused(file("sum_missing", "{\"x\":\"" + good + "\"}"), {"tensor 'a' has no checksum"}));
+  // A checksum for a tensor that is not there is left to the loaders (they name the missing tensor).
+  SafeTensorsFile ok(file("sum_extra", "{\"a\":\"" + good + "\",\"gone\":\"" + good + "\"}"));
+  EXPECT_EQ(ok.read_f32("a").size(), 1u);
 }

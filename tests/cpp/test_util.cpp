@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
@@ -106,6 +108,24 @@ std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_
   save_split(dir, "train", text(train_tokens));
   save_split(dir, "val", text(val_tokens));
   return dir;
+}
+
+void flip_tensor_byte(const std::string& path, const std::string& tensor) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  ASSERT_TRUE(f) << path << ": cannot open";
+  uint64_t hlen = 0;
+  f.read((char*)&hlen, 8);
+  std::string header(hlen, '\0');
+  f.read(header.data(), (std::streamsize)hlen);
+  const auto j = nlohmann::json::parse(header);
+  ASSERT_TRUE(j.contains(tensor)) << path << ": no tensor " << tensor;
+  const std::streamoff at = 8 + (std::streamoff)hlen + j[tensor]["data_offsets"][0].get<std::streamoff>();
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c ^= 1;
+  f.seekp(at);
+  f.write(&c, 1);
 }
 
 ::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles) {

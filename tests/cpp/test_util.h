@@ -37,6 +37,10 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
 
 std::string source_dir();
 
+// Flips the lowest bit of the first byte of `tensor`'s data in the safetensors file at `path` (in
+// place, header untouched): a corruption only a checksum can see (the value stays finite).
+void flip_tensor_byte(const std::string& path, const std::string& tensor);
+
 // Success iff fn throws dsmoe::Error whose message contains every needle; the failure says what was
 // thrown (or that nothing was) and which needle is missing.
 ::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles);
