@@ -10,6 +10,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev                               # Unicode normalisation (NFC/NFKC) for tokenizer normalizers
+  libxxhash-dev                            # XXH3-64 checksums of the tensors in dsmoe's safetensors files
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js

@@ -293,22 +293,22 @@ void add_model_commands(CLI::App& app) {
     c->add_option("--top-k", ovr->top_k, "activate K routed experts per token (default: the config's num_experts_per_tok)")
         ->check(int_in(1, 1 << 16));
     c->add_flag("--drop-shared", ovr->drop_shared, "skip the shared experts");
+    auto allow_nonfinite = std::make_shared<bool>(false);
+    c->add_flag("--allow-nonfinite", *allow_nonfinite,
+                "load a checkpoint whose weights hold NaN/Inf (forensics on a diverged run; refused otherwise)");
     c->add_option("--routing-stats", *stats_file,
                   "write per-layer routing statistics (load, entropy, co-occurrence, locality) to this JSON file");
     c->callback([=] {
       Config config = load_checkpoint_config(*dir);
       Model model(config.model);
-      load_checkpoint(*dir, model, nullptr, nullptr);
+      load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite);
       model.set_routing_override(*ovr);
       RoutingStats stats;
       if (!stats_file->empty()) {
         if (!config.model.is_moe()) fail("--routing-stats: {} is a dense model (no routing)", *dir);
         model.set_routing_stats(&stats);
       }
-      TokenSplit d = load_split(*data, *split);
-      if (d.vocab_size > config.model.vocab_size)
-        fail("{}: the data's vocabulary ({}) is larger than the model's vocab_size ({})", *data, d.vocab_size,
-             config.model.vocab_size);
+      TokenSplit d = load_split(*data, *split, config.model.vocab_size);
       const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
       Progress progress("eval", nb, "batches");
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb,

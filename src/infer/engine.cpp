@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/checked.h"
 #include "core/error.h"
 #include "model/decoder_layer.h"
 #include "model/moe_infer.h"
@@ -22,8 +23,14 @@ KvCache::KvCache(const ModelConfig& m, int64_t cap)
     : layers(m.num_hidden_layers), capacity(cap), kv_dim(m.num_key_value_heads * m.head_dim()) {
   if (cap <= 0 || cap > m.max_position_embeddings)
     fail("KV cache capacity {} must be between 1 and max_position_embeddings ({})", cap, m.max_position_embeddings);
-  k.assign((size_t)(layers * capacity * kv_dim), 0.0f);
-  v.assign((size_t)(layers * capacity * kv_dim), 0.0f);
+  const int64_t n = checked_numel({layers, capacity, kv_dim}, "KV cache size (layers x capacity x kv_dim)");
+  try {
+    k.assign((size_t)n, 0.0f);
+    v.assign((size_t)n, 0.0f);
+  } catch (const std::exception&) {
+    fail("cannot allocate a KV cache of capacity {} ({} layers x {} floats, {:.1f} GiB for keys and values)", cap,
+         layers, capacity * kv_dim, (double)n * 8 / (1 << 30));
+  }
 }
 
 InferenceEngine::InferenceEngine(const Model& model)
@@ -145,6 +152,7 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
   const ModelConfig& m = eng.config();
   const int64_t V = m.vocab_size, S = (int64_t)prompts.size(), max_pos = m.max_position_embeddings;
   std::vector<GenerationResult> res(S);
+  if (o.max_new_tokens < 0) fail("generate: max_new_tokens must be >= 0, got {}", o.max_new_tokens);
   if (S == 0) return res;
   std::vector<KvCache> caches;
   caches.reserve(S);
@@ -155,7 +163,10 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
     if (p.empty()) fail("generate: prompt {} is empty (give at least one token)", i);
     if ((int64_t)p.size() > max_pos)
       fail("generate: prompt {} has {} tokens, more than max_position_embeddings ({})", i, p.size(), max_pos);
-    caches.emplace_back(m, std::min<int64_t>(max_pos, (int64_t)p.size() + std::max<int64_t>(o.max_new_tokens, 0)));
+    // Generation stops at max_position_embeddings, so the cache never needs more; the sum is checked
+    // (max_new_tokens near INT64_MAX would wrap to a negative capacity).
+    caches.emplace_back(m, std::min<int64_t>(max_pos, checked_add<int64_t>((int64_t)p.size(), o.max_new_tokens,
+                                                                           "generate: prompt length + max_new_tokens")));
     rngs.emplace_back(seed);
     segs.push_back(Segment{&caches[i], p.data(), (int64_t)p.size()});
   }
@@ -203,6 +214,7 @@ GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const s
   const int64_t V = eng.config().vocab_size;
   GenerationResult res;
   if (input.empty()) fail("generate: no input tokens");
+  if (o.max_new_tokens < 0) fail("generate: max_new_tokens must be >= 0, got {}", o.max_new_tokens);
   std::vector<float> logits;
   Segment seg{&cache, input.data(), (int64_t)input.size()};
   eng.step(std::span<const Segment>(&seg, 1), false, logits);

@@ -254,6 +254,8 @@ void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::
     if (si.shape != sshape)
       fail("{}: scale tensor '{}' has shape {}, expected {} (one scale per block of {} inputs of '{}' {})", file, sname,
            shape_of(si), shape_str(sshape), ops::kBlock, t.name, shape_str(t.shape));
+    f.verify(ti);  // a changed byte of a dsmoe-written file names its tensor (no-op for other files)
+    f.verify(si);
     const uint16_t* sc = (const uint16_t*)si.data;
     for (int64_t i = 0; i < rows * nb; ++i) {
       uint16_t h;
@@ -281,6 +283,7 @@ void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::
     fail("{}: tensor '{}' has dtype {}, expected a floating type (F32, BF16 or F16)", file, t.name, dtype_name(ti.dtype));
   if (ti.shape != t.shape)
     fail("{}: tensor '{}' has shape {}, expected {} (from config.json)", file, t.name, shape_of(ti), shape_str(t.shape));
+  f.verify(ti);
   rep.f32 += ti.dtype == DType::F32;
   rep.bf16 += ti.dtype == DType::BF16;
   rep.f16 += ti.dtype == DType::F16;

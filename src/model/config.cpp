@@ -40,6 +40,9 @@ struct Reader {
   }
   void get(const char* key, int64_t& out) const {
     if (auto v = find(key)) {
+      // An unsigned value above INT64_MAX would wrap to a negative one in get<int64_t>().
+      if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t)INT64_MAX)
+        fail("{}: key '{}{}' = {} does not fit a 64-bit signed integer", source, prefix, key, v->dump());
       if (v->is_number_integer()) out = v->get<int64_t>();
       else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
                std::fabs(v->get<double>()) < 9.2e18)  // in int64 range: the cast is defined
@@ -57,6 +60,7 @@ struct Reader {
     if (auto v = find(key)) {
       if (!v->is_number()) fail("{}: key '{}{}' must be a number, got {}", source, prefix, key, v->dump());
       out = v->get<double>();
+      if (!std::isfinite(out)) fail("{}: key '{}{}' must be a finite number, got {}", source, prefix, key, v->dump());
     }
   }
   void get(const char* key, bool& out) const {
@@ -193,23 +197,40 @@ void validate(const Config& c, const std::string& source) {
   auto need = [&](bool ok, const char* key, const std::string& constraint) {
     if (!ok) fail("{}: key '{}' {}", source, key, constraint);
   };
-  need(m.vocab_size > 0, "vocab_size", fmt::format("must be > 0, got {}", m.vocab_size));
-  need(m.hidden_size > 0, "hidden_size", fmt::format("must be > 0, got {}", m.hidden_size));
-  need(m.num_hidden_layers > 0, "num_hidden_layers", fmt::format("must be > 0, got {}", m.num_hidden_layers));
-  need(m.num_attention_heads > 0, "num_attention_heads", fmt::format("must be > 0, got {}", m.num_attention_heads));
+  // Integer keys within [lo, hi]; checked first, so that nothing below loops over or multiplies an
+  // unbounded value (num_hidden_layers 1e11 would hang the layer loop, moe_layer_freq 0 divide by 0).
+  auto range = [&](int64_t v, const char* key, int64_t lo, int64_t hi) {
+    need(v >= lo && v <= hi, key, fmt::format("must be between {} and {}, got {}", lo, hi, v));
+  };
+  using namespace limits;
+  range(m.vocab_size, "vocab_size", 1, kMaxVocabSize);
+  range(m.hidden_size, "hidden_size", 1, kMaxHiddenSize);
+  range(m.intermediate_size, "intermediate_size", 0, kMaxIntermediateSize);
+  range(m.moe_intermediate_size, "moe_intermediate_size", 0, kMaxIntermediateSize);
+  range(m.num_hidden_layers, "num_hidden_layers", 1, kMaxLayers);
+  range(m.num_attention_heads, "num_attention_heads", 1, kMaxHeads);
+  range(m.num_key_value_heads, "num_key_value_heads", 1, kMaxHeads);
+  range(m.n_routed_experts, "n_routed_experts", 0, kMaxExperts);
+  range(m.n_shared_experts, "n_shared_experts", 0, kMaxExperts);
+  range(m.num_experts_per_tok, "num_experts_per_tok", 0, kMaxExperts);
+  range(m.moe_layer_freq, "moe_layer_freq", 1, kMaxLayers);
+  range(m.first_k_dense_replace, "first_k_dense_replace", 0, kMaxLayers);
+  range(m.max_position_embeddings, "max_position_embeddings", 1, kMaxPositions);
+  range(m.n_device_groups, "n_device_groups", 1, kMaxExperts);
+  // Token ids: HF configs carry them even when the tokenizer has other ids, so only the range of an
+  // id is checked (-1 = none), not membership in the vocabulary.
+  range(m.bos_token_id, "bos_token_id", -1, kMaxVocabSize - 1);
+  range(m.eos_token_id, "eos_token_id", -1, kMaxVocabSize - 1);
   need(m.hidden_size % m.num_attention_heads == 0, "hidden_size",
        fmt::format("({}) must be divisible by num_attention_heads ({})", m.hidden_size, m.num_attention_heads));
   need(m.head_dim() % 2 == 0, "num_attention_heads",
        fmt::format("must give an even head_dim for RoPE; hidden_size/num_attention_heads = {}", m.head_dim()));
   need(m.num_key_value_heads > 0 && m.num_attention_heads % m.num_key_value_heads == 0, "num_key_value_heads",
        fmt::format("({}) must be > 0 and divide num_attention_heads ({})", m.num_key_value_heads, m.num_attention_heads));
-  need(m.max_position_embeddings > 0, "max_position_embeddings", "must be > 0");
   need(m.rms_norm_eps > 0, "rms_norm_eps", "must be > 0");
   need(m.rope_theta > 0, "rope_theta", "must be > 0");
   need(m.hidden_act == "silu", "hidden_act", fmt::format("must be \"silu\" (SwiGLU), got \"{}\"", m.hidden_act));
   need(!m.tie_word_embeddings, "tie_word_embeddings", "must be false (DeepSeekMoE has an untied lm_head)");
-  need(m.n_routed_experts >= 0, "n_routed_experts", "must be >= 0 (0 or null = dense model)");
-  need(m.n_shared_experts >= 0, "n_shared_experts", "must be >= 0");
   bool any_dense = false;
   for (int64_t i = 0; i < m.num_hidden_layers; ++i) any_dense |= !m.is_moe_layer(i);
   if (any_dense) need(m.intermediate_size > 0, "intermediate_size", "must be > 0 (the model has dense layers)");
@@ -217,20 +238,24 @@ void validate(const Config& c, const std::string& source) {
     need(m.moe_intermediate_size > 0, "moe_intermediate_size", "must be > 0 for an MoE model");
     need(m.num_experts_per_tok >= 1 && m.num_experts_per_tok <= m.n_routed_experts, "num_experts_per_tok",
          fmt::format("must be between 1 and n_routed_experts ({}), got {}", m.n_routed_experts, m.num_experts_per_tok));
-    need(m.moe_layer_freq >= 1, "moe_layer_freq", "must be >= 1");
-    need(m.first_k_dense_replace >= 0, "first_k_dense_replace", "must be >= 0");
     need(m.scoring_func == "softmax", "scoring_func", fmt::format("must be \"softmax\", got \"{}\"", m.scoring_func));
     need(m.aux_loss_alpha >= 0, "aux_loss_alpha", "must be >= 0");
     need(m.router_type != RouterType::Hash || m.num_experts_per_tok == 1, "num_experts_per_tok",
          "must be 1 with router_type \"hash\" (Hash Layer routes each token to one expert)");
     need(m.capacity_factor >= 0, "capacity_factor", "must be >= 0 (0 = dropless)");
-    need(m.n_device_groups >= 1 && m.n_routed_experts % m.n_device_groups == 0, "n_device_groups",
-         fmt::format("({}) must be >= 1 and divide n_routed_experts ({})", m.n_device_groups, m.n_routed_experts));
+    need(m.n_routed_experts % m.n_device_groups == 0, "n_device_groups",
+         fmt::format("({}) must divide n_routed_experts ({})", m.n_device_groups, m.n_routed_experts));
     need(m.device_aux_alpha >= 0, "device_aux_alpha", "must be >= 0");
   }
   const TrainConfig& t = c.train;
+  range(t.steps, "training.steps", 1, kMaxSteps);
+  range(t.batch_size, "training.batch_size", 1, kMaxBatch);
+  range(t.grad_accum, "training.grad_accum", 1, kMaxBatch);
+  range(t.eval_batches, "training.eval_batches", 1, kMaxBatch);
+  range(t.log_interval, "training.log_interval", 1, kMaxSteps);
+  range(t.eval_interval, "training.eval_interval", 0, kMaxSteps);
+  range(t.checkpoint_interval, "training.checkpoint_interval", 0, kMaxSteps);
   need(t.lr > 0, "training.lr", "must be > 0");
-  need(t.steps > 0, "training.steps", "must be > 0");
   need(t.warmup_steps >= 0 && t.warmup_steps <= t.steps, "training.warmup_steps",
        fmt::format("must be between 0 and training.steps ({}), got {}", t.steps, t.warmup_steps));
   need(t.beta1 >= 0 && t.beta1 < 1, "training.beta1", "must be in [0, 1)");
@@ -238,14 +263,8 @@ void validate(const Config& c, const std::string& source) {
   need(t.eps > 0, "training.eps", "must be > 0");
   need(t.weight_decay >= 0, "training.weight_decay", "must be >= 0");
   need(t.grad_clip >= 0, "training.grad_clip", "must be >= 0 (0 = off)");
-  need(t.batch_size > 0, "training.batch_size", "must be > 0");
   need(t.seq_len > 0 && t.seq_len <= m.max_position_embeddings, "training.seq_len",
        fmt::format("must be between 1 and max_position_embeddings ({}), got {}", m.max_position_embeddings, t.seq_len));
-  need(t.grad_accum > 0, "training.grad_accum", "must be > 0");
-  need(t.log_interval > 0, "training.log_interval", "must be > 0");
-  need(t.eval_interval >= 0, "training.eval_interval", "must be >= 0");
-  need(t.eval_batches > 0, "training.eval_batches", "must be > 0");
-  need(t.checkpoint_interval >= 0, "training.checkpoint_interval", "must be >= 0");
 }
 
 // A config may build on another: {"extends": "base.json", ...}. The base path is relative to the

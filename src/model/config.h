@@ -10,6 +10,22 @@
 namespace dsmoe {
 
 enum class RouterType { SoftmaxTopK, Hash };
+
+// Upper bounds of the config keys: each is far above what a real model needs (DeepSeek-V3: hidden
+// 7168, 61 layers, 256 experts, vocab 129280, 163840 positions) and low enough that every size
+// derived from them (parameter counts, activations, FLOPs) fits in int64 without overflow.
+// A value past its bound is refused by validate(), naming the key, the value and the bound.
+namespace limits {
+inline constexpr int64_t kMaxVocabSize = int64_t(1) << 24;         // vocab_size, token ids (also the tokenizer's)
+inline constexpr int64_t kMaxHiddenSize = 65536;                   // hidden_size
+inline constexpr int64_t kMaxIntermediateSize = int64_t(1) << 20;  // intermediate_size, moe_intermediate_size
+inline constexpr int64_t kMaxLayers = 1024;                        // num_hidden_layers, first_k_dense_replace, moe_layer_freq
+inline constexpr int64_t kMaxHeads = 1024;                         // num_attention_heads, num_key_value_heads
+inline constexpr int64_t kMaxExperts = 4096;                       // n_routed_experts, n_shared_experts
+inline constexpr int64_t kMaxPositions = int64_t(1) << 20;         // max_position_embeddings
+inline constexpr int64_t kMaxSteps = int64_t(1) << 40;             // training.steps (and the intervals)
+inline constexpr int64_t kMaxBatch = int64_t(1) << 20;             // training.batch_size, grad_accum, eval_batches
+}  // namespace limits
 enum class Schedule { Step, Cosine, Constant };
 
 struct ModelConfig {

@@ -19,7 +19,16 @@ namespace dsmoe {
 
 
 Model::Model(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg) {
-  params_.assign(layout_.total(), 0.0f);
+  // A config within validate()'s bounds can still describe more parameters than memory holds: say
+  // so, instead of std::bad_alloc / length_error with no numbers.
+  try {
+    params_.assign(layout_.total(), 0.0f);
+  } catch (const std::exception&) {
+    fail("cannot allocate the model's {} parameters ({:.1f} GiB of fp32): the config (vocab_size {}, hidden_size {}, "
+         "{} layers) describes a model too large for this machine",
+         layout_.total(), (double)layout_.total() * 4 / (1 << 30), cfg.vocab_size, cfg.hidden_size,
+         cfg.num_hidden_layers);
+  }
   P_ = layout_.view(params_.data());
   rope_ = ops::rope_table(cfg.max_position_embeddings, cfg.head_dim(), cfg.rope_theta);
 }
@@ -81,6 +90,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     fail("forward with compute_aux (training) while a routing override is set (disable_top {}, top_k {}, "
          "drop_shared {}): overrides are for evaluation only; clear it with set_routing_override({{}})",
          override_.disable_top, override_.top_k, override_.drop_shared);
+  forward_done_ = false;  // until this forward completes, there is nothing consistent to differentiate
   ensure_buffers(B, T);
   const int64_t N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
@@ -158,6 +168,9 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
       }
     r.lm_loss = r.n_targets ? sum / (double)r.n_targets : 0.0;
   }
+  r.aux_computed = compute_aux;
+  last_forward_aux_ = compute_aux;
+  forward_done_ = true;
   return r;
 }
 
@@ -174,7 +187,11 @@ void Model::ensure_grad_buffers() {
 }
 
 void Model::backward(float lm_scale, bool with_aux) {
-  DSMOE_ASSERT(!targets_.empty(), "backward needs a forward with targets");
+  if (!forward_done_) fail("Model::backward: no completed forward to differentiate (call forward with targets first)");
+  if (targets_.empty()) fail("Model::backward: the last forward had no targets (nothing to differentiate)");
+  if (with_aux && !last_forward_aux_)
+    fail("Model::backward(with_aux = true): the last forward ran with compute_aux = false, so it computed no "
+         "aux-loss statistics; run the forward with compute_aux or call backward with with_aux = false");
   // An overridden forward saved activations for a different k (and no shared-expert activations).
   if (last_forward_overridden_) fail("backward after a forward with a routing override: overrides are for evaluation only");
   ensure_grad_buffers();

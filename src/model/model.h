@@ -23,6 +23,7 @@ struct ForwardResult {
   int64_t n_targets = 0;
   double expert_aux = 0;     // summed over MoE layers
   double device_aux = 0;
+  bool aux_computed = false;  // the forward had compute_aux: a backward may then take the aux gradients
 };
 
 class Model {
@@ -45,6 +46,8 @@ class Model {
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool compute_aux);
   // Backward of the last forward (which must have had targets and no routing override): dlogits =
   // lm_scale * dCE, every aux loss with gradient 1 (when with_aux). Accumulates into grads().
+  // Throws dsmoe::Error without a completed forward, or with with_aux after a forward without
+  // compute_aux (its aux statistics were not computed: absent on a fresh model, stale otherwise).
   void backward(float lm_scale, bool with_aux);
 
   // Evaluation-only routing change applied by every later forward without compute_aux (the paper's
@@ -86,6 +89,8 @@ class Model {
   RoutingOverride override_;
   RoutingStats* routing_stats_ = nullptr;
   bool last_forward_overridden_ = false;  // its activations do not fit backward
+  bool forward_done_ = false;             // a forward completed (a throwing one leaves this false)
+  bool last_forward_aux_ = false;         // ... with compute_aux (what backward(with_aux) needs)
   // backward scratch
   std::vector<float> d_resid_, d_ln_, d_att_, d_q_, d_k_, d_v_, d_gu_, d_act_, d_logits_, mlp_scratch_;
   bool dlogits_ready_ = false;  // the last forward (training, with targets) left softmax - onehot in d_logits_

@@ -1,24 +1,25 @@
 #include "model/params.h"
 
+#include "core/checked.h"
 #include "core/error.h"
 
 namespace dsmoe {
 
-static int64_t prod(const std::vector<int64_t>& s) {
-  int64_t n = 1;
-  for (auto x : s) n *= x;
-  return n;
+// A programmatic config may skip validate()'s bounds: the sizes are still checked, so a too-large
+// model is an error naming the tensor rather than a wrapped (negative or tiny) parameter count.
+static int64_t prod(const std::vector<int64_t>& s, const std::string& name) {
+  return checked_numel(s, "parameter tensor '" + name + "' size");
 }
 
 int64_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay) {
-  ParamTensor t{name, shape, total_, prod(shape), decay};
-  total_ += t.numel;
+  ParamTensor t{name, shape, total_, prod(shape, name), decay};
+  total_ = checked_add(total_, t.numel, "total parameter count");
   tensors_.push_back(t);
   return t.offset;
 }
 
 void ParamLayout::add_hf(const std::string& name, std::vector<int64_t> shape, int64_t offset) {
-  hf_.push_back(HfTensor{name, shape, offset, prod(shape)});
+  hf_.push_back(HfTensor{name, shape, offset, prod(shape, name)});
 }
 
 ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
@@ -27,7 +28,7 @@ ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
   add_hf("model.embed_tokens.weight", {V, H}, add("embed", {V, H}, true));
   // A fused [2I, H] gate_up matrix is two HF tensors: gate rows, then up rows.
   auto add_mlp = [&](const std::string& ours, const std::string& hf, int64_t I) {
-    int64_t gu = add(ours + ".gate_up", {2 * I, H}, true);
+    int64_t gu = add(ours + ".gate_up", {checked_mul<int64_t>(2, I, ours + ".gate_up rows"), H}, true);
     add_hf(hf + ".gate_proj.weight", {I, H}, gu);
     add_hf(hf + ".up_proj.weight", {I, H}, gu + I * H);
     add_hf(hf + ".down_proj.weight", {H, I}, add(ours + ".down", {H, I}, true));
@@ -45,6 +46,7 @@ ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
       continue;
     }
     const int64_t E = m.n_routed_experts, I = m.moe_intermediate_size;
+    checked_numel({E, 2, I, H}, p + ".experts size");  // the offsets below are then in range
     if (m.has_router_weights()) add_hf(hp + ".mlp.gate.weight", {E, H}, add(p + ".router", {E, H}, true));
     int64_t gu = add(p + ".experts.gate_up", {E, 2 * I, H}, true);
     int64_t dn = add(p + ".experts.down", {E, H, I}, true);
@@ -108,7 +110,8 @@ ModelStats model_stats(const ModelConfig& m, int64_t seq_len) {
   const int64_t H = m.hidden_size, E = m.n_routed_experts, I = m.moe_intermediate_size;
   int64_t inactive = 0;
   for (int64_t l = 0; l < m.num_hidden_layers; ++l)
-    if (m.is_moe_layer(l)) inactive += (E - m.num_experts_per_tok) * 3 * H * I;
+    if (m.is_moe_layer(l))  // bounded by total_params, which the layout computed with checks
+      inactive += (E - m.num_experts_per_tok) * 3 * H * I;
   s.activated_params = s.total_params - inactive;
   s.activated_nonembed_params = s.activated_params - m.vocab_size * H;
   s.train_flops_per_token =

@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "model/config.h"  // limits::kMaxVocabSize
 #include "tokenizer/pipeline.h"
 #include "tokenizer/unicode.h"
 
@@ -333,6 +334,14 @@ class Loader {
     if (!j.is_number_integer()) bad(path + "." + key, fmt::format("expected an integer, got {}", type_name(j)));
     return j.get<int64_t>();
   }
+  // A token id of a post-processor: emitted as is into every encoding, so it must be an integer in
+  // the range of vocabulary ids (not a float that would be cast to INT32_MIN, not negative).
+  int32_t token_id(const json& v, const std::string& path) const {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= limits::kMaxVocabSize ||
+        (v.is_number_unsigned() && v.get<uint64_t>() >= (uint64_t)limits::kMaxVocabSize))
+      bad(path, fmt::format("expected a token id, an integer in [0, {}), got {}", limits::kMaxVocabSize, v.dump()));
+    return (int32_t)v.get<int64_t>();
+  }
   std::string get_type(const json& obj, const std::string& path) const {
     if (!obj.is_object()) bad(path, fmt::format("expected an object, got {}", type_name(obj)));
     return get_str(obj, path, "type");
@@ -458,8 +467,12 @@ class Loader {
     int32_t max_id = -1;
     m.vocab.reserve(vocab.size());
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > INT32_MAX)
-        bad(path + ".vocab", fmt::format("token {:?}: expected a non-negative integer id", it.key()));
+      // Ids size tables (id -> token, the model's embedding): bounded like a config's vocab_size, so
+      // max_id + 1 neither overflows int32 nor asks for 2^31 strings.
+      if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
+          it.value().get<int64_t>() >= limits::kMaxVocabSize)
+        bad(path + ".vocab", fmt::format("token {:?}: id {} is not an integer in [0, {})", it.key(),
+                                         it.value().dump(), limits::kMaxVocabSize));
       int32_t id = (int32_t)it.value().get<int64_t>();
       m.vocab.emplace(it.key(), id);
       max_id = std::max(max_id, id);
@@ -520,9 +533,8 @@ class Loader {
     if (t == "RobertaProcessing" || t == "BertProcessing") {
       auto tok_id = [&](const char* key) {
         const json& v = need(j, path, key);
-        if (!v.is_array() || v.size() != 2 || !v[1].is_number_integer())
-          bad(path + "." + key, "expected [token, id]");
-        return std::vector<int32_t>{v[1].get<int32_t>()};
+        if (!v.is_array() || v.size() != 2) bad(path + "." + key, "expected [token, id]");
+        return std::vector<int32_t>{token_id(v[1], fmt::format("{}.{}[1]", path, key))};
       };
       std::vector<std::optional<std::vector<int32_t>>> items;
       items.emplace_back(tok_id("cls"));
@@ -544,8 +556,9 @@ class Loader {
           std::vector<int32_t> ids;
           auto st = specials.find(name);
           if (specials.is_object() && st != specials.end()) {
-            const json& sids = get_array(*st, path + ".special_tokens." + name, "ids");
-            for (const json& x : sids) ids.push_back(x.get<int32_t>());
+            const std::string sp = path + ".special_tokens." + name;
+            const json& sids = get_array(*st, sp, "ids");
+            for (size_t k = 0; k < sids.size(); ++k) ids.push_back(token_id(sids[k], fmt::format("{}.ids[{}]", sp, k)));
           } else {
             bad(ip, fmt::format("special token {:?} is not in {}.special_tokens", name, path));
           }
@@ -574,9 +587,21 @@ class Loader {
     if (t == "Replace") return std::make_unique<ReplaceD>(pattern(j, path), get_str(j, path, "content"));
     if (t == "Fuse") return std::make_unique<FuseD>();
     if (t == "ByteFallback") return std::make_unique<ByteFallbackD>();
-    if (t == "Strip")
-      return std::make_unique<StripD>(get_str(j, path, "content"), (size_t)get_int(j, path, "start"),
-                                      (size_t)get_int(j, path, "stop"));
+    if (t == "Strip") {
+      // HF's Strip decoder has content: char, start / stop: usize. An empty content would never
+      // advance (start = 1e18 loops 1e18 times) and a negative count would become a huge size_t.
+      const std::string content = get_str(j, path, "content");
+      size_t after_first = 0;
+      if (!content.empty()) utf8_next(content, after_first);
+      if (content.empty() || after_first != content.size())
+        bad(path + ".content", fmt::format("expected exactly one character, got {:?}", content));
+      auto count = [&](const char* key) {
+        const int64_t v = get_int(j, path, key);
+        if (v < 0) bad(path + "." + key, fmt::format("expected a non-negative count, got {}", v));
+        return (size_t)v;
+      };
+      return std::make_unique<StripD>(content, count("start"), count("stop"));
+    }
     bad(path + ".type", fmt::format("unsupported decoder {:?} (dsmoe supports ByteLevel, Sequence, Replace, Fuse, "
                                     "ByteFallback, Strip)",
                                     t));

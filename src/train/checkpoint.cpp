@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -53,7 +54,7 @@ static int64_t meta_int(const SafeTensorsFile& f, const std::string& key) {
   }
 }
 
-void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st) {
+void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite) {
   const std::string path = ckpt_path(dir);
   if (!fs::exists(path)) fail("{}: no checkpoint here", path);
   SafeTensorsFile f(path);
@@ -62,19 +63,36 @@ void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainStat
     fail("{}: not a dsmoe checkpoint (metadata 'format' should be '{}')", path, kFormat);
   const auto& layout = model.layout();
   float* p = model.params().data();
-  for (const auto& t : layout.hf_tensors()) f.read_f32_into(t.name, p + t.offset, t.shape);
+  // Non-finite weights or moments are refused (read_f32_into names the tensor): resuming from them
+  // would train on NaN, and eval would report a NaN loss as a result.
+  for (const auto& t : layout.hf_tensors()) f.read_f32_into(t.name, p + t.offset, t.shape, allow_nonfinite);
   if (opt) {
     for (const auto& t : layout.tensors()) {
-      f.read_f32_into("optimizer.m." + t.name, opt->m().data() + t.offset, t.shape);
-      f.read_f32_into("optimizer.v." + t.name, opt->v().data() + t.offset, t.shape);
+      f.read_f32_into("optimizer.m." + t.name, opt->m().data() + t.offset, t.shape, allow_nonfinite);
+      f.read_f32_into("optimizer.v." + t.name, opt->v().data() + t.offset, t.shape, allow_nonfinite);
     }
   }
   if (st) {
     st->step = meta_int(f, "step");
     st->tokens_seen = meta_int(f, "tokens_seen");
+    // The run that wrote the checkpoint never goes past its own training.steps (the config stored
+    // in the same file, so it cannot be out of step with the weights).
+    int64_t max_step = limits::kMaxSteps;
+    if (auto c = f.metadata().find("config"); c != f.metadata().end()) {
+      nlohmann::json j = nlohmann::json::parse(c->second, nullptr, false);
+      if (j.is_discarded()) fail("{}: metadata 'config' is not valid JSON", path);
+      max_step = parse_config(j, path + " (metadata 'config')").train.steps;
+    }
+    if (st->step < 0 || st->step > max_step)
+      fail("{}: metadata 'step' = {} is outside [0, training.steps = {}]", path, st->step, max_step);
+    if (st->tokens_seen < 0) fail("{}: metadata 'tokens_seen' = {} is negative", path, st->tokens_seen);
     auto rng = f.read_bytes("train.data_rng", DType::U8);
     if (rng.size() != 32) fail("{}: tensor 'train.data_rng' must hold 32 bytes, got {}", path, rng.size());
     std::memcpy(st->data_rng.data(), rng.data(), 32);
+    // xoshiro256** never leaves the all-zero state (it would return 0 forever): no run writes it.
+    if (st->data_rng == std::array<uint64_t, 4>{})
+      fail("{}: tensor 'train.data_rng' is all zeros, a degenerate xoshiro256** state no run can have "
+           "(corrupted checkpoint)", path);
   }
 }
 

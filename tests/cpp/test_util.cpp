@@ -5,8 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "train/data.h"
 
@@ -105,6 +108,40 @@ std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_
   save_split(dir, "train", text(train_tokens));
   save_split(dir, "val", text(val_tokens));
   return dir;
+}
+
+void flip_tensor_byte(const std::string& path, const std::string& tensor) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  ASSERT_TRUE(f) << path << ": cannot open";
+  uint64_t hlen = 0;
+  f.read((char*)&hlen, 8);
+  std::string header(hlen, '\0');
+  f.read(header.data(), (std::streamsize)hlen);
+  const auto j = nlohmann::json::parse(header);
+  ASSERT_TRUE(j.contains(tensor)) << path << ": no tensor " << tensor;
+  const std::streamoff at = 8 + (std::streamoff)hlen + j[tensor]["data_offsets"][0].get<std::streamoff>();
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c ^= 1;
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles)
+      if (msg.find(n) == std::string::npos)
+        return ::testing::AssertionFailure() << "error message lacks '" << n << "': " << msg;
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw a non-dsmoe exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "no error thrown (expected one mentioning '"
+                                       << (needles.empty() ? std::string() : needles[0]) << "')";
 }
 
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,14 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
 }
 
 std::string source_dir();
+
+// Flips the lowest bit of the first byte of `tensor`'s data in the safetensors file at `path` (in
+// place, header untouched): a corruption only a checksum can see (the value stays finite).
+void flip_tensor_byte(const std::string& path, const std::string& tensor);
+
+// Success iff fn throws dsmoe::Error whose message contains every needle; the failure says what was
+// thrown (or that nothing was) and which needle is missing.
+::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles);
 
 // n token ids drawn uniformly from [0, V).
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V);
