@@ -1,10 +1,9 @@
 #include "infer/chat_format.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
+#include "io/safetensors.h"  // read_text_file
 
 namespace dsmoe {
 
@@ -22,14 +21,6 @@ namespace fs = std::filesystem;
 
 constexpr const char* kDeepSeekBos = "<｜begin▁of▁sentence｜>";
 constexpr const char* kDeepSeekEos = "<｜end▁of▁sentence｜>";
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail("{}: cannot open", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // The template string of tokenizer_config.json's "chat_template": a string, or a list of named
 // templates (transformers uses the one named "default"). Empty when there is none.
@@ -81,7 +72,7 @@ ChatFormat ChatFormat::load(const std::string& model_dir) {
   if (fs::exists(config_path)) {
     nlohmann::ordered_json config;
     try {
-      config = nlohmann::ordered_json::parse(read_text(config_path));
+      config = nlohmann::ordered_json::parse(read_text_file(config_path));
     } catch (const nlohmann::json::parse_error& e) {
       fail("{}: not valid JSON ({})", config_path, e.what());
     }
@@ -93,7 +84,7 @@ ChatFormat ChatFormat::load(const std::string& model_dir) {
     if (!source.empty()) f.source_ = config_path;
   }
   if (fs::exists(jinja_path)) {
-    source = read_text(jinja_path);
+    source = read_text_file(jinja_path);
     f.source_ = jinja_path;
   }
   if (f.source_.empty()) return f;

@@ -372,20 +372,17 @@ class Parser {
     advance();
   }
 
-  ExprPtr make(Expr::Kind kind, const Token& at) {
-    auto e = std::make_unique<Expr>();
-    e->kind = kind;
-    e->line = at.line;
-    e->column = at.column;
-    return e;
-  }
-  NodePtr make_node(Node::Kind kind, const Token& at) {
-    auto n = std::make_unique<Node>();
+  // A new expression or statement node of `kind` positioned at `at`.
+  template <typename T>
+  static std::unique_ptr<T> make_at(typename T::Kind kind, const Token& at) {
+    auto n = std::make_unique<T>();
     n->kind = kind;
     n->line = at.line;
     n->column = at.column;
     return n;
   }
+  static ExprPtr make(Expr::Kind kind, const Token& at) { return make_at<Expr>(kind, at); }
+  static NodePtr make_node(Node::Kind kind, const Token& at) { return make_at<Node>(kind, at); }
 
   // Statements until one of `ends` ({% end... %} or {% else %} ...); its name goes to `matched`
   // with the tokens up to the tag name consumed.
@@ -467,6 +464,17 @@ class Parser {
     error(tag, fmt::format("unsupported tag '{}' (supported: if, for, set, macro, break, continue, generation)", name));
   }
 
+  // After a body that ended at `matched`: the {% else %} body if that is what came, then the
+  // closing {% end<opener> %}.
+  void parse_else_then_end(Node& n, const char* opener, const Token& tag, std::string& matched) {
+    const std::string end = std::string("end") + opener;
+    if (matched == "else") {
+      expect_block_end("else");
+      n.else_body = parse_body({end}, opener, &tag, matched);
+    }
+    expect_block_end(end.c_str());
+  }
+
   NodePtr parse_if(const Token& tag) {
     auto n = make_node(Node::Kind::If, tag);
     std::string matched = "if";
@@ -477,11 +485,7 @@ class Parser {
       n->branches.emplace_back(std::move(cond), std::move(body));
       if (matched != "elif") break;
     }
-    if (matched == "else") {
-      expect_block_end("else");
-      n->else_body = parse_body({"endif"}, "if", &tag, matched);
-    }
-    expect_block_end("endif");
+    parse_else_then_end(*n, "if", tag, matched);
     return n;
   }
 
@@ -506,11 +510,7 @@ class Parser {
     ++loop_depth_;
     n->body = parse_body({"endfor", "else"}, "for", &tag, matched);
     --loop_depth_;
-    if (matched == "else") {
-      expect_block_end("else");
-      n->else_body = parse_body({"endfor"}, "for", &tag, matched);
-    }
-    expect_block_end("endfor");
+    parse_else_then_end(*n, "for", tag, matched);
     return n;
   }
 
@@ -597,25 +597,18 @@ class Parser {
     return e;
   }
 
-  ExprPtr parse_or() {
-    ExprPtr e = parse_and();
-    while (is_name(cur(), "or")) {
+  // `a or b` / `a and b`: left-associative chains of one keyword over the next level.
+  ExprPtr parse_logical(const char* keyword, Expr::Kind kind, ExprPtr (Parser::*next)()) {
+    ExprPtr e = (this->*next)();
+    while (is_name(cur(), keyword)) {
       Token at = cur();
       advance();
-      e = binary(Expr::Kind::Or, at, "or", std::move(e), parse_and());
+      e = binary(kind, at, keyword, std::move(e), (this->*next)());
     }
     return e;
   }
-
-  ExprPtr parse_and() {
-    ExprPtr e = parse_not();
-    while (is_name(cur(), "and")) {
-      Token at = cur();
-      advance();
-      e = binary(Expr::Kind::And, at, "and", std::move(e), parse_not());
-    }
-    return e;
-  }
+  ExprPtr parse_or() { return parse_logical("or", Expr::Kind::Or, &Parser::parse_and); }
+  ExprPtr parse_and() { return parse_logical("and", Expr::Kind::And, &Parser::parse_not); }
 
   ExprPtr parse_not() {
     if (is_name(cur(), "not")) {
@@ -749,34 +742,29 @@ class Parser {
           expect_op(")");
           return e;
         }
-        if (t.value == "[") {
-          advance();
-          auto e = make(Expr::Kind::List, t);
-          while (!is_op(cur(), "]")) {
-            e->args.push_back(parse_expression(true));
-            if (!is_op(cur(), ",")) break;
-            advance();
-          }
-          expect_op("]");
-          return e;
-        }
-        if (t.value == "{") {
-          advance();
-          auto e = make(Expr::Kind::Dict, t);
-          while (!is_op(cur(), "}")) {
-            e->args.push_back(parse_expression(true));
-            expect_op(":");
-            e->args.push_back(parse_expression(true));
-            if (!is_op(cur(), ",")) break;
-            advance();
-          }
-          expect_op("}");
-          return e;
-        }
+        if (t.value == "[") return parse_display(Expr::Kind::List, "]");
+        if (t.value == "{") return parse_display(Expr::Kind::Dict, "}");
         break;
       default: break;
     }
     error(t, fmt::format("unexpected {} in expression", describe(t)));
+  }
+
+  // A list `[a, b]` or dict `{k: v}` literal from its opening bracket (a trailing comma allowed).
+  ExprPtr parse_display(Expr::Kind kind, const char* close) {
+    auto e = make(kind, cur());
+    advance();
+    while (!is_op(cur(), close)) {
+      e->args.push_back(parse_expression(true));
+      if (kind == Expr::Kind::Dict) {
+        expect_op(":");
+        e->args.push_back(parse_expression(true));
+      }
+      if (!is_op(cur(), ",")) break;
+      advance();
+    }
+    expect_op(close);
+    return e;
   }
 
   ExprPtr parse_postfix(ExprPtr node) {

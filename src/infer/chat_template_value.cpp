@@ -40,65 +40,32 @@ std::string Where::str() const {
 
 void fail_at(const Where& where, const std::string& msg) { fail("{}: {}", where.str(), msg); }
 
-Value Value::undefined(std::string hint) {
+// Each constructor sets the kind and the one field that kind uses.
+static Value of_kind(Value::Kind kind) {
   Value v;
-  v.text = std::move(hint);
+  v.kind = kind;
   return v;
 }
-Value Value::none() {
-  Value v;
-  v.kind = Kind::None;
-  return v;
-}
-Value Value::from_bool(bool b) {
-  Value v;
-  v.kind = Kind::Bool;
-  v.boolean = b;
-  return v;
-}
-Value Value::from_int(int64_t i) {
-  Value v;
-  v.kind = Kind::Int;
-  v.integer = i;
-  return v;
-}
-Value Value::from_float(double d) {
-  Value v;
-  v.kind = Kind::Float;
-  v.real = d;
-  return v;
-}
-Value Value::from_string(std::string s) {
-  Value v;
-  v.kind = Kind::String;
-  v.text = std::move(s);
-  return v;
-}
+Value Value::undefined(std::string hint) { Value v; v.text = std::move(hint); return v; }
+Value Value::none() { return of_kind(Kind::None); }
+Value Value::from_bool(bool b) { Value v = of_kind(Kind::Bool); v.boolean = b; return v; }
+Value Value::from_int(int64_t i) { Value v = of_kind(Kind::Int); v.integer = i; return v; }
+Value Value::from_float(double d) { Value v = of_kind(Kind::Float); v.real = d; return v; }
+Value Value::from_string(std::string s) { Value v = of_kind(Kind::String); v.text = std::move(s); return v; }
 Value Value::from_list(ValueList items) {
-  Value v;
-  v.kind = Kind::List;
+  Value v = of_kind(Kind::List);
   v.list = std::make_shared<const ValueList>(std::move(items));
   return v;
 }
-Value Value::from_tuple(ValueList items) {
-  Value v = from_list(std::move(items));
-  v.tuple = true;
-  return v;
-}
+Value Value::from_tuple(ValueList items) { Value v = from_list(std::move(items)); v.tuple = true; return v; }
 Value Value::from_dict(ValueDict d) {
-  Value v;
-  v.kind = Kind::Dict;
+  Value v = of_kind(Kind::Dict);
   v.dict = std::make_shared<ValueDict>(std::move(d));
   return v;
 }
-Value Value::from_namespace(ValueDict d) {
-  Value v = from_dict(std::move(d));
-  v.kind = Kind::Namespace;
-  return v;
-}
+Value Value::from_namespace(ValueDict d) { Value v = from_dict(std::move(d)); v.kind = Kind::Namespace; return v; }
 Value Value::function(std::string name, NativeFn fn) {
-  Value v;
-  v.kind = Kind::Callable;
+  Value v = of_kind(Kind::Callable);
   v.callable = std::make_shared<const Callable>(Callable{std::move(name), std::move(fn)});
   return v;
 }

@@ -6,15 +6,14 @@
 // messages, the work limits and ChatFormat's model-folder loading are checked on their own.
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "infer/chat_format.h"
 #include "infer/chat_template.h"
+#include "io/safetensors.h"  // read_text_file
 #include "test_util.h"
 
 using namespace dsmoe;
@@ -29,37 +28,17 @@ struct Case {
   json variables;
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // Renders every case with Jinja2. An oracle that cannot run (no /usr/bin/python3, no jinja2) fails
 // the test: it never skips.
 std::vector<json> jinja_render(const std::vector<Case>& cases) {
   json input = json::array();
   for (const Case& c : cases) input.push_back({{"template", c.source}, {"variables", c.variables}});
-  const std::string in_path = test::tmp_path("chat_template_cases.json");
+  // One file per test: CTest runs the tests of this file as parallel processes.
+  const std::string in_path =
+      test::tmp_path(std::string("chat_template_cases_") + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".json");
   std::ofstream(in_path, std::ios::binary) << input.dump();
-  const char* py = std::getenv("DSMOE_PYTHON");
-  std::string cmd = std::string(py ? py : "/usr/bin/python3") + " " + test::source_dir() +
-                    "/tests/oracle/render_chat_template.py < '" + in_path + "' 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    ADD_FAILURE() << "cannot run the Jinja2 oracle: " << cmd;
-    return {};
-  }
   std::string out;
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int rc = pclose(p);
-  if (rc != 0) {
-    ADD_FAILURE() << "the Jinja2 oracle failed (exit " << rc << "): " << cmd << "\n" << out;
-    return {};
-  }
+  if (!test::run_oracle("render_chat_template.py", {}, in_path, out)) return {};
   json results = json::parse(out);
   if (results.size() != cases.size()) {
     ADD_FAILURE() << "the oracle returned " << results.size() << " results for " << cases.size() << " cases";
@@ -377,6 +356,174 @@ const char* kToolStyle = R"T({{- bos_token }}
 {%- endfor %}
 {%- if add_generation_prompt and ns.seen_user %}{{ '<|assistant|>\n' }}{% endif %})T";
 
+// Qwen3's shape: thinking blocks split out of the content, the last user query found by walking
+// the messages backwards, tool calls and grouped tool responses.
+const char* kQwen3Style = R"T({%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if '</think>' in content %}
+            {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+)T";
+
+// Llama 3.1's shape: defaults for unset variables, the system message split off, tools as JSON in
+// the first user message, one tool call per message (raise_exception otherwise).
+const char* kLlama31Style = R"T({{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{%- if tools_in_user_message and not tools is none %}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+    {%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+        {{- '{"name": "' + tool_call.name + '", ' }}
+        {{- '"parameters": ' }}
+        {{- tool_call.arguments | tojson }}
+        {{- "}" }}
+        {{- "<|eot_id|>" }}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+)T";
+
 const std::vector<std::string>& contents() {
   static const std::vector<std::string> c = {
       "Hello",
@@ -393,6 +540,8 @@ const std::vector<std::string>& contents() {
       "emoji 👍🏽 and zwj 👨‍👩‍👧",
       "What is 2+2?",
       "A longer answer that goes on for a while, with punctuation; colons: and so on...",
+      "<think>\nLet me think.\n</think>\n\nThe answer is 4.",
+      "<tool_response>42</tool_response>",
   };
   return c;
 }
@@ -449,7 +598,7 @@ TEST(ChatTemplateJinja, RealTemplatesOverConversations) {
   const uint64_t seed = test::test_seed();
   const std::string v3_path = deepseek_v3_config_path();
   ASSERT_TRUE(fs::exists(v3_path)) << v3_path << " is missing: run scripts/setup.sh";
-  json v3 = json::parse(read_file(v3_path));
+  json v3 = json::parse(read_text_file(v3_path));
   const json deepseek_tokens = {{"bos_token", v3["bos_token"]["content"]}, {"eos_token", v3["eos_token"]["content"]}};
   const json llama_tokens = {{"bos_token", "<s>"}, {"eos_token", "</s>"}};
   std::vector<Case> cases;
@@ -467,6 +616,17 @@ TEST(ChatTemplateJinja, RealTemplatesOverConversations) {
                                            {"parameters", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}, {"required", {"city"}}}}}}}});
   for (size_t i = 0; i < tool_cases.size(); i += 2) tool_cases[i].variables["tools"] = tools;
   add(tool_cases);
+  std::vector<Case> qwen3 = conversations("qwen3-style", kQwen3Style, 60, json::object(), true, seed + 8);
+  std::vector<Case> llama31 = conversations("llama-3.1-style", kLlama31Style, 60, {{"bos_token", "<|begin_of_text|>"}}, true, seed + 9);
+  for (size_t i = 0; i < qwen3.size(); ++i) {
+    if (i % 3 == 0) qwen3[i].variables["tools"] = tools;
+    if (i % 4 == 1) qwen3[i].variables["enable_thinking"] = false;
+    if (i % 3 == 0) llama31[i].variables["tools"] = tools;
+    if (i % 5 == 2) llama31[i].variables["date_string"] = "01 Dec 2026";
+    if (i % 7 == 3) llama31[i].variables.erase("tools");
+  }
+  add(qwen3);
+  add(llama31);
   int checked = expect_same_as_jinja(cases);
   EXPECT_EQ(checked, (int)cases.size());
 }
@@ -621,7 +781,7 @@ TEST(ChatFormat, DeepSeekV3FolderMatchesJinja) {
   fs::copy_file(v3_path, dir + "/tokenizer_config.json");
   ChatFormat f = ChatFormat::load(dir);
   EXPECT_TRUE(f.from_model());
-  json v3 = json::parse(read_file(v3_path));
+  json v3 = json::parse(read_text_file(v3_path));
   Rng rng(test::test_seed() + 100);
   std::vector<Case> cases;
   std::vector<std::string> got;
