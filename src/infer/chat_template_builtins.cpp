@@ -498,6 +498,26 @@ Value min_max(const Value& v, const CallArgs& a, RenderBudget& budget, bool want
   return items[best];
 }
 
+// Python's float(s) for a stripped string: decimal digits (single underscores between them), a
+// point, an exponent, or inf / infinity / nan in any case; strtod alone would also take hex.
+bool parse_py_float(const std::string& s, double& out) {
+  std::string body = s.substr(!s.empty() && (s[0] == '+' || s[0] == '-') ? 1 : 0), lower;
+  for (char c : body) lower += (char)std::tolower((unsigned char)c);
+  bool special = lower == "inf" || lower == "infinity" || lower == "nan";
+  std::string digits;
+  for (size_t i = 0; i < s.size() && !special; ++i) {
+    char c = s[i];
+    if (c == '_' && i > 0 && i + 1 < s.size() && std::isdigit((unsigned char)s[i - 1]) && std::isdigit((unsigned char)s[i + 1])) continue;
+    if (!std::isdigit((unsigned char)c) && c != '.' && c != 'e' && c != 'E' && c != '+' && c != '-') return false;
+    digits += c;
+  }
+  if (special) digits = s;
+  if (digits.empty()) return false;
+  char* end = nullptr;
+  out = std::strtod(digits.c_str(), &end);
+  return end == digits.c_str() + digits.size();
+}
+
 Value do_int(const Value& v, const CallArgs& a, RenderBudget&) {
   Value fallback = arg_or(a, 0, "default", Value::from_int(0));
   switch (v.kind) {
@@ -523,10 +543,8 @@ Value do_int(const Value& v, const CallArgs& a, RenderBudget&) {
         return Value::from_int(n);
       }
       // "42.23"|int is 42: Jinja falls back to int(float(value)).
-      char* end = nullptr;
-      double d = std::strtod(s.c_str(), &end);
-      if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(d) && !std::isalpha((unsigned char)s.back()))
-        return Value::from_int((int64_t)std::trunc(d));
+      double d;
+      if (parse_py_float(s, d) && std::isfinite(d)) return Value::from_int((int64_t)std::trunc(d));
       return fallback;
     }
     case Value::Kind::Undefined: fail_at(a.where, v.text);
@@ -541,12 +559,8 @@ Value do_float(const Value& v, const CallArgs& a, RenderBudget&) {
     case Value::Kind::Bool:
     case Value::Kind::Float: return Value::from_float(v.as_double());
     case Value::Kind::String: {
-      std::string s = py_strip(v.text, nullptr, true, true);
-      char* end = nullptr;
-      double d = std::strtod(s.c_str(), &end);
-      bool hex = s.find('x') != std::string::npos || s.find('X') != std::string::npos;
-      if (!s.empty() && end == s.c_str() + s.size() && !hex) return Value::from_float(d);
-      return fallback;
+      double d;
+      return parse_py_float(py_strip(v.text, nullptr, true, true), d) ? Value::from_float(d) : fallback;
     }
     case Value::Kind::Undefined: fail_at(a.where, v.text);
     default: return fallback;

@@ -256,6 +256,33 @@ TEST(ChatTemplateJinja, WhitespaceControl) {
   expect_same_as_jinja(cases);
 }
 
+TEST(ChatTemplateJinja, CornerCases) {
+  auto cases = targeted("corners", {
+      "{% if true %}   \n  x{% endif %}|  {%- if true %}y{% endif %}|a {%+ if true %}b{% endif %}",
+      "a\n\n  {% for i in [1, 2] %}\n  {{ i }}\n  {% endfor %}\n",
+      "{{ 'a' }}\n{{ 'b' }}\n  {# c #}  x\n{{ n }}\n  {% if true %}a{% endif %}",
+      "x\n{#- c #}\ny\n{%- if true %}\n\n{% endif %}|{% if true -%}\n\n  z{%- endif %}",
+      "{{- 'x' -}}  \n  {% if true %}\r\nw{% endif %}\r\n\r\n",
+      "{{ 'abc'[1] }} {{ 'abc'[-1] }} {{ l[1:2][0] }} {{ (messages|last).content }} {{ messages|map(attribute='role')|join(',') }} {{ messages|selectattr('role', 'in', ['user', 'assistant'])|list|length }}",
+      "{{ 1 if true }} {{ [1, 2, 3]|first + 1 }} {{ '-' * 3 ~ '>' }} {{ 'a' ~ 'b' * 2 }} {{ 2 * 3 ** 2 }} {{ -2 ** 2 }} {{ not true == false }} {{ 5 / 2|int }} {{ 'x' ~ (1 + 2) }}",
+      "{{ 0.1 * 3 }} {{ 1/7 }} {{ 2.0 ** 0.5 }} {{ 100000000000000000.0 }} {{ 3 // 2.0 }} {{ -3 % 2.5 }} {{ 1.5e300 * 1e10 }} {{ -1.5e300 * 1e10 }} {{ 1e16 }} {{ 1e15 }} {{ 0.0001 }} {{ -0.0 }}",
+      "{{ {'a': 1}.a }} {{ {'a': 1}['a'] }} {{ [1, 2, 3][1:] }} {{ messages[0] }} {{ ['\\n', '\t', '\x00', 'é', '\u200b', '\x7f', '\\'] }} [{{ loop }}]",
+      "{{ ' x '|trim|length }} {{ 'Hello'|list|join('-') }} {{ [3, 1, 2]|sort|join }} {{ [3, 1, 2]|sort(true)|join }} {{ [none, 1]|join(',') }} {{ l|map('string')|join('+') }} {{ l|select('gt', 1)|list }} {{ l|reject('in', [1, 2])|list }} {{ people|map(attribute='name')|map('lower')|list }}",
+      "{{ '3.0'|float|int }} {{ 'inf'|float }} {{ '-Infinity'|float }} {{ 'nan'|float }} {{ '0x10'|int }} {{ '0x10'|float }} {{ '1_000'|int }} {{ '1e2'|int }} {{ ''|int }} {{ '+5'|int }} {{ '- 5'|int }}",
+      "{% for i in range(3) %}{{ loop.index }}{% if loop.last %}.{% endif %}{% endfor %} {% for m in messages if m.role != 'system' %}{{ loop.index0 }}{{ m.role }}{% endfor %} {% for m in messages %}{% if loop.index0 == 0 %}{% set first = m %}{% endif %}{% endfor %}[{{ first }}]",
+      "{% set ns = namespace(found=false) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.found = loop.index %}{% break %}{% endif %}{% endfor %}{{ ns.found }} {% for x in [] %}{% else %}E{% endfor %} {% for i in range(4) %}{{ loop.cycle('a', 'b', 'c') }}{% endfor %}",
+      "{% for i in range(3) %}{% set j = i * 2 %}{{ j }}{% endfor %}[{{ j }}] {% set m = 'outer' %}{% for m in [1] %}{{ m }}{% endfor %}{{ m }} {% set x = 'o' %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{{ x }}{% endfor %}{{ x }}",
+      "{% for m in messages %}{% set messages = [] %}{{ messages|length }}{% endfor %}{{ messages|length }} {% macro mm() %}{{ v }}{% endmacro %}{% set v = 1 %}{{ mm() }}",
+      "{% if messages|length is even %}even{% else %}odd{% endif %} {{ messages[0]['content'] is string }} {{ messages[5] is defined }} {{ messages[0].nope is defined }} {{ (x or 'dflt')|upper }} {{ x is defined and x }}",
+      "{{ }}",
+      "{% set x = %}",
+      "{% for %}{% endfor %}",
+      "{% if true %}{% else %}{% else %}{% endif %}",
+      "{% elif true %}",
+  });
+  expect_same_as_jinja(cases);
+}
+
 TEST(ChatTemplateJinja, SyntaxAndRuntimeErrorsAgree) {
   auto cases = targeted("errors", {
       "{% if true %}never closed",
