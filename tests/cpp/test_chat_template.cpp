@@ -283,6 +283,53 @@ TEST(ChatTemplateJinja, CornerCases) {
   expect_same_as_jinja(cases);
 }
 
+// Random templates built from text with spaces, tabs and newlines, and tags with every whitespace
+// modifier: the lexer's trim_blocks / lstrip_blocks / - / + handling against Jinja2's.
+TEST(ChatTemplateJinja, RandomWhitespaceLayouts) {
+  Rng rng(test::test_seed() + 50);
+  const std::vector<std::string> text = {" ", "  ", "\t", "\n", "\n\n", " \n ", "x", "y z", "\r\n", "\u3000", "\n  "};
+  const std::vector<std::string> open = {"{% ", "{%- ", "{%+ "}, close = {" %}", " -%}", " +%}"};
+  auto tag = [&](const std::string& body) { return open[rng.below(3)] + body + close[rng.below(3)]; };
+  std::vector<Case> cases;
+  for (int c = 0; c < 300; ++c) {
+    std::string src;
+    std::vector<std::string> stack;
+    int pieces = 4 + (int)rng.below(20);
+    for (int i = 0; i < pieces; ++i) {
+      switch (rng.below(8)) {
+        case 0:
+        case 1:
+        case 2: src += text[rng.below(text.size())]; break;
+        case 3: src += rng.below(2) ? "{{ n }}" : (rng.below(2) ? "{{- 'v' }}" : "{{ 'w' -}}"); break;
+        case 4: src += rng.below(2) ? "{# c #}" : (rng.below(2) ? "{#- c #}" : "{# c -#}"); break;
+        case 5:
+          if (rng.below(2)) {
+            src += tag("if n > " + std::to_string(rng.below(5)));
+            stack.push_back("endif");
+          } else {
+            src += tag("for i in range(2)");
+            stack.push_back("endfor");
+          }
+          break;
+        case 6:
+          if (!stack.empty()) {
+            src += tag(stack.back());
+            stack.pop_back();
+          }
+          break;
+        case 7: src += tag("set q = " + std::to_string(i)); break;
+      }
+    }
+    while (!stack.empty()) {
+      src += text[rng.below(text.size())] + tag(stack.back());
+      stack.pop_back();
+    }
+    if (rng.below(3) == 0) src += "\n";
+    cases.push_back({"layout " + std::to_string(c), src, base_variables()});
+  }
+  expect_same_as_jinja(cases);
+}
+
 TEST(ChatTemplateJinja, SyntaxAndRuntimeErrorsAgree) {
   auto cases = targeted("errors", {
       "{% if true %}never closed",
