@@ -15,10 +15,10 @@
 //                break / continue, set (name, ns.attr, block set), macro (with defaults),
 //                generation (rendered as its body)
 //   expressions  literals (strings with Python escapes, ints, floats, true/false/none in both
-//                cases), lists, dicts, tuples (as lists), .attr, [key], slices, calls with keyword
-//                arguments, + - * / // % ** ~, comparisons (chained), and / or / not, in / not in,
+//                cases), lists, dicts, tuples, .attr, [key], slices, calls with keyword arguments,
+//                + - * / // % ** ~, comparisons (chained), and / or / not, in / not in,
 //                is [not] <test>, filters, inline if / else
-//   filters      abs capitalize count d default dictsort escape e first float indent int items join
+//   filters      abs attr capitalize count d default dictsort escape e first float indent int items join
 //                last length list lower map max min reject rejectattr replace reverse round safe
 //                select selectattr sort string sum title tojson trim unique upper wordcount
 //   tests        boolean callable defined divisibleby eq equalto even false float ge greaterthan gt
@@ -30,9 +30,14 @@
 //   globals      dict namespace range raise_exception strftime_now
 // Values follow Python: integers are 64-bit (overflow is an error, not a bignum), strings index by
 // code point, undefined names are Jinja's default Undefined (printed as "", falsy; any other use is
-// an error). Not supported: tuples as a distinct type (they print as lists), map/select returning
-// generators (they return lists), call blocks, filter blocks, include/import/extends, recursive
-// loops, string % formatting, Markup escaping (autoescape is off in transformers anyway).
+// an error). Not supported (each is an error, never different output): call / filter / with /
+// raw blocks, include / import / extends, recursive loops, tuple assignment (set a, b = ...),
+// string % formatting and str.format, *args / **kwargs, dict keys other than strings, integers
+// beyond 64 bits. map / select / reverse return lists where Jinja returns generators (the same
+// when joined, listed or looped over; printing one directly differs). Markup escaping is off, as
+// in transformers. Error positions are 1-based lines and code-point columns.
+//
+// Thread safety: a ChatTemplate is immutable after parse; render may run concurrently.
 //
 // Work is bounded: a render refuses (dsmoe::Error) to build more than max_output_bytes of text in
 // any one string or in total across the render, to run more than max_loop_iterations iterations,

@@ -42,10 +42,11 @@ std::string case_map(std::string_view s, bool upper) {
     for (char& c : out) c = upper ? (char)std::toupper((unsigned char)c) : (char)std::tolower((unsigned char)c);
     return out;
   }
-  // ICU's root-locale full case mapping is Python's (ß -> SS, final sigma, İ -> i̇).
+  // ICU's root-locale full case mapping is Python's (ß -> SS, final sigma, İ -> i̇). One map per
+  // thread: a UCaseMap is not safe to share.
   UErrorCode status = U_ZERO_ERROR;
-  std::unique_ptr<UCaseMap, void (*)(UCaseMap*)> map(ucasemap_open("", 0, &status), ucasemap_close);
-  if (U_FAILURE(status)) fail("chat template: ICU case mapping unavailable ({})", u_errorName(status));
+  thread_local std::unique_ptr<UCaseMap, void (*)(UCaseMap*)> map(ucasemap_open("", 0, &status), ucasemap_close);
+  if (!map) fail("chat template: ICU case mapping unavailable ({})", u_errorName(status));
   std::string out(s.size() * 3 + 4, '\0');
   for (int attempt = 0; attempt < 2; ++attempt) {
     status = U_ZERO_ERROR;

@@ -134,9 +134,12 @@ class Lexer {
     fail("{} line {} column {}: {}", origin_, line, column, msg);
   }
 
+  // 1-based line and code-point column of a byte offset.
   std::pair<int, int> position(size_t offset) const {
     size_t line = std::upper_bound(line_starts_.begin(), line_starts_.end(), offset) - line_starts_.begin();
-    return {(int)line, (int)(offset - line_starts_[line - 1] + 1)};
+    int column = 1;
+    for (size_t i = line_starts_[line - 1]; i < offset && i < src_.size(); ++i) column += ((unsigned char)src_[i] & 0xC0) != 0x80;
+    return {(int)line, column};
   }
 
   Token& push(Token::Type type, std::string value, size_t offset) {

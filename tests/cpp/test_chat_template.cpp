@@ -724,6 +724,7 @@ TEST(ChatTemplate, ErrorsNameTheLineColumnAndConstruct) {
   e = error_of("{% for m in x %}\n{% endif %}");
   expect_contains(e, "line 2");
   expect_contains(e, "unexpected 'endif' inside the 'for' block opened at line 1");
+  expect_contains(error_of("é 日本 {{ 1 + }}"), "tpl.jinja line 1 column 13");  // columns count code points
   e = error_of("{{ x|frobnicate }}");
   expect_contains(e, "line 1 column 5");
   expect_contains(e, "no filter named 'frobnicate'");
@@ -820,6 +821,13 @@ TEST(ChatFormat, ReadsTheModelTemplate) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no template named \"default\""), std::string::npos) << e.what();
   }
+  // chat_template.jinja beside it (the file newer transformers save) takes precedence.
+  config["chat_template"] = "FROM CONFIG";
+  std::string jinja_dir = make_model_dir("chat_format_jinja_file", config);
+  std::ofstream(jinja_dir + "/chat_template.jinja") << "FROM FILE {{ bos_token }}\n";
+  ChatFormat j = ChatFormat::load(jinja_dir);
+  EXPECT_EQ(j.describe(), "chat_template from " + jinja_dir + "/chat_template.jinja");
+  EXPECT_EQ(j.render({{"user", "x"}}, false), "FROM FILE <B>");
   // The extra variables reach the template.
   config["chat_template"] = "{{ greeting|default('none') }}";
   EXPECT_EQ(ChatFormat::load(make_model_dir("chat_format_extra", config)).render({}, false, {{"greeting", "hey"}}), "hey");
