@@ -299,7 +299,8 @@ class Renderer {
   }
 
   Value repeat(const Value& seq, int64_t times, const Where& at) {
-    if (times <= 0) return seq.is_string() ? Value::from_string("") : Value::from_list({});
+    const bool empty = seq.is_string() ? seq.text.empty() : seq.list->empty();
+    if (times <= 0 || empty) return seq.is_string() ? Value::from_string("") : Value::from_list({});
     if (seq.is_string()) {
       budget_.charge(seq.text.size() * (size_t)std::min<int64_t>(times, INT32_MAX), at);
       std::string out;
@@ -335,10 +336,18 @@ class Renderer {
       }
       if (nums) return Value::from_float(a.as_double() + b.as_double());
       if (a.is_string() && b.is_string()) {
+        if (a.markup != b.markup) {  // markupsafe escapes the plain operand
+          std::string s = (a.markup ? a.text : html_escape(a.text)) + (b.markup ? b.text : html_escape(b.text));
+          budget_.charge(s.size(), at);
+          return Value::from_markup(std::move(s));
+        }
         budget_.charge(a.text.size() + b.text.size(), at);
-        return Value::from_string(a.text + b.text);
+        Value s = Value::from_string(a.text + b.text);
+        s.markup = a.markup;
+        return s;
       }
       if (a.kind == Value::Kind::List && b.kind == Value::Kind::List) {
+        budget_.charge(a.list->size() + b.list->size(), at);  // items count as bytes: a list doubled in a loop stops too
         ValueList out = *a.list;
         out.insert(out.end(), b.list->begin(), b.list->end());
         return Value::from_list(std::move(out));

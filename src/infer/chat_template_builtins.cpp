@@ -278,21 +278,6 @@ int64_t code_point_index(const std::string& s, size_t byte_offset) {
   return n;
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 // ---- argument helpers ----
 
 Value arg_or(const CallArgs& a, size_t index, std::string_view name, const Value& fallback) {
@@ -812,6 +797,11 @@ Value do_replace(const Value& v, const CallArgs& a, RenderBudget& budget) {
   return Value::from_string(std::move(out));
 }
 
+// markupsafe.escape: Markup stays as it is, anything else becomes escaped Markup.
+Value do_escape(const Value& v, const CallArgs&, RenderBudget&) {
+  return v.is_string() && v.markup ? v : Value::from_markup(html_escape(to_str(v)));
+}
+
 const std::unordered_map<std::string, Filter>& filters() {
   static const std::unordered_map<std::string, Filter> m = {
       {"abs", do_abs},
@@ -826,8 +816,8 @@ const std::unordered_map<std::string, Filter>& filters() {
       {"d", do_default},
       {"default", do_default},
       {"dictsort", do_dictsort},
-      {"e", [](const Value& v, const CallArgs&, RenderBudget&) { return Value::from_string(html_escape(to_str(v))); }},
-      {"escape", [](const Value& v, const CallArgs&, RenderBudget&) { return Value::from_string(html_escape(to_str(v))); }},
+      {"e", do_escape},
+      {"escape", do_escape},
       {"first", do_first},
       {"float", do_float},
       {"indent", do_indent},
@@ -846,7 +836,7 @@ const std::unordered_map<std::string, Filter>& filters() {
       {"replace", do_replace},
       {"reverse", do_reverse},
       {"round", do_round},
-      {"safe", [](const Value& v, const CallArgs&, RenderBudget&) { return v; }},
+      {"safe", [](const Value& v, const CallArgs&, RenderBudget&) { return Value::from_markup(to_str(v)); }},
       {"select", [](const Value& v, const CallArgs& a, RenderBudget& b) { return select_items(v, a, b, true, false); }},
       {"selectattr", [](const Value& v, const CallArgs& a, RenderBudget& b) { return select_items(v, a, b, true, true); }},
       {"sort", do_sort},
@@ -1036,7 +1026,7 @@ Value get_slice(const Value& obj, const Value& start, const Value& stop, const V
   if (obj.kind == Value::Kind::List) {
     ValueList out;
     for (int64_t i : picks) out.push_back((*obj.list)[(size_t)i]);
-    return Value::from_list(std::move(out));
+    return obj.tuple ? Value::from_tuple(std::move(out)) : Value::from_list(std::move(out));
   }
   std::vector<char32_t> cps = code_points(obj.text), out;
   for (int64_t i : picks) out.push_back(cps[(size_t)i]);

@@ -5,6 +5,7 @@
 // applies to a call).
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 #include "infer/chat_template_syntax.h"
@@ -174,7 +175,13 @@ class Lexer {
   size_t lex_tag(size_t start, size_t p, bool block) {
     push(block ? Token::Type::BlockBegin : Token::Type::VarBegin, "", start);
     int depth = 0;  // open brackets: an end delimiter inside them is not the end (Jinja's balancing)
+    // Left-associative chains (1 + 1 + ...) parse without recursion but evaluate recursively: a
+    // bound on the tokens of one tag bounds the depth of its syntax tree.
+    const size_t first_token = tokens_.size();
+    constexpr size_t kMaxTagTokens = 2000;
     while (true) {
+      if (tokens_.size() - first_token > kMaxTagTokens)
+        fail_at(start, fmt::format("more than {} tokens in one tag", kMaxTagTokens));
       while (p < src_.size() && is_py_space((unsigned char)src_[p])) ++p;
       if (p >= src_.size()) fail_at(start, block ? "unclosed tag '{%' (no '%}' follows)" : "unclosed '{{' (no '}}' follows)");
       const char* end = block ? "%}" : "}}";
@@ -226,7 +233,31 @@ class Lexer {
     return p;
   }
 
+  // 0x / 0o / 0b integers (single underscores allowed after the prefix and between digits).
+  size_t lex_prefixed_integer(size_t p) {
+    const char kind = (char)std::tolower((unsigned char)src_[p + 1]);
+    const int base = kind == 'x' ? 16 : kind == 'o' ? 8 : 2;
+    auto is_digit = [&](char c) {
+      int d = std::isdigit((unsigned char)c) ? c - '0' : std::isxdigit((unsigned char)c) ? std::tolower(c) - 'a' + 10 : 99;
+      return d < base;
+    };
+    std::string digits;
+    size_t q = p + 2;
+    while (q < src_.size() && (is_digit(src_[q]) || (src_[q] == '_' && q + 1 < src_.size() && is_digit(src_[q + 1])))) {
+      if (src_[q] != '_') digits += src_[q];
+      ++q;
+    }
+    if (digits.empty()) fail_at(p, "invalid integer literal " + src_.substr(p, 2));
+    errno = 0;
+    Token& t = push(Token::Type::Integer, src_.substr(p, q - p), p);
+    t.integer = std::strtoll(digits.c_str(), nullptr, base);
+    if (errno == ERANGE) fail_at(p, "integer literal " + t.value + " does not fit in 64 bits");
+    return q;
+  }
+
   size_t lex_number(size_t p) {
+    if (src_[p] == '0' && p + 2 < src_.size() && std::strchr("xXoObB", src_[p + 1]) && src_[p + 1] != '\0')
+      return lex_prefixed_integer(p);
     size_t q = scan_digits(p);
     bool is_float = false;
     bool after_dot = p > 0 && src_[p - 1] == '.';  // Jinja's (?<!\.): `x.0.1` is x[0][1]
@@ -249,6 +280,9 @@ class Lexer {
     if (is_float) {
       t.real = std::strtod(digits.c_str(), nullptr);
     } else {
+      // Python (and so Jinja) refuses leading zeros in a decimal integer: 007 is not 7.
+      if (digits.size() > 1 && digits[0] == '0' && digits.find_first_not_of('0') != std::string::npos)
+        fail_at(p, "leading zeros in an integer literal (" + digits + ") are not allowed");
       errno = 0;
       t.integer = std::strtoll(digits.c_str(), nullptr, 10);
       if (errno == ERANGE) fail_at(p, "integer literal " + digits + " does not fit in 64 bits");
@@ -347,6 +381,7 @@ class Parser {
   size_t pos_ = 0;
   std::string origin_;
   int loop_depth_ = 0;
+  int nesting_ = 0;
 
   const Token& cur() const { return toks_[pos_]; }
   const Token& peek(size_t k = 1) const { return toks_[std::min(pos_ + k, toks_.size() - 1)]; }
@@ -443,6 +478,7 @@ class Parser {
   }
 
   NodePtr parse_statement() {
+    NestingGuard guard(*this, cur());
     advance();  // {%
     const Token tag = cur();
     advance();
@@ -572,7 +608,21 @@ class Parser {
 
   // ---- expressions (Jinja2's parser.py precedence ladder) ----
 
-  ExprPtr parse_expression(bool with_condexpr) { return with_condexpr ? parse_condexpr() : parse_or(); }
+  // Nesting is bounded so that a hostile template cannot exhaust the stack of the recursive descent
+  // (or of the evaluator, which recurses the same way).
+  static constexpr int kMaxNesting = 200;
+  struct NestingGuard {
+    Parser& p;
+    NestingGuard(Parser& parser, const Token& at) : p(parser) {
+      if (++p.nesting_ > kMaxNesting) p.error(at, fmt::format("nesting deeper than {} levels", kMaxNesting));
+    }
+    ~NestingGuard() { --p.nesting_; }
+  };
+
+  ExprPtr parse_expression(bool with_condexpr) {
+    NestingGuard guard(*this, cur());
+    return with_condexpr ? parse_condexpr() : parse_or();
+  }
 
   ExprPtr parse_condexpr() {
     ExprPtr e = parse_or();

@@ -52,6 +52,7 @@ Value Value::from_bool(bool b) { Value v = of_kind(Kind::Bool); v.boolean = b; r
 Value Value::from_int(int64_t i) { Value v = of_kind(Kind::Int); v.integer = i; return v; }
 Value Value::from_float(double d) { Value v = of_kind(Kind::Float); v.real = d; return v; }
 Value Value::from_string(std::string s) { Value v = of_kind(Kind::String); v.text = std::move(s); return v; }
+Value Value::from_markup(std::string s) { Value v = from_string(std::move(s)); v.markup = true; return v; }
 Value Value::from_list(ValueList items) {
   Value v = of_kind(Kind::List);
   v.list = std::make_shared<const ValueList>(std::move(items));
@@ -231,6 +232,21 @@ std::string dict_repr(const ValueDict& d) {
 }
 
 }  // namespace
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&#34;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
 
 std::string to_str(const Value& v) {
   switch (v.kind) {

@@ -35,7 +35,8 @@ struct Value {
   // Namespace is namespace(...): the only mutable value, shared by reference as in Python.
   enum class Kind : uint8_t { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Callable };
   Kind kind = Kind::Undefined;
-  bool tuple = false;  // a List that is a Python tuple: it prints as (a, b) and never equals a list
+  bool tuple = false;   // a List that is a Python tuple: it prints as (a, b) and never equals a list
+  bool markup = false;  // a String that is markupsafe.Markup (from |safe, |escape): see html_escape
   bool boolean = false;
   int64_t integer = 0;
   double real = 0;
@@ -50,6 +51,7 @@ struct Value {
   static Value from_int(int64_t i);
   static Value from_float(double d);
   static Value from_string(std::string s);
+  static Value from_markup(std::string s);
   static Value from_list(ValueList items);
   static Value from_tuple(ValueList items);
   static Value from_dict(ValueDict d);
@@ -109,6 +111,10 @@ struct JsonOptions {
 };
 // json.dumps(v, ...) with Python's formatting.
 std::string to_json(const Value& v, const JsonOptions& o, const Where& where);
+
+// markupsafe's escaping of & < > ' ". Autoescape is off, so only `+` meets it: Markup + str (or
+// str + Markup) escapes the plain string, as markupsafe's operators do.
+std::string html_escape(const std::string& s);
 
 // Python's str.isspace() for one code point.
 bool is_py_space(char32_t c);

@@ -274,6 +274,10 @@ TEST(ChatTemplateJinja, CornerCases) {
       "{% for i in range(3) %}{% set j = i * 2 %}{{ j }}{% endfor %}[{{ j }}] {% set m = 'outer' %}{% for m in [1] %}{{ m }}{% endfor %}{{ m }} {% set x = 'o' %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{{ x }}{% endfor %}{{ x }}",
       "{% for m in messages %}{% set messages = [] %}{{ messages|length }}{% endfor %}{{ messages|length }} {% macro mm() %}{{ v }}{% endmacro %}{% set v = 1 %}{{ mm() }}",
       "{% if messages|length is even %}even{% else %}odd{% endif %} {{ messages[0]['content'] is string }} {{ messages[5] is defined }} {{ messages[0].nope is defined }} {{ (x or 'dflt')|upper }} {{ x is defined and x }}",
+      "{{ '<a>' + ('x'|safe) }} {{ ('<b>'|safe) + '<i>' }} {{ ('<b>'|e) + '<i>' }} {{ ('a'|safe) + ('<b>'|safe) }} {{ ('x'|safe) ~ '<a>' }} {{ '<'|e|e }} {% set m = '<m>'|safe %}{{ m + '&' }} {{ ('a'|safe) == 'a' }} {{ none|e }} {{ x|safe }}|",
+      "{{ 0x1F }} {{ 0X1f }} {{ 0o17 }} {{ 0b101 }} {{ 0x_ff }} {{ 0_0 }} {{ 1_000_000 }} {{ 007.5 }} {{ 00 }} {{ 1E3 }} {{ l.0 }}",
+      "{{ 007 }}",
+      "{{ 0x }}",
       "{{ }}",
       "{% set x = %}",
       "{% for %}{% endfor %}",
@@ -740,6 +744,15 @@ TEST(ChatTemplate, ErrorsNameTheLineColumnAndConstruct) {
   expect_contains(error_of("{{ missing + 1 }}"), "'missing' is undefined");
   expect_contains(error_of("{{ 9223372036854775807 + 1 }}"), "integer overflow");
   expect_contains(error_of("{{ x }}", json::array()), "must be a JSON object");
+  // Deep nesting is refused, not a stack overflow.
+  expect_contains(error_of("{{ " + std::string(300, '(') + "1" + std::string(300, ')') + " }}"), "nesting deeper than");
+  expect_contains(error_of("{{ " + std::string(1000, '[') + std::string(1000, ']') + " }}"), "nesting deeper than");
+  std::string long_sum = "{{ 1";
+  for (int i = 0; i < 5000; ++i) long_sum += " + 1";
+  expect_contains(error_of(long_sum + " }}"), "more than 2000 tokens in one tag");
+  std::string deep_ifs;
+  for (int i = 0; i < 1000; ++i) deep_ifs += "{% if true %}";
+  expect_contains(error_of(deep_ifs), "nesting deeper than");
 }
 
 TEST(ChatTemplate, WorkIsBounded) {
@@ -758,6 +771,9 @@ TEST(ChatTemplate, WorkIsBounded) {
   // Output: a loop that prints more than the limit is refused (and so is one huge string).
   EXPECT_NE(error_of("{% for i in range(100) %}0123456789abcdef{% endfor %}", small).find("max_output_bytes"), std::string::npos);
   EXPECT_NE(error_of("{{ 'x' * 100000000000 }}", small).find("max_output_bytes"), std::string::npos);
+  EXPECT_EQ(ChatTemplate::parse("[{{ '' * 100000000000 }}]").render(json::object(), small), "[]");
+  EXPECT_NE(error_of("{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", small).find("max_"),
+            std::string::npos);
   // Loops: nested ranges multiply.
   EXPECT_NE(error_of("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}", small).find("max_loop_iterations"),
             std::string::npos);
