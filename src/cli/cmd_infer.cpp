@@ -16,6 +16,8 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "infer/chat_format.h"
+#include "infer/chat_session.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
 #include "infer/infer_weights.h"
@@ -216,23 +218,29 @@ void cmd_generate(const GenerateArgs& a) {
 
 struct ChatArgs {
   std::string dir, tokenizer, system, dtype = "auto";
+  int64_t ctx = 0;
   SamplingArgs s;
 };
 
-// DeepSeek chat format (deepseek-moe-16b-chat's template):
-//   <BOS>[system\n\n]User: {msg}\n\nAssistant: {reply}<EOS>User: {msg}\n\nAssistant:
+// One user message per line; the conversation is rendered with the model folder's chat template
+// (tokenizer_config.json), else the DeepSeek format, and trimmed from the oldest turn when the
+// context fills (infer/chat_session.h).
 void cmd_chat(const ChatArgs& a) {
   InferenceModel lm = load_for_inference(a.dir, a.dtype);
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
+  ChatFormat format = ChatFormat::load(a.dir);
+  std::fprintf(stderr, "dsmoe: chat format: %s\n", format.describe().c_str());
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
   InferenceEngine eng(*lm.weights);
-  KvCache cache(m, m.max_position_embeddings);
+  const int64_t ctx = a.ctx > 0 ? a.ctx : m.max_position_embeddings;
+  if (ctx > m.max_position_embeddings)
+    usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", ctx, m.max_position_embeddings);
+  ChatSession chat(eng, io, std::move(format), a.system, ctx);
   Rng rng(a.s.seed);
   const bool tty = isatty(0);
-  bool first = true, need_eos = false;
   std::string line;
   while (true) {
     if (tty) {
@@ -241,30 +249,24 @@ void cmd_chat(const ChatArgs& a) {
     }
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
-    std::vector<int32_t> input;
-    if (first && io.bos_id() >= 0) input.push_back(io.bos_id());
-    if (need_eos && io.eos_id() >= 0) input.push_back(io.eos_id());
-    std::string text = (first && !a.system.empty() ? a.system + "\n\n" : "") + "User: " + line + "\n\nAssistant:";
-    auto ids = io.encode(text, false);
-    input.insert(input.end(), ids.begin(), ids.end());
-    first = false;
-    if (cache.len + (int64_t)input.size() >= cache.capacity) {
-      std::fprintf(stderr, "dsmoe: the conversation reached max_position_embeddings (%lld tokens); ending the chat\n",
-                   (long long)m.max_position_embeddings);
-      break;
-    }
     if (tty) std::fprintf(stderr, "Assistant:");
-    TextStream ts(io, a.s.stops);
-    auto r = continue_sequence(eng, cache, input, o, rng, [&](int32_t t) {
-      std::string piece;
-      bool go = ts.push(t, piece);
-      std::printf("%s", piece.c_str());
-      std::fflush(stdout);
-      return go;
-    });
-    std::printf("%s\n", ts.flush().c_str());
+    ChatSession::Turn t;
+    try {
+      t = chat.reply(line, o, rng, a.s.stops, [](const std::string& piece) {
+        std::printf("%s", piece.c_str());
+        std::fflush(stdout);
+      });
+    } catch (const Error& e) {  // a message too long for the context: say so, keep the conversation
+      std::printf("\n");
+      std::fprintf(stderr, "dsmoe: %s\n", e.what());
+      continue;
+    }
+    std::printf("\n");
     std::fflush(stdout);
-    need_eos = r.finish != FinishReason::Eos;
+    if (t.dropped_messages > 0)
+      std::fprintf(stderr, "dsmoe: the conversation filled the context (%lld tokens): the oldest %lld message%s "
+                           "left it\n",
+                   (long long)ctx, (long long)t.dropped_messages, t.dropped_messages == 1 ? "" : "s");
   }
 }
 
@@ -397,7 +399,7 @@ void add_infer_commands(CLI::App& app) {
   }
   // chat
   {
-    auto* c = app.add_subcommand("chat", "chat on stdin/stdout in the DeepSeek chat format (one user message per line)");
+    auto* c = app.add_subcommand("chat", "chat on stdin/stdout with the model's chat template (one user message per line)");
     auto a = std::make_shared<ChatArgs>();
     a->s.o.temperature = 0.7;
     a->s.o.top_p = 0.95;
@@ -405,6 +407,9 @@ void add_infer_commands(CLI::App& app) {
     c->add_option("--model", a->dir, "model folder")->required();
     c->add_option("--tokenizer", a->tokenizer, "tokenizer.json, or \"bytes\" (default: the model folder's)");
     c->add_option("--system", a->system, "system prompt");
+    c->add_option("--ctx", a->ctx, "context of the conversation in tokens (default max_position_embeddings); the "
+                                   "oldest turns leave when it fills")
+        ->check(int_in(2, kMaxTokens));
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_chat(*a); });

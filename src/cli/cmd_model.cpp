@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "infer/engine.h"
 #include "infer/sampling.h"
+#include "infer/chat_format.h"
 #include "infer/hf_checkpoint.h"
 #include "infer/model_files.h"
 #include "infer/text_codec.h"

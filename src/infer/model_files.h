@@ -11,17 +11,6 @@ namespace dsmoe {
 
 struct ModelConfig;
 
-// deepseek-moe-16b-chat's chat_template (its tokenizer_config.json): the format `dsmoe chat` uses
-// when a model folder has none, and the one `dsmoe prepare` writes for the tokenizers it trains.
-//   <BOS>[system\n\n]User: {msg}\n\nAssistant: {reply}<EOS>User: {msg}\n\nAssistant:
-inline constexpr const char* kDeepSeekChatTemplate =
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}"
-    "{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
-
 // A tokenizer_config.json for a tokenizer.json that has none: bos_token / eos_token spelled as the
 // tokenizer spells ids bos / eos (-1: none), add_bos_token as its post-processor does,
 // add_eos_token false, and the given chat template ("" = none).

@@ -237,6 +237,15 @@ TEST(CliSafety, ExportWritesTheTokenizerFilesAndScoresLikeTheRunFolder) {
   Proc e3 = run_cli({"export", "--model", dir + "/bare", "--out", dir + "/hf2", "--tokenizer", dir + "/hf/tokenizer.json"});
   ASSERT_TRUE(e3.ok()) << e3.describe();
   EXPECT_TRUE(fs::exists(dir + "/hf2/tokenizer.json"));
+  // chat renders the folder's chat_template and, when the 64-token context fills, drops the oldest
+  // turns instead of ending: every one of 12 messages gets a reply.
+  std::string lines;
+  for (int i = 0; i < 12; ++i) lines += "the cat sat on the mat number " + std::to_string(i) + "\n";
+  Proc chat = run_cli({"chat", "--model", dir + "/hf", "--temperature", "0", "--max-new-tokens", "8"}, 120, lines);
+  ASSERT_TRUE(chat.ok()) << chat.describe();
+  EXPECT_TRUE(contains(chat.err, "chat format: chat_template from " + dir + "/hf/tokenizer_config.json")) << chat.describe();
+  EXPECT_EQ(std::count(chat.out.begin(), chat.out.end(), '\n'), 12) << chat.describe();
+  EXPECT_TRUE(contains(chat.err, "the oldest")) << chat.describe();
 }
 
 // ---------------------------------------------------------------- BOS/EOS agree

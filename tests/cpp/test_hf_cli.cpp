@@ -168,19 +168,25 @@ TEST(HfCli, ExportThenGenerateScoreAndChat) {
   EXPECT_EQ(bad.rc, 1);
   EXPECT_NE(bad.err.find(ids + ":2: 999 is not a token id in [0, 256)"), std::string::npos) << bad.err;
 
-  // chat: each stdin line is a user turn in the DeepSeek format; the reply is the greedy
-  // continuation of "User: {msg}\n\nAssistant:" (no BOS with the byte codec).
+  // chat: each stdin line is a user turn in the DeepSeek format (the folder has no template); each
+  // reply is the greedy continuation of the whole conversation rendered by the format (no BOS/EOS
+  // with the byte codec), the previous reply stored without its surrounding whitespace.
   Out c = run("chat --model " + f.hf_dir + " --temperature 0 --max-new-tokens 5", "Hi\nAgain\n");
   ASSERT_EQ(c.rc, 0) << c.err;
-  std::string turn1 = "User: Hi\n\nAssistant:";
-  std::vector<int32_t> ctx(turn1.begin(), turn1.end());
-  KvCache cache(f.cfg.model, f.cfg.model.max_position_embeddings);
-  Rng rng(0);
+  EXPECT_NE(c.err.find("chat format: DeepSeek default format"), std::string::npos) << c.err;
   greedy.max_new_tokens = 5;
-  auto r1 = continue_sequence(eng, cache, ctx, greedy, rng);
-  std::string turn2 = "User: Again\n\nAssistant:";
-  auto r2 = continue_sequence(eng, cache, std::vector<int32_t>(turn2.begin(), turn2.end()), greedy, rng);
-  std::string e1(r1.tokens.begin(), r1.tokens.end()), e2(r2.tokens.begin(), r2.tokens.end());
+  auto greedy_reply = [&](const std::string& prompt) {
+    std::vector<int32_t> ids;
+    for (unsigned char ch : prompt) ids.push_back(ch);
+    auto r = generate_batch(eng, {ids}, greedy, 0);
+    return std::string(r[0].tokens.begin(), r[0].tokens.end());
+  };
+  const std::string e1 = greedy_reply("User: Hi\n\nAssistant:");
+  auto trim = [](std::string t) {
+    const size_t b = t.find_first_not_of(" \t\r\n"), e = t.find_last_not_of(" \t\r\n");
+    return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+  };
+  const std::string e2 = greedy_reply("User: Hi\n\nAssistant: " + trim(e1) + "User: Again\n\nAssistant:");
   EXPECT_EQ(c.out, e1 + "\n" + e2 + "\n");
 }
 
