@@ -17,26 +17,6 @@ using namespace dsmoe;
 
 namespace {
 
-Config byte_config(int64_t max_pos) {
-  Config c;
-  ModelConfig& m = c.model;
-  m.vocab_size = 256;
-  m.hidden_size = 32;
-  m.intermediate_size = 48;
-  m.moe_intermediate_size = 12;
-  m.num_hidden_layers = 2;
-  m.num_attention_heads = 4;
-  m.num_key_value_heads = 4;
-  m.n_shared_experts = 1;
-  m.n_routed_experts = 8;
-  m.num_experts_per_tok = 2;
-  m.first_k_dense_replace = 1;
-  m.max_position_embeddings = max_pos;
-  c.train.seq_len = 16;
-  validate(c, "test");
-  return c;
-}
-
 std::vector<int32_t> bytes_of(const std::string& s) {
   std::vector<int32_t> ids;
   for (unsigned char c : s) ids.push_back(c);
@@ -46,7 +26,7 @@ std::vector<int32_t> bytes_of(const std::string& s) {
 }  // namespace
 
 TEST(ChatSession, RepliesEqualFreshGenerationAndOldTurnsLeaveWhenTheContextFills) {
-  const Config cfg = byte_config(160);
+  const Config cfg = test::tiny_byte_model_config(160, 16);
   Model model(cfg.model);
   Rng init(test::test_seed());
   model.init_weights(init, 0.3);

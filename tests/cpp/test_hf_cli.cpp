@@ -55,22 +55,9 @@ struct Fixture {
 Fixture& fixture() {
   static Fixture f = [] {
     Fixture f;
+    f.cfg = test::tiny_byte_model_config(96, 32);
     Config& c = f.cfg;
-    ModelConfig& m = c.model;
-    m.vocab_size = 256;
-    m.hidden_size = 32;
-    m.intermediate_size = 48;
-    m.moe_intermediate_size = 12;
-    m.num_hidden_layers = 2;
-    m.num_attention_heads = 4;
-    m.num_key_value_heads = 4;
-    m.n_shared_experts = 1;
-    m.n_routed_experts = 8;
-    m.num_experts_per_tok = 2;
-    m.first_k_dense_replace = 1;
-    m.max_position_embeddings = 96;
-    c.train.seq_len = 32;
-    validate(c, "cli");
+    const ModelConfig& m = c.model;
     f.model = std::make_unique<Model>(m);
     Rng rng(11);
     f.model->init_weights(rng, 0.3);

@@ -157,4 +157,24 @@ std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {
   return t;
 }
 
+Config tiny_byte_model_config(int64_t max_position_embeddings, int64_t seq_len) {
+  Config c;
+  ModelConfig& m = c.model;
+  m.vocab_size = 256;
+  m.hidden_size = 32;
+  m.intermediate_size = 48;
+  m.moe_intermediate_size = 12;
+  m.num_hidden_layers = 2;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 4;
+  m.n_shared_experts = 1;
+  m.n_routed_experts = 8;
+  m.num_experts_per_tok = 2;
+  m.first_k_dense_replace = 1;
+  m.max_position_embeddings = max_position_embeddings;
+  c.train.seq_len = seq_len;
+  validate(c, "tiny_byte_model_config");
+  return c;
+}
+
 }  // namespace dsmoe::test

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "model/config.h"
 
 namespace dsmoe::test {
 
@@ -48,6 +49,10 @@ void flip_tensor_byte(const std::string& path, const std::string& tensor);
 // Success iff fn throws dsmoe::Error whose message contains every needle; the failure says what was
 // thrown (or that nothing was) and which needle is missing.
 ::testing::AssertionResult error_mentions(const std::function<void()>& fn, const std::vector<std::string>& needles);
+
+// A tiny byte-level DeepSeekMoE (vocab 256, hidden 32, 2 layers: one dense, one MoE of 1 shared +
+// 8 routed experts, top-2), validated, for the inference and CLI tests.
+Config tiny_byte_model_config(int64_t max_position_embeddings, int64_t seq_len);
 
 // n token ids drawn uniformly from [0, V).
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V);
