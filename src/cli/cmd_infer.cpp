@@ -106,6 +106,20 @@ void add_sampling_options(CLI::App* c, SamplingArgs& a) {
   c->add_flag("--ignore-eos", a.ignore_eos, "do not stop at the end-of-sequence token");
 }
 
+// A TensorProgress that draws a progress line ("load 120/347 tensors"), made on the first call
+// (when the total is known).
+struct TensorProgressLine {
+  std::string label;
+  std::optional<Progress> line;
+  TensorProgress callback() {
+    return [this](int64_t done, int64_t total) {
+      if (!line) line.emplace(label, total, "tensors");
+      line->update(done);
+      if (done == total) line->finish();
+    };
+  }
+};
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -116,7 +130,8 @@ InferenceModel load_for_inference(const std::string& dir, const std::string& dty
   const double t0 = now_s();
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
-  InferenceModel im = load_inference_model(dir, type);
+  TensorProgressLine progress{"load"};
+  InferenceModel im = load_inference_model(dir, type, progress.callback());
   // Always said: which weights (and, by the caller, which tokenizer) produced the output.
   if (verbose)
     std::fprintf(stderr,
@@ -442,6 +457,8 @@ void add_infer_commands(CLI::App& app) {
       const ops::WType t = ops::parse_wtype(*type, "--type (q8 or q4)");
       ExportOptions o;
       o.max_shard_bytes = parse_size(a->shard);
+      TensorProgressLine write{"write"};
+      o.progress = write.callback();
       StagedOutput out(a->request("quantize"));
       const double t0 = now_s();
       InferenceModel im = load_for_inference(a->dir, *type);
@@ -467,8 +484,10 @@ void add_infer_commands(CLI::App& app) {
       ExportOptions o;
       o.dtype = *dtype == "bf16" ? DType::BF16 : DType::F32;
       o.max_shard_bytes = parse_size(a->shard);
+      TensorProgressLine read{"load"}, write{"write"};
+      o.progress = write.callback();
       StagedOutput out(a->request("export"));
-      LoadedModel lm = load_model_dir(a->dir);
+      LoadedModel lm = load_model_dir(a->dir, read.callback());
       // The text files come from the model folder (or --tokenizer): a folder without them could not be
       // used for text, so a model that needs a tokenizer and has none is refused here.
       const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, lm.config.model);

@@ -101,7 +101,7 @@ void Progress::update(int64_t done, const std::string& detail, bool force) {
   const int64_t run = done - base_;
   if (o_.show_rate && el > 0 && run > 0) line += fmt::format(" | {:.0f} {}/s", (double)run / el, unit_.empty() ? "it" : unit_);
   if (!detail.empty()) line += " | " + detail;
-  if (end_ > 0 && run > 0 && done < end_) line += " | ETA " + duration(el * (double)(end_ - done) / (double)run);
+  if (o_.show_eta && end_ > 0 && run > 0 && done < end_) line += " | ETA " + duration(el * (double)(end_ - done) / (double)run);
   draw(line);
 }
 

@@ -20,6 +20,7 @@ struct ProgressOptions {
   double plain_interval_s = 5;  // plain lines at most this often (forced updates excepted)
   double redraw_interval_s = 0.1;
   bool show_rate = true;        // append "N unit/s" computed from the updates
+  bool show_eta = true;         // append "ETA ..." from the rate so far
   FILE* stream = stderr;
 };
 

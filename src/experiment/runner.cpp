@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "core/error.h"
+#include "core/progress.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/params.h"
@@ -209,6 +210,10 @@ json run_suite(const Suite& s, const RunOptions& opt) {
       }
 
   double flops_done = 0, secs_training = 0;
+  ProgressOptions po;
+  po.enabled = opt.progress;
+  po.show_rate = po.show_eta = false;  // runs differ in cost: the ETA below weighs them by FLOPs
+  Progress progress("experiment", (int64_t)plan.size(), "runs", po);
   for (size_t i = 0; i < plan.size(); ++i) {
     const SuiteModel& sm = *plan[i].m;
     const uint64_t seed = plan[i].seed;
@@ -217,8 +222,8 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     const std::string dir = (fs::path(opt.out_dir) / "runs" / sm.id / fmt::format("seed-{}", seed)).string();
     const bool resume = reusable(dir, cfg);
     if (opt.progress)
-      std::fprintf(stderr, "[experiment] run %zu/%zu: %s (%s), seed %llu%s\n", i + 1, plan.size(), sm.label.c_str(),
-                   sm.id.c_str(), (unsigned long long)seed, resume ? " (reusing its checkpoint)" : "");
+      progress.message(fmt::format("[experiment] run {}/{}: {} ({}), seed {}{}", i + 1, plan.size(), sm.label, sm.id, seed,
+                                   resume ? " (reusing its checkpoint)" : ""));
     TrainOptions to;
     to.data_dir = s.data_dir;
     to.out_dir = dir;
@@ -249,12 +254,11 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     } else {
       flops_total -= plan[i].flops;
     }
-    if (opt.progress) {
-      const double eta = flops_done > 0 ? secs_training * (flops_total - flops_done) / flops_done : NAN;
-      std::fprintf(stderr, "[experiment] %s seed %llu: val loss %.4f | trained in %s | suite %s elapsed, ETA %s\n",
-                   sm.id.c_str(), (unsigned long long)seed, sum.val_loss, fmt_secs(train_s).c_str(),
-                   fmt_secs(seconds_since(t0)).c_str(), fmt_secs(eta).c_str());
-    }
+    const double eta = flops_done > 0 ? secs_training * (flops_total - flops_done) / flops_done : NAN;
+    progress.update((int64_t)i + 1,
+                    fmt::format("{} seed {}: val loss {:.4f} | trained in {} | suite {} elapsed, ETA {}", sm.id, seed,
+                                sum.val_loss, fmt_secs(train_s), fmt_secs(seconds_since(t0)), fmt_secs(eta)),
+                    /*force=*/true);
     // Partial results survive an interruption (the report can be drawn from them).
     res["wall_s"] = seconds_since(t0);
     write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));

@@ -305,7 +305,7 @@ void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::
 
 }  // namespace
 
-LoadReport load_weights_into(const std::string& dir, InferenceWeights& w) {
+LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress) {
   const ParamLayout layout(w.config());
   const std::optional<ops::WType> q = stored_quantization(dir);
   std::set<std::string> scale_names;
@@ -318,6 +318,8 @@ LoadReport load_weights_into(const std::string& dir, InferenceWeights& w) {
   LoadReport rep;
   rep.stored = q ? *q : ops::WType::F32;
   std::vector<float> tmp;
+  const int64_t total = (int64_t)layout.hf_tensors().size();
+  int64_t done = 0;
   for (const std::string& file : plan.order) {
     SafeTensorsFile f(file);  // validates the header and that every byte range lies inside the file
     std::set<std::string> mine;
@@ -337,6 +339,7 @@ LoadReport load_weights_into(const std::string& dir, InferenceWeights& w) {
       if (!f.has(t->name) && plan.kind == ModelDirKind::HfSharded)
         fail("{}: missing tensor '{}' (shape {}) that the index maps to this shard", file, t->name, shape_str(t->shape));
       fill_tensor(f, *t, w.slot_at(t->offset), q, rep, tmp);
+      if (progress) progress(++done, total);
     }
     rep.files++;
   }
@@ -348,7 +351,8 @@ LoadReport load_hf_weights(const std::string& dir, Model& model) {
   return load_weights_into(dir, w);
 }
 
-InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type) {
+InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type,
+                                    const TensorProgress& progress) {
   InferenceModel im;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   im.config = load_hf_config(dir);
@@ -367,16 +371,17 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<ops::W
         }
   }
   im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t));
-  im.report = load_weights_into(dir, *im.weights);
+  im.report = load_weights_into(dir, *im.weights, progress);
   return im;
 }
 
-LoadedModel load_model_dir(const std::string& dir) {
+LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress) {
   LoadedModel lm;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   lm.config = load_hf_config(dir);
   lm.model = std::make_unique<Model>(lm.config.model);
-  lm.report = load_hf_weights(dir, *lm.model);
+  InferenceWeights view = InferenceWeights::view(*lm.model);
+  lm.report = load_weights_into(dir, view, progress);
   return lm;
 }
 
@@ -398,7 +403,8 @@ struct OutTensor {
 
 // Writes `ts` in order as model.safetensors, or as shards of at most max_shard_bytes of tensor
 // data + model.safetensors.index.json. Returns the number of shard files.
-int64_t write_tensor_files(const std::string& dir, const std::vector<OutTensor>& ts, int64_t max_shard_bytes) {
+int64_t write_tensor_files(const std::string& dir, const std::vector<OutTensor>& ts, int64_t max_shard_bytes,
+                           const TensorProgress& progress) {
   std::vector<std::vector<const OutTensor*>> shards(1);
   int64_t cur = 0, total = 0;
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -415,6 +421,7 @@ int64_t write_tensor_files(const std::string& dir, const std::vector<OutTensor>&
   const int64_t n = (int64_t)shards.size();
   json wm = json::object();
   std::vector<uint8_t> buf;
+  int64_t written = 0;
   for (int64_t s = 0; s < n; ++s) {
     const std::string name = n == 1 ? std::string(kSingle) : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, n);
     SafeTensorsWriter w;
@@ -425,6 +432,7 @@ int64_t write_tensor_files(const std::string& dir, const std::vector<OutTensor>&
       DSMOE_ASSERT((int64_t)buf.size() == t->nbytes(), "tensor {}: {} bytes for {}", t->name, buf.size(), t->nbytes());
       w.add(t->name, t->dtype, t->shape, buf.data());
       wm[t->name] = name;
+      if (progress) progress(++written, (int64_t)ts.size());
     }
     w.write(join(dir, name));
   }
@@ -484,7 +492,7 @@ int64_t export_hf(const std::string& dir, const Config& cfg, const Model& model,
                       }
                     }
                   }});
-  return write_tensor_files(dir, ts, o.max_shard_bytes);
+  return write_tensor_files(dir, ts, o.max_shard_bytes, o.progress);
 }
 
 int64_t write_quantized(const std::string& dir, const Config& cfg, const InferenceWeights& w, const ExportOptions& o) {
@@ -526,7 +534,7 @@ int64_t write_quantized(const std::string& dir, const Config& cfg, const Inferen
       ts.push_back({t.name, q == ops::WType::Q8 ? DType::I8 : DType::U8, {rows, m.row_bytes()}, copy(m.data, data_bytes)});
       ts.push_back({t.name + kScaleSuffix, DType::BF16, {rows, m.blocks()}, copy(m.scales, rows * m.blocks() * 2), true});
     }
-    return write_tensor_files(out.string(), ts, o.max_shard_bytes);
+    return write_tensor_files(out.string(), ts, o.max_shard_bytes, o.progress);
   }
 }
 

@@ -31,6 +31,7 @@
 // naming the file, the tensor and what was expected.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,9 @@ namespace dsmoe {
 // DIR/config.json of a HF checkpoint (or a dsmoe run folder). Refuses a model_type other than
 // "deepseek" and an `architectures` list without "DeepseekForCausalLM", naming the file and key.
 Config load_hf_config(const std::string& dir);
+
+// Called after each tensor read or written: (tensors done, tensors in all), for progress.
+using TensorProgress = std::function<void(int64_t, int64_t)>;
 
 // What a model folder holds.
 enum class ModelDirKind { HfSingle, HfSharded, DsmoeRun };
@@ -67,7 +71,7 @@ std::optional<ops::WType> stored_quantization(const std::string& dir);
 
 // Loads the weights of DIR into `w` (built for the folder's config), converting every tensor into
 // the storage of its slot. Plain or quantized folders; all checks above.
-LoadReport load_weights_into(const std::string& dir, InferenceWeights& w);
+LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress = {});
 
 // Loads the weights of DIR into `model` (whose config must be the folder's), fp32 (a quantized
 // folder is dequantized). All checks above.
@@ -79,7 +83,7 @@ struct LoadedModel {
   std::unique_ptr<Model> model;
   LoadReport report;
 };
-LoadedModel load_model_dir(const std::string& dir);
+LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress = {});
 
 // A model for inference, weights in the storage `type`; none = the folder's own: a quantized folder
 // its q8 / q4, a BF16 checkpoint bf16 (a plain copy), anything else f32.
@@ -88,11 +92,13 @@ struct InferenceModel {
   std::unique_ptr<InferenceWeights> weights;
   LoadReport report;
 };
-InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type = std::nullopt);
+InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type = std::nullopt,
+                                    const TensorProgress& progress = {});
 
 struct ExportOptions {
   DType dtype = DType::F32;                       // F32, BF16 or F16 (F16 not yet: F32 / BF16)
   int64_t max_shard_bytes = 2LL * 1024 * 1024 * 1024;  // a shard holds at most this many tensor bytes
+  TensorProgress progress;                        // after each tensor written
 };
 // Writes the weights and config of a HF checkpoint the official modeling code loads into DIR
 // (created): config.json (HF keys, dsmoe's own keys kept for an exact reload, no "training"),
