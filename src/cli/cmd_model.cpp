@@ -303,6 +303,8 @@ void add_model_commands(CLI::App& app) {
       Config config = load_checkpoint_config(*dir);
       Model model(config.model);
       load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite);
+      std::fprintf(stderr, "dsmoe: loaded %s: %lld parameters (f32 weights)\n", dir->c_str(),
+                   (long long)model.layout().total());
       model.set_routing_override(*ovr);
       RoutingStats stats;
       if (!stats_file->empty()) {

@@ -12,6 +12,7 @@
 
 
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "core/error.h"
 #include "tokenizer/bpe_trainer.h"
 #include "tokenizer/tokenizer.h"
@@ -97,9 +98,10 @@ void add_tokenizer_commands(CLI::App& app) {
     cmd->add_flag("--jsonl", o->jsonl, "each input line is a JSON string (newlines inside a text survive)");
     cmd->add_flag("--tokens", o->tokens, "print token strings instead of ids");
     cmd->add_flag("--special", o->special, "add special tokens (BOS/EOS) as the post-processor says");
-    cmd->add_option("--threads", o->threads, "encoding threads (0: all cores)");
+    cmd->add_option("--threads", o->threads, "encoding threads (0: all cores)")->check(int_in(0, 4096));
     cmd->add_option("--bench", o->bench,
-                    "time N encodings of all inputs (best run) and print {\"mb_per_s\": ...} instead of ids");
+                    "time N encodings of all inputs (best run) and print {\"mb_per_s\": ...} instead of ids")
+        ->check(int_in(0, 1000000));
     cmd->add_option("inputs", o->inputs, "input files (default: stdin); plain text is one input per line");
     cmd->callback([o] {
       auto tok = tok::Tokenizer::load(o->tokenizer, o->config, !o->no_config);
@@ -200,7 +202,8 @@ void add_tokenizer_commands(CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--vocab-size", o->vocab_size, "ids in the vocabulary (bytes + special tokens + merges)")
-        ->required();
+        ->required()
+        ->check(int_in(256, 1 << 24));
     cmd->add_option("--out", o->out, "the tokenizer.json to write")->required();
     cmd->add_option("corpus", o->corpus, "corpus files (each file is one text; see --jsonl, --brown)")->required();
     cmd->add_flag("--jsonl", o->jsonl, "corpus files hold one JSON string (or {\"text\": ...}) per line");
@@ -208,9 +211,10 @@ void add_tokenizer_commands(CLI::App& app) {
     cmd->add_option("--special", o->special,
                     "special tokens, first ids in order (default: <|begin_of_text|> <|end_of_text|>)");
     cmd->add_flag("--no-bos", o->no_bos, "no BOS post-processor (default: the first special token is BOS)");
-    cmd->add_option("--min-frequency", o->min_frequency, "never merge a pair seen fewer times");
+    cmd->add_option("--min-frequency", o->min_frequency, "never merge a pair seen fewer times")
+        ->check(int_in(1, int64_t(1) << 40));
     cmd->add_option("--pattern", o->pattern, "pre-tokenizer split regex (default: GPT-4 / Llama 3 style)");
-    cmd->add_option("--threads", o->threads, "word counting threads (0: all cores)");
+    cmd->add_option("--threads", o->threads, "word counting threads (0: all cores)")->check(int_in(0, 4096));
     cmd->callback([o] {
       std::vector<std::string> texts;
       for (const auto& path : o->corpus) {
