@@ -217,7 +217,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
   for (size_t i = 0; i < plan.size(); ++i) {
     const SuiteModel& sm = *plan[i].m;
     const uint64_t seed = plan[i].seed;
-    Config cfg = sm.config;
+    Config cfg = config_for_data(sm.config, train_data);  // what the run folder's config.json holds
     cfg.train.seed = seed;
     const std::string dir = (fs::path(opt.out_dir) / "runs" / sm.id / fmt::format("seed-{}", seed)).string();
     const bool resume = reusable(dir, cfg);

@@ -136,14 +136,16 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
   return r;
 }
 
+Config config_for_data(Config cfg, const TokenSplit& data) {
+  if (data.bos_id >= 0) cfg.model.bos_token_id = data.bos_id;
+  if (data.eos_id >= 0) cfg.model.eos_token_id = data.eos_id;
+  return cfg;
+}
+
 TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   TokenSplit train_data = load_split(opt.data_dir, "train", cfg_in.model.vocab_size);
   TokenSplit val_data = load_split(opt.data_dir, "val", cfg_in.model.vocab_size);
-  Config cfg = cfg_in;
-  // The run's config.json names the token ids the data marks documents with (config.h keeps the HF
-  // defaults otherwise), so that inference on the run folder uses the same BOS/EOS.
-  if (train_data.bos_id >= 0) cfg.model.bos_token_id = train_data.bos_id;
-  if (train_data.eos_id >= 0) cfg.model.eos_token_id = train_data.eos_id;
+  const Config cfg = config_for_data(cfg_in, train_data);
   const TrainConfig& tc = cfg.train;
   const ModelConfig& mc = cfg.model;
   if (train_data.vocab_size > mc.vocab_size)

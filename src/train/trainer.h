@@ -62,6 +62,10 @@ struct TrainSummary {
 
 TrainSummary train(const Config& cfg, const TrainOptions& opt);
 
+// The config a run on `data` saves: bos_token_id / eos_token_id become the ids the data marks
+// documents with (when it has them), so that inference on the run folder uses the same ones.
+Config config_for_data(Config cfg, const TokenSplit& data);
+
 // Mean validation LM loss over the config's fixed evaluation windows. on_batch(i) after batch i
 // (0-based), for progress.
 double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
