@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "io/safetensors.h"
 
 namespace dsmoe::test {
 
@@ -33,6 +34,13 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
     return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs expected " << want.size();
   return all_close(what, got.data(), want.data(), (int64_t)got.size(), shape, atol, rtol);
 }
+
+// Element-wise |got - want| <= tol[i] (a tolerance derived per element); the same report.
+::testing::AssertionResult all_close_each(const std::string& what, const float* got, const float* want,
+                                          const double* tol, int64_t n, const std::vector<int64_t>& shape);
+
+// The values of an F64 tensor of an oracle file (read_f32 would round them to fp32).
+std::vector<double> read_f64(const SafeTensorsFile& f, const std::string& name);
 
 std::string source_dir();
 
