@@ -28,7 +28,10 @@ uint64_t test_seed() {
 
 std::string tmp_path(const std::string& name) {
   namespace fs = std::filesystem;
-  fs::path dir = fs::path(DSMOE_TEST_TMP);
+  // $DSMOE_TEST_TMP overrides the build tree's folder: CTest gives each thread-count registration of
+  // an executable its own (tests/CMakeLists.txt), so the copies running side by side never share a file.
+  const char* env = std::getenv("DSMOE_TEST_TMP");
+  fs::path dir = fs::path(env && *env ? env : DSMOE_TEST_TMP);
   fs::create_directories(dir);
   return (dir / name).string();
 }

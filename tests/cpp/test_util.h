@@ -16,7 +16,7 @@ namespace dsmoe::test {
 // Printed so a failure can be replayed with DSMOE_TEST_SEED=<seed>.
 uint64_t test_seed();
 
-// A fresh scratch path under the build tree's test folder.
+// A fresh scratch path under the build tree's test folder ($DSMOE_TEST_TMP when set).
 std::string tmp_path(const std::string& name);
 
 // Runs `/usr/bin/python3 tests/oracle/<script> args...` (the interpreter that sees Debian's torch;
