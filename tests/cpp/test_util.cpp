@@ -28,10 +28,10 @@ uint64_t test_seed() {
 
 std::string tmp_path(const std::string& name) {
   namespace fs = std::filesystem;
-  // $DSMOE_TEST_TMP overrides the build tree's folder: CTest gives each thread-count registration of
-  // an executable its own (tests/CMakeLists.txt), so the copies running side by side never share a file.
-  const char* env = std::getenv("DSMOE_TEST_TMP");
-  fs::path dir = fs::path(env && *env ? env : DSMOE_TEST_TMP);
+  // One folder per $OMP_NUM_THREADS: CTest registers the numerical executables at 1, 2 and 3 threads
+  // (tests/CMakeLists.txt) and may run the copies of a test side by side; they must never share a file.
+  fs::path dir = fs::path(DSMOE_TEST_TMP);
+  if (const char* t = std::getenv("OMP_NUM_THREADS"); t && *t) dir /= std::string("threads") + t;
   fs::create_directories(dir);
   return (dir / name).string();
 }

@@ -16,7 +16,7 @@ namespace dsmoe::test {
 // Printed so a failure can be replayed with DSMOE_TEST_SEED=<seed>.
 uint64_t test_seed();
 
-// A fresh scratch path under the build tree's test folder ($DSMOE_TEST_TMP when set).
+// A fresh scratch path under the build tree's test folder (a subfolder per $OMP_NUM_THREADS).
 std::string tmp_path(const std::string& name);
 
 // Runs `/usr/bin/python3 tests/oracle/<script> args...` (the interpreter that sees Debian's torch;
