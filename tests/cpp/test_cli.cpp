@@ -442,7 +442,10 @@ TEST(CliTest, TrainWritesMetricsEvalPrintsJsonGreedyGenerateIsDeterministic) {
     EXPECT_GT(r["tokens_per_s"].get<double>(), 0);
     EXPECT_GE(r["max_load"].get<double>(), 1.0) << "max/mean load is at least 1";
   }
-  // Warmup 1 then the step schedule over 4 steps: 3e-3, 3e-3, 3e-3, then x0.316 after 80%.
+  // Warmup 1 then the step schedule over 4 steps: 3e-3, 3e-3, 3e-3, then x0.316 after 80%. The rule is
+  // the paper's (shared/reference/deepseekmoe.md section 4: linear warmup, then x0.316 at
+  // 80% and again at 90% of the steps); "at 80%" as "steps s > round(0.8 * steps)" is dsmoe's own
+  // reading (model/config.cpp learning_rate; model_oracle.py lr_at restates it).
   EXPECT_DOUBLE_EQ(rows[0]["lr"].get<double>(), 3e-3);
   EXPECT_DOUBLE_EQ(rows[3]["lr"].get<double>(), 3e-3 * 0.316);
 

@@ -34,14 +34,6 @@ double max_abs(const std::vector<double>& v) {
   return m;
 }
 
-std::vector<double> read_f64(const SafeTensorsFile& f, const std::string& name) {
-  const auto& t = f.get(name);
-  EXPECT_EQ(t.dtype, DType::F64) << name;
-  std::vector<double> v(t.numel());
-  std::memcpy(v.data(), t.data, t.nbytes);
-  return v;
-}
-
 struct OracleOutputs {
   std::vector<std::vector<int32_t>> prompts, greedy;
   std::vector<std::vector<double>> logprob, logits;
@@ -54,8 +46,8 @@ OracleOutputs read_outputs(const std::string& path, int64_t n_prompts) {
     const std::string s = std::to_string(i);
     o.prompts.push_back(f.read_i32("prompt." + s));
     o.greedy.push_back(f.read_i32("greedy." + s));
-    o.logprob.push_back(read_f64(f, "logprob." + s));
-    o.logits.push_back(read_f64(f, "logits." + s));
+    o.logprob.push_back(test::read_f64(f, "logprob." + s));
+    o.logits.push_back(test::read_f64(f, "logits." + s));
   }
   return o;
 }

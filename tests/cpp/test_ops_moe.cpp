@@ -145,6 +145,8 @@ TEST(MoeOps, TopKMatchesTorch) {
   EXPECT_EQ(vals, vals_want);
 }
 
+// torch.topk does not specify the order of ties; lower expert id first is dsmoe's own deterministic
+// rule (ops/router.h), not the official code's.
 TEST(MoeOps, TopKTiesLowerIdFirst) {
   const int64_t E = 6, k = 4, n = 5;
   const std::vector<float> probs = {
@@ -269,6 +271,12 @@ TEST(MoeOps, GateNormIgnoresAllZeroRow) {
   EXPECT_TRUE(std::isfinite(dvals[0]) && std::isfinite(dvals[1]));
 }
 
+// A golden of dsmoe's own rule, not of the paper's: DeepSeekMoE's Table 1 baseline "Hash Layer"
+// (Roller et al. 2021; shared/reference/deepseekmoe.md section 4) routes each token top-1 by a
+// fixed hash of its id, gate 1, but neither the paper nor the official modeling code fixes the hash.
+// dsmoe's (ops/router.h: "stable across versions: checkpoints depend on it") is the 32-bit
+// "lowbias32" integer mix (x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b;
+// x ^= x >> 16) of the id as uint32, mod E; moe_ops.py and model_ref.py restate it independently.
 TEST(MoeOps, HashRoute) {
   auto f = oracle("hash");
   ASSERT_TRUE(f);
@@ -304,6 +312,10 @@ TEST(MoeOps, DispatchPlanHandBuilt) {
   EXPECT_EQ(p.slot_row[5], 7);
 }
 
+// The capacity rule: the official DeepSeekMoE is dropless (reference section 1); dropping is the
+// GShard/Switch-era option, and DeepSeek-V2 "drops the lowest-affinity tokens" (same section). The
+// order among EQUAL affinities is dsmoe's own rule (ops/dispatch.h: lower token index first, then
+// lower slot), chosen to be deterministic; moe_ops.py's capacity_reference restates it by sorting.
 TEST(MoeOps, CapacityMask) {
   auto f = oracle("capacity");
   ASSERT_TRUE(f);

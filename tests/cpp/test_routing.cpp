@@ -55,13 +55,6 @@ double scalar64(const SafeTensorsFile& f, const std::string& name) {
   return v;
 }
 
-std::vector<double> read_f64(const SafeTensorsFile& f, const std::string& name, size_t n) {
-  const auto& t = f.get(name);
-  std::vector<double> v(n);
-  std::memcpy(v.data(), t.data, n * 8);
-  return v;
-}
-
 struct OracleCase {
   std::string name;       // test name
   std::string config;     // tests/oracle/configs/<config>.json
@@ -167,7 +160,7 @@ TEST_P(RoutingOverrideVsTorch, LogitsLossAndRoutingStatistics) {
       // relative error of a few u (~1e-7) of |p ln p| <= 0.37, summed over E * N terms.
       if (m.router_type == RouterType::SoftmaxTopK) {
         ASSERT_TRUE(s.has_entropy);
-        auto sc = read_f64(f, p + "route.scores." + std::to_string(l), N * E);
+        auto sc = test::read_f64(f, p + "route.scores." + std::to_string(l));
         double h = 0;
         for (double q : sc)
           if (q > 0) h -= q * std::log(q);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -30,7 +31,10 @@ uint64_t test_seed() {
 
 std::string tmp_path(const std::string& name) {
   namespace fs = std::filesystem;
+  // One folder per $OMP_NUM_THREADS: CTest registers the numerical executables at 1, 2 and 3 threads
+  // (tests/CMakeLists.txt) and may run the copies of a test side by side; they must never share a file.
   fs::path dir = fs::path(DSMOE_TEST_TMP);
+  if (const char* t = std::getenv("OMP_NUM_THREADS"); t && *t) dir /= std::string("threads") + t;
   fs::create_directories(dir);
   return (dir / name).string();
 }
@@ -76,8 +80,10 @@ static std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-::testing::AssertionResult all_close(const std::string& what, const float* got, const float* want, int64_t n,
-                                     const std::vector<int64_t>& shape, double atol, double rtol) {
+// Shared by all_close and all_close_each: tol(i) is element i's allowed |got - want|.
+template <class Tol>
+static ::testing::AssertionResult close_with(const std::string& what, const float* got, const float* want, int64_t n,
+                                             const std::vector<int64_t>& shape, const Tol& tol, const std::string& tol_desc) {
   int64_t bad = 0, worst = -1;
   double worst_excess = 0, max_abs = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -85,7 +91,7 @@ static std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
     double err = std::fabs(g - w);
     if (!std::isfinite(g) || !std::isfinite(w)) err = (std::isnan(g) && std::isnan(w)) ? 0 : INFINITY;
     max_abs = std::max(max_abs, err);
-    double excess = err - (atol + rtol * std::fabs(w));
+    double excess = err - tol(i);
     if (excess > 0) {
       ++bad;
       if (worst < 0 || excess > worst_excess) { worst = i; worst_excess = excess; }
@@ -94,10 +100,24 @@ static std::string index_str(int64_t flat, const std::vector<int64_t>& shape) {
   if (bad == 0) return ::testing::AssertionSuccess();
   std::ostringstream os;
   os.precision(9);
-  os << what << ": " << bad << " of " << n << " elements differ (atol " << atol << ", rtol " << rtol
-     << "); worst at " << index_str(worst, shape) << ": got " << got[worst] << ", expected " << want[worst]
-     << "; max abs error " << max_abs;
+  os << what << ": " << bad << " of " << n << " elements differ (" << tol_desc << "); worst at " << index_str(worst, shape)
+     << ": got " << got[worst] << ", expected " << want[worst] << ", error " << std::fabs((double)got[worst] - want[worst])
+     << " > tolerance " << tol(worst) << "; max abs error " << max_abs;
   return ::testing::AssertionFailure() << os.str();
+}
+
+::testing::AssertionResult all_close(const std::string& what, const float* got, const float* want, int64_t n,
+                                     const std::vector<int64_t>& shape, double atol, double rtol) {
+  std::ostringstream d;
+  d.precision(9);
+  d << "atol " << atol << ", rtol " << rtol;
+  return close_with(what, got, want, n, shape, [&](int64_t i) { return atol + rtol * std::fabs((double)want[i]); },
+                    d.str());
+}
+
+::testing::AssertionResult all_close_each(const std::string& what, const float* got, const float* want,
+                                          const double* tol, int64_t n, const std::vector<int64_t>& shape) {
+  return close_with(what, got, want, n, shape, [&](int64_t i) { return tol[i]; }, "per-element tolerance");
 }
 
 std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens) {
@@ -149,6 +169,14 @@ void flip_tensor_byte(const std::string& path, const std::string& tensor) {
   }
   return ::testing::AssertionFailure() << "no error thrown (expected one mentioning '"
                                        << (needles.empty() ? std::string() : needles[0]) << "')";
+}
+
+std::vector<double> read_f64(const SafeTensorsFile& f, const std::string& name) {
+  const auto& t = f.get(name);
+  EXPECT_EQ(t.dtype, DType::F64) << name;
+  std::vector<double> v(t.dtype == DType::F64 ? t.numel() : 0);
+  std::memcpy(v.data(), t.data, v.size() * 8);
+  return v;
 }
 
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V) {

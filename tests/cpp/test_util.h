@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "model/config.h"
 
 namespace dsmoe::test {
@@ -17,7 +18,7 @@ namespace dsmoe::test {
 // Printed so a failure can be replayed with DSMOE_TEST_SEED=<seed>.
 uint64_t test_seed();
 
-// A fresh scratch path under the build tree's test folder.
+// A fresh scratch path under the build tree's test folder (a subfolder per $OMP_NUM_THREADS).
 std::string tmp_path(const std::string& name);
 
 // Runs `/usr/bin/python3 tests/oracle/<script> args...` (the interpreter that sees Debian's torch;
@@ -39,6 +40,13 @@ inline ::testing::AssertionResult all_close(const std::string& what, const std::
     return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs expected " << want.size();
   return all_close(what, got.data(), want.data(), (int64_t)got.size(), shape, atol, rtol);
 }
+
+// Element-wise |got - want| <= tol[i] (a tolerance derived per element); the same report.
+::testing::AssertionResult all_close_each(const std::string& what, const float* got, const float* want,
+                                          const double* tol, int64_t n, const std::vector<int64_t>& shape);
+
+// The values of an F64 tensor of an oracle file (read_f32 would round them to fp32).
+std::vector<double> read_f64(const SafeTensorsFile& f, const std::string& name);
 
 std::string source_dir();
 
