@@ -3,6 +3,7 @@
 // chat (stdin), and export (run folder / HF folder -> HF folder). Outputs are checked against the
 // library (the library itself is checked against the PyTorch reference in test_hf_oracle.cpp).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -25,6 +26,12 @@ using json = nlohmann::json;
 
 namespace {
 
+// Scratch paths of this process: ctest runs each test of this file as its own process, side by
+// side, and a shared name let one test's fixture remove the folder another was reading.
+std::string local_path(const std::string& name) {
+  return test::tmp_path("hf_cli_" + std::to_string(getpid()) + "_" + name);
+}
+
 struct Out {
   int rc;
   std::string out, err;
@@ -32,7 +39,7 @@ struct Out {
 
 Out run(const std::string& args, const std::string& stdin_text = "") {
   static int k = 0;
-  const std::string base = test::tmp_path("hf_cli_" + std::to_string(k++));
+  const std::string base = local_path("" + std::to_string(k++));
   std::string cmd = std::string(DSMOE_BINARY) + " " + args + " > " + base + ".out 2> " + base + ".err";
   if (!stdin_text.empty()) {
     write_file_atomic(base + ".in", stdin_text);
@@ -61,8 +68,8 @@ Fixture& fixture() {
     f.model = std::make_unique<Model>(m);
     Rng rng(11);
     f.model->init_weights(rng, 0.3);
-    f.run_dir = test::tmp_path("hf_cli_run");
-    f.hf_dir = test::tmp_path("hf_cli_hf");
+    f.run_dir = local_path("run");
+    f.hf_dir = local_path("hf");
     fs::remove_all(f.run_dir);
     fs::remove_all(f.hf_dir);
     save_checkpoint(f.run_dir, c, *f.model, nullptr, TrainState{});
@@ -123,7 +130,7 @@ TEST(HfCli, ExportThenGenerateScoreAndChat) {
   }
 
   // score --ids-jsonl: per-token log-probs equal score_tokens; mean NLL and perplexity.
-  const std::string ids = test::tmp_path("hf_cli_ids.jsonl");
+  const std::string ids = local_path("ids.jsonl");
   write_file_atomic(ids, "[72, 101, 108, 108, 111, 32, 119]\n\n[1, 2, 3]\n");
   Out sc = run("score --model " + f.hf_dir + " --ids-jsonl " + ids);
   ASSERT_EQ(sc.rc, 0) << sc.err;
@@ -140,7 +147,7 @@ TEST(HfCli, ExportThenGenerateScoreAndChat) {
   EXPECT_NEAR(js["mean_nll"].get<double>(), -sum / 8, 1e-12);
   EXPECT_NEAR(js["perplexity"].get<double>(), std::exp(-sum / 8), 1e-9 * std::exp(-sum / 8));
   // score --text-file with the byte codec: the bytes are the ids.
-  const std::string txt = test::tmp_path("hf_cli_text.txt");
+  const std::string txt = local_path("text.txt");
   write_file_atomic(txt, "Hello w");
   Out st = run("score --model " + f.hf_dir + " --text-file " + txt + " --ctx 4");
   ASSERT_EQ(st.rc, 0) << st.err;
@@ -185,7 +192,7 @@ TEST(HfCli, ErrorsAreReported) {
   Out b = run("score --model " + f.run_dir);
   EXPECT_EQ(b.rc, 2);  // a usage error
   EXPECT_NE(b.err.find("exactly one of --text-file or --ids-jsonl"), std::string::npos) << b.err;
-  Out c = run("export --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_x") + " --dtype f8");
+  Out c = run("export --model " + f.run_dir + " --out " + local_path("x") + " --dtype f8");
   EXPECT_EQ(c.rc, 2);
   EXPECT_NE(c.err.find("--dtype: f8 not in {f32,bf16}"), std::string::npos) << c.err;
 }
@@ -202,13 +209,13 @@ TEST(HfCli, QuantizeThenScoreEqualsQuantizeOnLoad) {
     return all;
   };
   const std::string before = digest(f.run_dir);
-  const std::string ids = test::tmp_path("hf_cli_q_ids.jsonl");
+  const std::string ids = local_path("q_ids.jsonl");
   write_file_atomic(ids, "[72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]\n");
   Out ref = run("score --model " + f.run_dir + " --ids-jsonl " + ids);
   ASSERT_EQ(ref.rc, 0) << ref.err;
   const double nll_f32 = json::parse(ref.out)["mean_nll"].get<double>();
   for (const std::string type : {"q8", "q4"}) {
-    const std::string out = test::tmp_path("hf_cli_quant_" + type);
+    const std::string out = local_path("quant_" + type);
     fs::remove_all(out);
     Out q = run("quantize --model " + f.run_dir + " --out " + out + " --type " + type);
     ASSERT_EQ(q.rc, 0) << q.err;
@@ -231,10 +238,10 @@ TEST(HfCli, QuantizeThenScoreEqualsQuantizeOnLoad) {
   Out same = run("quantize --model " + f.run_dir + " --out " + f.run_dir + " --type q8");
   EXPECT_EQ(same.rc, 2);
   EXPECT_NE(same.err.find("would replace the input"), std::string::npos) << same.err;
-  Out bad = run("quantize --model " + f.run_dir + " --out " + test::tmp_path("hf_cli_q5") + " --type q5");
+  Out bad = run("quantize --model " + f.run_dir + " --out " + local_path("q5") + " --type q5");
   EXPECT_EQ(bad.rc, 2);
   EXPECT_NE(bad.err.find("q5"), std::string::npos) << bad.err;
-  EXPECT_FALSE(fs::exists(test::tmp_path("hf_cli_q5")));
+  EXPECT_FALSE(fs::exists(local_path("q5")));
   EXPECT_EQ(digest(f.run_dir), before);
 }
 
