@@ -109,12 +109,11 @@ struct Reply {
   std::string raw, retry_after;
 };
 
-Reply post(const Server& s, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
-  auto c = s.client();
-  auto r = c->Post(path.c_str(), h, body, "application/json");
+// The reply to `what` ("POST /v1/completions"); a request that got no response is a failure.
+Reply reply(const httplib::Result& r, const std::string& what) {
   Reply out;
   if (!r) {
-    ADD_FAILURE() << "POST " << path << ": no response (" << httplib::to_string(r.error()) << ")";
+    ADD_FAILURE() << what << ": no response (" << httplib::to_string(r.error()) << ")";
     return out;
   }
   out.status = r->status;
@@ -124,18 +123,12 @@ Reply post(const Server& s, const std::string& path, const std::string& body, co
   return out;
 }
 
+Reply post(const Server& s, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
+  return reply(s.client()->Post(path.c_str(), h, body, "application/json"), "POST " + path);
+}
+
 Reply get(const Server& s, const std::string& path, const httplib::Headers& h = {}) {
-  auto c = s.client();
-  auto r = c->Get(path.c_str(), h);
-  Reply out;
-  if (!r) {
-    ADD_FAILURE() << "GET " << path << ": no response (" << httplib::to_string(r.error()) << ")";
-    return out;
-  }
-  out.status = r->status;
-  out.raw = r->body;
-  out.body = json::parse(r->body, nullptr, false);
-  return out;
+  return reply(s.client()->Get(path.c_str(), h), "GET " + path);
 }
 
 // A streamed request: the data: payloads in order. stop_after > 0: the client closes the connection
