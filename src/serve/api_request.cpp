@@ -125,6 +125,14 @@ ApiRequest parse_api_request(const std::string& body, bool chat) {
     if (!v->is_boolean()) bad("stream", fmt::format("'stream' must be a boolean, got {}", v->dump()));
     r.stream = v->get<bool>();
   }
+  if (const json* v = field(j, "stream_options")) {
+    if (!v->is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (const json* u = field(*v, "include_usage")) {
+      if (!u->is_boolean())
+        bad("stream_options.include_usage", fmt::format("'stream_options.include_usage' must be a boolean, got {}", u->dump()));
+      r.include_usage = u->get<bool>();
+    }
+  }
   if (const json* v = field(j, "n"))
     if (int_field(*v, "n", 1) != 1) bad("n", fmt::format("'n' is {}: only n = 1 is supported", v->dump()));
   return r;

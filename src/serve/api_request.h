@@ -37,6 +37,7 @@ struct ApiRequest {
   std::optional<uint64_t> seed;       // absent: a random seed
   std::vector<std::string> stop;      // at most 4, none empty
   bool stream = false;
+  bool include_usage = false;         // stream_options.include_usage: a last chunk with the usage
 };
 
 // body: the raw request body. chat selects which of prompt / messages is required.

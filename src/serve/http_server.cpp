@@ -45,8 +45,13 @@ json choice_piece(bool chat, const std::string& text, bool first) {
 struct StreamState {
   std::shared_ptr<Job> job;
   json head;  // id, object, created, model
-  bool chat = false, first = true;
+  bool chat = false, include_usage = false, first = true;
 };
+
+json usage(const Job& job) {
+  return {{"prompt_tokens", job.prompt_tokens()}, {"completion_tokens", job.completion_tokens()},
+          {"total_tokens", job.prompt_tokens() + job.completion_tokens()}};
+}
 
 }  // namespace
 
@@ -191,11 +196,10 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     else choice["text"] = text;
     json body = head;
     body["choices"] = json::array({choice});
-    body["usage"] = {{"prompt_tokens", job->prompt_tokens()}, {"completion_tokens", job->completion_tokens()},
-                     {"total_tokens", job->prompt_tokens() + job->completion_tokens()}};
+    body["usage"] = usage(*job);
     return send_json(res, 200, body);
   }
-  auto st = std::make_shared<StreamState>(StreamState{job, head, chat, true});
+  auto st = std::make_shared<StreamState>(StreamState{job, head, chat, a.include_usage, true});
   res.set_header("Cache-Control", "no-cache");
   streams_++;
   res.set_chunked_content_provider(
@@ -228,6 +232,12 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           if (st->chat) last["delta"] = json::object();
           last["finish_reason"] = finish_reason(st->job->end());
           if (!send(with_choice(last))) return false;
+          if (st->include_usage) {  // as OpenAI: one more chunk, no choices, the request's usage
+            json u = st->head;
+            u["choices"] = json::array();
+            u["usage"] = usage(*st->job);
+            if (!send(u)) return false;
+          }
         }
         const std::string end = "data: [DONE]\n\n";
         if (!sink.write(end.data(), end.size())) return false;

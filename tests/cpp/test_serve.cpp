@@ -253,6 +253,13 @@ TEST(Serve, StreamingEqualsNonStreaming) {
     EXPECT_EQ(streamed, chat ? ch["message"]["content"].get<std::string>() : ch["text"].get<std::string>())
         << (chat ? "chat" : "completion");
     EXPECT_EQ(finish, ch["finish_reason"]);
+    // stream_options.include_usage: one more chunk before [DONE], no choices, the same usage.
+    body["stream_options"] = {{"include_usage", true}};
+    const std::vector<std::string> events = post_stream(s, path, body);
+    ASSERT_GE(events.size(), 3u);
+    const json u = json::parse(events[events.size() - 2], nullptr, false);
+    EXPECT_EQ(u["usage"], whole.body["usage"]) << events[events.size() - 2];
+    EXPECT_TRUE(u["choices"].is_array() && u["choices"].empty()) << events[events.size() - 2];
   }
 }
 
@@ -330,6 +337,8 @@ TEST(Serve, BadRequestsNameTheParam) {
       {C, R"({"prompt": "hi", "stop": 3})", 400, "stop"},
       {C, R"({"prompt": "hi", "stream": "yes"})", 400, "stream"},
       {C, R"({"prompt": "hi", "n": 2})", 400, "n"},
+      {C, R"({"prompt": "hi", "stream": true, "stream_options": {"include_usage": 1}})", 400,
+       "stream_options.include_usage"},
       {C, json({{"prompt", std::string(100, 'a')}}).dump(), 400, "prompt"},
       {C, R"({"prompt": "hi", "model": "gpt-4"})", 404, "model"},
       {K, R"({"messages": []})", 400, "messages"},
