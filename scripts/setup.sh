@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev                               # Unicode normalisation (NFC/NFKC) for tokenizer normalizers
   libxxhash-dev                            # XXH3-64 checksums of the tensors in dsmoe's safetensors files
+  libcpp-httplib-dev                       # the HTTP server of `dsmoe serve` (and the tests' client)
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
   python3-jinja2                           # the chat-template oracle (tests/oracle/render_chat_template.py)
 )

@@ -9,5 +9,6 @@ void add_tokenizer_commands(CLI::App& app);  // cmd_tokenizer.cpp: tokenize, det
 void add_infer_commands(CLI::App& app);      // cmd_infer.cpp: generate, chat, score, export, quantize
 void add_plot_commands(CLI::App& app);       // cmd_plot.cpp: plot
 void add_experiment_commands(CLI::App& app); // cmd_experiment.cpp: experiment
+void add_serve_commands(CLI::App& app);      // cmd_serve.cpp: serve
 
 }  // namespace dsmoe::cli
