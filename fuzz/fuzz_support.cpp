@@ -20,13 +20,14 @@ void remove_scratch() {
 }  // namespace
 
 const std::string& scratch_dir() {
-  static const std::string dir = [] {
+  // Never destroyed: remove_scratch runs at exit, after function-local statics are gone.
+  static const std::string& dir = *new std::string([] {
     const char* tmp = std::getenv("TMPDIR");
     fs::path d = fs::path(tmp && *tmp ? tmp : "/tmp") / ("dsmoe-fuzz-" + std::to_string(::getpid()));
     fs::create_directories(d);
     std::atexit(remove_scratch);
     return d.string();
-  }();
+  }());
   return dir;
 }
 
@@ -36,6 +37,10 @@ void reset_scratch() {
 
 std::string write_scratch(const std::string& name, std::string_view bytes) {
   const std::string path = (fs::path(scratch_dir()) / name).string();
+  // A new file rather than a truncated one: ext4 flushes a file truncated and rewritten on close
+  // (auto_da_alloc), which made each execution wait for the disk.
+  std::error_code ec;
+  fs::remove(path, ec);
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), (std::streamsize)bytes.size());
   if (!f) std::abort();  // the harness itself failed (disk full): not a finding in dsmoe
