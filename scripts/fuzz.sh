@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (build-fuzz/, clang, ASan + UBSan) and runs each for SECONDS on a
 # scratch copy of its seed corpus (fuzz/corpus/<target>/; the committed seeds stay small). Fails on
-# the first crash, sanitizer report, leak, out-of-memory or timeout and prints the reproducer path.
+# any crash, sanitizer report, leak, out-of-memory or timeout and prints the reproducer path.
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default: 60 s, every target)
 # Environment: FUZZ_WORK (scratch folder, default a new mktemp -d, kept for the reproducers),
 # FUZZ_ARGS (extra libFuzzer flags), CXX (default clang++).
@@ -42,7 +42,8 @@ status=0
 for t in "${targets[@]}"; do
   corpus="$work/$t/corpus" artifacts="$work/$t/artifacts/"
   mkdir -p "$corpus" "$artifacts"
-  cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
+  # The reproducers of fixed bugs seed the run too: they sit on the paths the bugs were on.
+  cp -n fuzz/corpus/"$t"/* fuzz/regressions/"$t"/* "$corpus"/ 2>/dev/null || true
   log="$work/$t/fuzz.log"
   echo "[fuzz] $t: ${secs}s, corpus $corpus, log $log"
   set +e
