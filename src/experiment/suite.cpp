@@ -94,7 +94,7 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
   json j;
   try {
     j = json::parse(read_text_file(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail("{}: not valid JSON: {}", path, e.what());
   }
   if (!j.is_object()) fail("{}: a suite must be a JSON object", path);

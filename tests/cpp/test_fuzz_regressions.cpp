@@ -4,12 +4,17 @@
 // another type.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/error.h"
+#include "experiment/suite.h"
+#include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -22,6 +27,22 @@ std::string reproducer(const std::string& target, const std::string& name) {
 TEST(FuzzRegressions, ConfigAttentionBiasNotBoolean) {
   const auto j = nlohmann::json::parse(reproducer("fuzz_config", "attention_bias_number.json"));
   EXPECT_THROW(dsmoe::parse_config(j, "config.json"), dsmoe::Error);
+}
+
+// A JSON number past the range of a double makes nlohmann's parser throw out_of_range (406), not
+// parse_error; every reader caught parse_error only, so the exception escaped as a crash.
+TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
+  const std::string dir = dsmoe::test::tmp_path("fuzz_number_overflow");
+  std::filesystem::create_directories(dir);
+  const std::string config = reproducer("fuzz_quant_config", "number_overflow.json");
+  dsmoe::write_file_atomic(dir + "/config.json", config);
+  EXPECT_THROW(dsmoe::stored_quantization(dir), dsmoe::Error);
+  EXPECT_THROW(dsmoe::load_hf_config(dir), dsmoe::Error);
+  EXPECT_THROW(dsmoe::load_config(dir + "/config.json"), dsmoe::Error);
+  dsmoe::write_file_atomic(dir + "/suite.json", config);
+  EXPECT_THROW(dsmoe::experiment::load_suite(dir + "/suite.json", false), dsmoe::Error);
+  EXPECT_THROW(dsmoe::tok::Tokenizer::from_json(reproducer("fuzz_tokenizer_json", "number_overflow.json")),
+               dsmoe::Error);
 }
 
 }  // namespace
