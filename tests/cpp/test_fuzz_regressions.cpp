@@ -45,4 +45,11 @@ TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
                dsmoe::Error);
 }
 
+// load_suite read "name" and a model's "label" with json::value(), which throws nlohmann's
+// type_error for a value that is not a string.
+TEST(FuzzRegressions, SuiteNameNotString) {
+  const std::string path = std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_suite/name_not_string.json";
+  EXPECT_THROW(dsmoe::experiment::load_suite(path, false), dsmoe::Error);
+}
+
 }  // namespace
