@@ -314,7 +314,7 @@ void cmd_score(const ScoreArgs& a) {
       json j;
       try {
         j = json::parse(line);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
         fail("{}:{}: not valid JSON: {}", a.ids_jsonl, lineno, e.what());
       }
       if (!j.is_array()) fail("{}:{}: expected a JSON array of token ids", a.ids_jsonl, lineno);

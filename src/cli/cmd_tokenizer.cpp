@@ -58,7 +58,7 @@ std::vector<std::string> read_inputs(const std::vector<std::string>& files, bool
       json j;
       try {
         j = json::parse(line);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
         fail("{}:{}: not valid JSON: {}", path == "-" ? "<stdin>" : path, lineno, e.what());
       }
       if (j.is_string()) out.push_back(j.get<std::string>());

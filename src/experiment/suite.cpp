@@ -90,11 +90,19 @@ json budget_of(const Config& c) {
 
 }  // namespace
 
+// obj[key] when present, else `fallback`; json::value() would throw nlohmann's type_error for a
+// value that is not a string.
+static std::string string_or(const json& obj, const char* key, const std::string& fallback, const std::string& where) {
+  if (!obj.contains(key)) return fallback;
+  if (!obj[key].is_string()) fail("{}: key '{}' must be a string, got {}", where, key, obj[key].dump());
+  return obj[key].get<std::string>();
+}
+
 Suite load_suite(const std::string& path, bool quick, const std::string& data_override) {
   json j;
   try {
     j = json::parse(read_text_file(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail("{}: not valid JSON: {}", path, e.what());
   }
   if (!j.is_object()) fail("{}: a suite must be a JSON object", path);
@@ -105,7 +113,7 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
   Suite s;
   s.path = path;
   s.quick = quick;
-  s.name = j.value("name", fs::path(path).stem().string());
+  s.name = string_or(j, "name", fs::path(path).stem().string(), path);
   if (!data_override.empty()) {
     s.data_dir = data_override;
   } else {
@@ -147,7 +155,7 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
     m.id = mj["id"].get<std::string>();
     if (m.id.find_first_of("/\\ ") != std::string::npos) fail("{}: id '{}' must not contain '/', '\\' or spaces", w, m.id);
     if (!ids.insert(m.id).second) fail("{}: duplicate id '{}'", w, m.id);
-    m.label = mj.value("label", m.id);
+    m.label = string_or(mj, "label", m.id, w);
     if (!mj.contains("config") || !mj["config"].is_string()) fail("{}: 'config' (a config file name) missing", w);
     m.config_path = (dir / mj["config"].get<std::string>()).lexically_normal().string();
     if (mj.contains("groups")) m.groups = read_strings(mj["groups"], w + ".groups");

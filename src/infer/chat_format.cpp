@@ -73,7 +73,7 @@ ChatFormat ChatFormat::load(const std::string& model_dir) {
     nlohmann::ordered_json config;
     try {
       config = nlohmann::ordered_json::parse(read_text_file(config_path));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
       fail("{}: not valid JSON ({})", config_path, e.what());
     }
     if (!config.is_object()) fail("{}: expected a JSON object", config_path);

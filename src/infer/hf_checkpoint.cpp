@@ -37,7 +37,7 @@ json parse_json_file(const std::string& path) {
   const std::string text = read_text_file(path);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail("{}: not valid JSON: {}", path, e.what());
   }
 }

@@ -148,7 +148,10 @@ Config parse_config(const json& j, const std::string& source) {
   r.get("device_aux_alpha", m.device_aux_alpha);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     fail("{}: key 'rope_scaling' is not supported (expected null)", source);
-  if (j.value("attention_bias", false) == true)
+  // Through the Reader: json::value() would throw nlohmann's type_error for a non-boolean value.
+  bool attention_bias = false;
+  r.get("attention_bias", attention_bias);
+  if (attention_bias)
     fail("{}: key 'attention_bias' must be false (DeepSeekMoE has no biases)", source);
 
   if (j.contains("training") && !j["training"].is_null()) {
@@ -275,7 +278,7 @@ static json load_config_json(const std::string& path, int depth) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail("{}: not valid JSON: {}", path, e.what());
   }
   if (!j.is_object()) fail("{}: expected a JSON object", path);

@@ -654,7 +654,7 @@ std::string read_file(const std::string& path) {
 json parse_json(const std::string& text, const std::string& origin) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail("{}: not valid JSON: {}", origin, e.what());
   }
 }

@@ -1,0 +1,55 @@
+// Inputs the fuzz targets (fuzz/) found that the library mishandled, each committed under
+// fuzz/regressions/<target>/ and replayed here through the same entry point: each must now be
+// refused with a dsmoe::Error (the only exception a bad input may raise), not crash or throw
+// another type.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/error.h"
+#include "experiment/suite.h"
+#include "infer/hf_checkpoint.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+std::string reproducer(const std::string& target, const std::string& name) {
+  return dsmoe::read_text_file(std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/" + target + "/" + name);
+}
+
+// parse_config read attention_bias with json::value(), which throws nlohmann's type_error for a
+// value that is not a boolean.
+TEST(FuzzRegressions, ConfigAttentionBiasNotBoolean) {
+  const auto j = nlohmann::json::parse(reproducer("fuzz_config", "attention_bias_number.json"));
+  EXPECT_THROW(dsmoe::parse_config(j, "config.json"), dsmoe::Error);
+}
+
+// A JSON number past the range of a double makes nlohmann's parser throw out_of_range (406), not
+// parse_error; every reader caught parse_error only, so the exception escaped as a crash.
+TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
+  const std::string dir = dsmoe::test::tmp_path("fuzz_number_overflow");
+  std::filesystem::create_directories(dir);
+  const std::string config = reproducer("fuzz_quant_config", "number_overflow.json");
+  dsmoe::write_file_atomic(dir + "/config.json", config);
+  EXPECT_THROW(dsmoe::stored_quantization(dir), dsmoe::Error);
+  EXPECT_THROW(dsmoe::load_hf_config(dir), dsmoe::Error);
+  EXPECT_THROW(dsmoe::load_config(dir + "/config.json"), dsmoe::Error);
+  dsmoe::write_file_atomic(dir + "/suite.json", config);
+  EXPECT_THROW(dsmoe::experiment::load_suite(dir + "/suite.json", false), dsmoe::Error);
+  EXPECT_THROW(dsmoe::tok::Tokenizer::from_json(reproducer("fuzz_tokenizer_json", "number_overflow.json")),
+               dsmoe::Error);
+}
+
+// load_suite read "name" and a model's "label" with json::value(), which throws nlohmann's
+// type_error for a value that is not a string.
+TEST(FuzzRegressions, SuiteNameNotString) {
+  const std::string path = std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_suite/name_not_string.json";
+  EXPECT_THROW(dsmoe::experiment::load_suite(path, false), dsmoe::Error);
+}
+
+}  // namespace
