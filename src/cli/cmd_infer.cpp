@@ -126,15 +126,14 @@ double now_s() {
 
 // dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
 // checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading).
-InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, bool verbose = true) {
+InferenceModel load_for_inference(const std::string& dir, const std::string& dtype) {
   const double t0 = now_s();
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
   TensorProgressLine progress{"load"};
   InferenceModel im = load_inference_model(dir, type, progress.callback());
   // Always said: which weights (and, by the caller, which tokenizer) produced the output.
-  if (verbose)
-    std::fprintf(stderr,
+  std::fprintf(stderr,
                  "dsmoe: loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
                  "disk -> %.2f GB %s weights, %.2f s\n",
                  dir.c_str(), (long long)im.report.tensors, (long long)im.report.files, (long long)im.report.f32,

@@ -16,6 +16,7 @@
 #include "infer/text_codec.h"
 #include "infer/text_stream.h"
 #include "io/output_dir.h"
+#include "io/tokenizer_files.h"
 #include "cli/options.h"
 #include "core/progress.h"
 #include "io/safetensors.h"
@@ -108,10 +109,8 @@ void cmd_prepare(const PrepareArgs& a) {
     write_file_atomic((dir / "tokenizer_config.json").string(),
                       make_tokenizer_config(spec, 0, 1, kDeepSeekChatTemplate).dump(2) + "\n");
   } else if (a.tokenizer != "bytes") {
+    copy_tokenizer_files(a.tokenizer, dir.string());
     spec = (dir / "tokenizer.json").string();
-    write_file_atomic(spec, read_text_file(a.tokenizer));
-    const fs::path cfg = fs::path(a.tokenizer).parent_path() / "tokenizer_config.json";
-    if (fs::exists(cfg)) write_file_atomic((dir / "tokenizer_config.json").string(), read_text_file(cfg.string()));
   }
   const TextCodec codec = TextCodec::load(spec);
   // Document boundaries: BOS as the tokenizer adds it for inference (encode with special tokens),

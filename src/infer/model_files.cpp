@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "io/tokenizer_files.h"
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
@@ -36,13 +37,9 @@ void write_model_text_files(const std::string& dir, const TextCodec& codec, cons
   json gen = {{"_from_model_config", true}, {"bos_token_id", bos}, {"eos_token_id", eos}};
   write_file_atomic((fs::path(dir) / "generation_config.json").string(), gen.dump(2) + "\n");
   if (codec.is_bytes()) return;
-  const fs::path src(codec.spec());
-  write_file_atomic((fs::path(dir) / "tokenizer.json").string(), read_text_file(src.string()));
-  const fs::path src_cfg = src.parent_path() / "tokenizer_config.json";
-  const std::string cfg = fs::exists(src_cfg)
-                              ? read_text_file(src_cfg.string())
-                              : make_tokenizer_config(src.string(), codec.bos_id(), codec.eos_id(), "").dump(2) + "\n";
-  write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(), cfg);
+  if (!copy_tokenizer_files(codec.spec(), dir))  // a tokenizer.json alone: say its BOS/EOS
+    write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(),
+                      make_tokenizer_config(codec.spec(), codec.bos_id(), codec.eos_id(), "").dump(2) + "\n");
 }
 
 }  // namespace dsmoe

@@ -23,12 +23,14 @@ bool TextStream::push(int32_t t, std::string& out) {
   size_t safe = text.size();
   static const std::string kRepl = "\xEF\xBF\xBD";
   while (safe >= 3 && text.compare(safe - 3, 3, kRepl) == 0) safe -= 3;
-  for (const auto& s : stops_)
+  for (const auto& s : stops_) {
+    if (s.empty()) continue;
     for (size_t k = std::min(s.size() - 1, safe); k > 0; --k)
       if (text.compare(safe - k, k, s, 0, k) == 0) {
         safe -= k;
         break;
       }
+  }
   out = safe > emitted_ ? text.substr(emitted_, safe - emitted_) : "";
   emitted_ = std::max(emitted_, safe);
   final_ = text;

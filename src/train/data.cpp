@@ -52,14 +52,14 @@ TokenSplit load_split(const std::string& dir, const std::string& split, int64_t 
     if (v < -1 || v >= s.vocab_size) fail("{}: metadata '{}' is '{}', expected an id in [0, {}) or -1", path, key, m->second, s.vocab_size);
     (std::string(key) == "bos_id" ? s.bos_id : s.eos_id) = (int32_t)v;
   }
-  for (size_t i = 0; i < s.tokens.size(); ++i)
+  // One pass: each id against the split's own vocabulary and, when given, the model's.
+  for (size_t i = 0; i < s.tokens.size(); ++i) {
     if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
       fail("{}: token {} at index {} outside [0, vocab_size={})", path, s.tokens[i], i, s.vocab_size);
-  if (model_vocab_size > 0)
-    for (size_t i = 0; i < s.tokens.size(); ++i)
-      if (s.tokens[i] >= model_vocab_size)
-        fail("{}: token {} at index {} is outside the model's vocabulary [0, vocab_size={}) (the split's own "
-             "vocab_size is {})", path, s.tokens[i], i, model_vocab_size, s.vocab_size);
+    if (model_vocab_size > 0 && s.tokens[i] >= model_vocab_size)
+      fail("{}: token {} at index {} is outside the model's vocabulary [0, vocab_size={}) (the split's own "
+           "vocab_size is {})", path, s.tokens[i], i, model_vocab_size, s.vocab_size);
+  }
   return s;
 }
 

@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "core/sgemm_ceiling.h"
 #include "io/safetensors.h"
+#include "io/tokenizer_files.h"
 #include "model/model.h"
 #include "model/params.h"
 #include "report/run_charts.h"
@@ -165,12 +166,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   TrainState st;
   // The run folder carries its tokenizer (and tokenizer_config.json: BOS/EOS, chat template), so that
   // generate/chat/score/export read text with exactly what the data was made with.
-  if (train_data.tokenizer != "bytes") {
-    fs::copy_file(train_data.tokenizer, fs::path(opt.out_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
-    const fs::path tc_json = fs::path(train_data.tokenizer).parent_path() / "tokenizer_config.json";
-    if (fs::exists(tc_json))
-      fs::copy_file(tc_json, fs::path(opt.out_dir) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
-  }
+  if (train_data.tokenizer != "bytes") copy_tokenizer_files(train_data.tokenizer, opt.out_dir);
   const std::string metrics_path = (fs::path(opt.out_dir) / "metrics.jsonl").string();
   ProgressOptions po;
   po.enabled = opt.progress;
