@@ -34,6 +34,8 @@ class Progress {
   void update(int64_t done, const std::string& detail = "", bool force = false);
   // Work resumed at `done` (rate and ETA count from there) that ends at `end` (<= total).
   void start_at(int64_t done, int64_t end);
+  // Records the amount done without drawing (finish() then reports it).
+  void set_done(int64_t done) { done_ = done; }
   // A last line with the elapsed time (and `summary`), replacing the redrawn one.
   void finish(const std::string& summary = "");
   // Prints a message without breaking the redrawn line (the line is redrawn after it).

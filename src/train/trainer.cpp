@@ -232,7 +232,8 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
 
     if (const int sig = interrupt_requested()) {
       save();
-      progress.finish(fmt::format("interrupted at step {}", step));
+      progress.set_done(step);
+      progress.finish("interrupted, checkpoint saved");
       throw Interrupted(fmt::format("{} at step {} of {}: checkpoint saved in {}; continue the run with the same "
                                     "`dsmoe train` command and --resume",
                                     sig == SIGTERM ? "terminated (SIGTERM)" : "interrupted (SIGINT)", step, tc.steps,
