@@ -264,11 +264,7 @@ std::vector<double> score_tokens(InferenceEngine& eng, const std::vector<int32_t
     eng.step(std::span<const Segment>(&seg, 1), true, logits);
     for (int64_t i = s; i + 1 < e; ++i) {
       const float* row = logits.data() + (i - s) * V;
-      double mx = row[0];
-      for (int64_t j = 1; j < V; ++j) mx = std::max(mx, (double)row[j]);
-      double sum = 0;
-      for (int64_t j = 0; j < V; ++j) sum += std::exp((double)row[j] - mx);
-      out.push_back((double)row[tokens[i + 1]] - mx - std::log(sum));
+      out.push_back(log_softmax(row, V).logprob(row[tokens[i + 1]]));
     }
   }
   return out;

@@ -37,4 +37,25 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, R
   return idx[keep - 1];
 }
 
+LogSoftmax log_softmax(const float* logits, int64_t V) {
+  LogSoftmax r;
+  r.max = logits[0];
+  for (int64_t j = 1; j < V; ++j) r.max = std::max(r.max, (double)logits[j]);
+  double sum = 0;
+  for (int64_t j = 0; j < V; ++j) sum += std::exp((double)logits[j] - r.max);
+  r.log_sum = std::log(sum);
+  return r;
+}
+
+std::vector<int32_t> top_tokens(const float* logits, int64_t V, int64_t k) {
+  k = std::min(k, V);
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  idx.resize(k);
+  return idx;
+}
+
 }  // namespace dsmoe

@@ -19,4 +19,15 @@ struct SamplingOptions {
 // Picks the next token from logits [V]. Greedy ties go to the lowest id.
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, Rng& rng);
 
+// The fp64 log-softmax of a row of fp32 logits, shifted by its max for range:
+// log p(t) = logits[t] - max - log_sum. One implementation for scoring and the server's logprobs.
+struct LogSoftmax {
+  double max = 0, log_sum = 0;
+  double logprob(float logit) const { return (double)logit - max - log_sum; }
+};
+LogSoftmax log_softmax(const float* logits, int64_t V);
+
+// The k (<= V) most likely token ids, most likely first; ties go to the lower id, as greedy's do.
+std::vector<int32_t> top_tokens(const float* logits, int64_t V, int64_t k);
+
 }  // namespace dsmoe

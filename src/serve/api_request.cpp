@@ -133,6 +133,28 @@ ApiRequest parse_api_request(const std::string& body, bool chat) {
       r.include_usage = u->get<bool>();
     }
   }
+  auto top_count = [](const json& v, const char* name) {
+    const int64_t k = int_field(v, name, 0);
+    if (k > kMaxTopLogprobs)
+      bad(name, fmt::format("'{}' is {}, out of range: expected an integer in [0, {}]", name, k, kMaxTopLogprobs));
+    return k;
+  };
+  if (chat) {
+    bool want = false;
+    if (const json* v = field(j, "logprobs")) {
+      if (!v->is_boolean()) bad("logprobs", fmt::format("'logprobs' must be a boolean, got {}", v->dump()));
+      want = v->get<bool>();
+    }
+    if (const json* v = field(j, "top_logprobs")) {
+      const int64_t k = top_count(*v, "top_logprobs");
+      if (!want) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+      r.top_logprobs = k;
+    } else if (want) {
+      r.top_logprobs = 0;
+    }
+  } else if (const json* v = field(j, "logprobs")) {
+    r.top_logprobs = top_count(*v, "logprobs");
+  }
   if (const json* v = field(j, "n"))
     if (int_field(*v, "n", 1) != 1) bad("n", fmt::format("'n' is {}: only n = 1 is supported", v->dump()));
   return r;

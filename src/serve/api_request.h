@@ -26,6 +26,8 @@ class ApiError : public std::runtime_error {
   nlohmann::json body() const;  // {"error": {...}}, param / code null when empty
 };
 
+constexpr int64_t kMaxTopLogprobs = 20;  // alternatives per token at most (OpenAI's limit)
+
 struct ApiRequest {
   std::optional<std::string> model;   // absent: the served model
   std::string prompt;                 // completions
@@ -38,6 +40,10 @@ struct ApiRequest {
   std::vector<std::string> stop;      // at most 4, none empty
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage: a last chunk with the usage
+  // -1: no logprobs; else return each token's logprob with this many alternatives, 0..20. Chat:
+  // "logprobs": true with "top_logprobs": K (0 when absent; top_logprobs without logprobs is an
+  // error, as OpenAI's). Completions: "logprobs": K.
+  int64_t top_logprobs = -1;
 };
 
 // body: the raw request body. chat selects which of prompt / messages is required.

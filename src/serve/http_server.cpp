@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "serve/api_request.h"
+#include "serve/chat_page.h"
 
 namespace dsmoe::serve {
 
@@ -45,8 +46,55 @@ json choice_piece(bool chat, const std::string& text, bool first) {
 struct StreamState {
   std::shared_ptr<Job> job;
   json head;  // id, object, created, model
-  bool chat = false, include_usage = false, first = true;
+  bool chat = false, include_usage = false, first = true, logprobs = false;
+  int64_t text_offset = 0;  // completions' logprobs: bytes of token text sent so far
+  std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
 };
+
+// A client that has gone away is only noticed when a write to it fails (cpp-httplib 0.11 does
+// not expose the socket to poll): a response that has sent nothing for this long writes a
+// keep-alive (an SSE comment in a stream, JSON's insignificant leading whitespace otherwise), so a
+// disconnected client frees its slot within about two of these periods.
+constexpr auto kKeepAlive = std::chrono::milliseconds(250);
+constexpr auto kPoll = std::chrono::milliseconds(50);
+
+// OpenAI's logprobs objects for `lps` (the tokens of one response or one streamed chunk).
+// Chat: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
+// Completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}, the
+// offsets counted in bytes of the completion text from `text_offset` on (which it advances).
+json logprobs_json(const TextCodec& codec, const std::vector<TokenLogprob>& lps, bool chat, int64_t& text_offset) {
+  auto text_of = [&](int32_t id) { return codec.decode({id}); };
+  auto bytes_of = [](const std::string& t) {
+    json b = json::array();
+    for (unsigned char c : t) b.push_back((int)c);
+    return b;
+  };
+  if (chat) {
+    json content = json::array();
+    for (const auto& lp : lps) {
+      const std::string t = text_of(lp.token);
+      json top = json::array();
+      for (const auto& [id, l] : lp.top) {
+        const std::string a = text_of(id);
+        top.push_back({{"token", a}, {"logprob", l}, {"bytes", bytes_of(a)}});
+      }
+      content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  json tokens = json::array(), logprobs = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& lp : lps) {
+    const std::string t = text_of(lp.token);
+    tokens.push_back(t);
+    logprobs.push_back(lp.logprob);
+    json top = json::object();
+    for (const auto& [id, l] : lp.top) top[text_of(id)] = l;
+    tops.push_back(top);
+    offsets.push_back(text_offset);
+    text_offset += (int64_t)t.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", logprobs}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
 
 json usage(const Job& job) {
   return {{"prompt_tokens", job.prompt_tokens()}, {"completion_tokens", job.completion_tokens()},
@@ -86,7 +134,9 @@ void HttpServer::stop() {
 void HttpServer::routes() {
   using httplib::Request, httplib::Response;
   svr_->set_pre_routing_handler([this](const Request& req, Response& res) {
-    if (o_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    // The probe and the chat page need no key (the page sends the one typed into it).
+    if (o_.api_key.empty() || req.path == "/health" || req.path == "/")
+      return httplib::Server::HandlerResponse::Unhandled;
     if (req.get_header_value("Authorization") == "Bearer " + o_.api_key)
       return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'", "",
@@ -111,6 +161,10 @@ void HttpServer::routes() {
   });
   svr_->Post("/v1/completions", [this](const Request& req, Response& res) { complete(req, res, false); });
   svr_->Post("/v1/chat/completions", [this](const Request& req, Response& res) { complete(req, res, true); });
+  svr_->Get("/", [](const Request&, Response& res) {
+    const std::string_view page = chat_page_html();
+    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
+  });
   svr_->Get("/v1/models", [this](const Request&, Response& res) {
     json m = {{"id", o_.model_name}, {"object", "model"}, {"created", started_}, {"owned_by", "dsmoe"}};
     send_json(res, 200, {{"object", "list"}, {"data", json::array({m})}});
@@ -174,6 +228,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     g.sampling.eos_token = codec_.eos_id();
     g.seed = a.seed ? *a.seed : std::random_device{}();
     g.stops = a.stop;
+    g.top_logprobs = a.top_logprobs;
   } catch (const ApiError& e) {
     return send_error(res, e);
   }
@@ -186,44 +241,88 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   const std::string id = fmt::format("{}-{}-{}", chat ? "chatcmpl" : "cmpl", started_, next_id_++);
   json head = {{"id", id}, {"object", chat ? (a.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion"},
                {"created", (int64_t)std::time(nullptr)}, {"model", o_.model_name}};
-  if (!a.stream) {
-    const std::string text = job->wait_all();
-    if (job->end() == JobEnd::Cancelled)
-      return send_error(res, ApiError(503, "the server stopped before the request finished", "", "server_stopping",
-                                      "server_error"));
-    json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason(job->end())}};
-    if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
-    else choice["text"] = text;
-    json body = head;
-    body["choices"] = json::array({choice});
-    body["usage"] = usage(*job);
-    return send_json(res, 200, body);
-  }
-  auto st = std::make_shared<StreamState>(StreamState{job, head, chat, a.include_usage, true});
+  const bool want_logprobs = a.top_logprobs >= 0;
   res.set_header("Cache-Control", "no-cache");
-  streams_++;
+  streams_++;  // stop() waits for this response too
+  if (!a.stream) {
+    // Sent through a content provider, so that waiting can notice a client that went away (the
+    // keep-alive write fails) and cancel its request; the status is 200 once anything is written,
+    // so a request ended by the server stopping closes the connection instead of answering.
+    res.set_chunked_content_provider(
+        "application/json",
+        [this, job, head, chat, want_logprobs](size_t, httplib::DataSink& sink) {
+          std::string text;
+          std::vector<TokenLogprob> lps;
+          auto last_write = std::chrono::steady_clock::now();
+          bool gone = false;
+          while (!job->wait(text, kPoll, want_logprobs ? &lps : nullptr)) {
+            if (std::chrono::steady_clock::now() - last_write < kKeepAlive) continue;
+            if (!sink.write(" ", 1)) {
+              gone = true;
+              break;
+            }
+            last_write = std::chrono::steady_clock::now();
+          }
+          if (gone || job->end() == JobEnd::Cancelled) {
+            job->cancel();
+            return false;
+          }
+          json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason(job->end())}};
+          if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
+          else choice["text"] = text;
+          if (want_logprobs) {
+            int64_t offset = 0;
+            choice["logprobs"] = logprobs_json(codec_, lps, chat, offset);
+          }
+          json body = head;
+          body["choices"] = json::array({choice});
+          body["usage"] = usage(*job);
+          const std::string out = dump(body);
+          if (!sink.write(out.data(), out.size())) return false;
+          sink.done();
+          return true;
+        },
+        [this, job](bool) {
+          job->cancel();
+          streams_--;
+        });
+    return;
+  }
+  auto st = std::make_shared<StreamState>();
+  st->job = job;
+  st->head = head;
+  st->chat = chat;
+  st->include_usage = a.include_usage;
+  st->logprobs = want_logprobs;
   res.set_chunked_content_provider(
       "text/event-stream",
-      [st](size_t, httplib::DataSink& sink) {
-        auto send = [&](const json& chunk) {
-          const std::string event = "data: " + dump(chunk) + "\n\n";
+      [this, st](size_t, httplib::DataSink& sink) {
+        auto write = [&](const std::string& event) {
+          st->last_write = std::chrono::steady_clock::now();
           return sink.write(event.data(), event.size());
         };
+        auto send = [&](const json& chunk) { return write("data: " + dump(chunk) + "\n\n"); };
         auto with_choice = [&](const json& choice) {
           json c = st->head;
           c["choices"] = json::array({choice});
           return c;
         };
         std::string text;
-        const bool done = st->job->wait(text, std::chrono::milliseconds(200));
+        std::vector<TokenLogprob> lps;
+        const bool done = st->job->wait(text, kPoll, st->logprobs ? &lps : nullptr);
         // A failed write or an unwritable socket: the client is gone, so its slot is freed.
-        if ((!text.empty() || (st->chat && st->first)) && !send(with_choice(choice_piece(st->chat, text, st->first)))) {
-          st->job->cancel();
-          return false;
+        if (!text.empty() || !lps.empty() || (st->chat && st->first)) {
+          json piece = choice_piece(st->chat, text, st->first);
+          if (st->logprobs) piece["logprobs"] = logprobs_json(codec_, lps, st->chat, st->text_offset);
+          if (!send(with_choice(piece))) {
+            st->job->cancel();
+            return false;
+          }
+          st->first = false;
         }
-        st->first = false;
         if (!done) {
-          if (sink.is_writable()) return true;
+          const bool quiet = std::chrono::steady_clock::now() - st->last_write >= kKeepAlive;
+          if (sink.is_writable() && (!quiet || write(": keep-alive\n\n"))) return true;
           st->job->cancel();
           return false;
         }

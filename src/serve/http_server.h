@@ -5,8 +5,10 @@
 //   GET  /v1/models            the one model served
 //   GET  /health               {"status": "ok", "active", "queued", "slots"} (never needs the key)
 //   GET  /metrics              Prometheus text: requests, tokens, queue depth, active sequences
+//   GET  /                     the web chat page (chat_page.h; never needs the key)
 // Streams are server-sent events, `data: {chunk}\n\n` ... `data: [DONE]\n\n`; a client that goes
-// away mid-stream cancels its request (the write fails) and frees its slot. Errors are OpenAI's
+// away, streaming or not, cancels its request (a write fails: quiet responses write keep-alives)
+// and frees its slot. logprobs / top_logprobs come in OpenAI's shapes (chat and completions). Errors are OpenAI's
 // error object (api_request.h); with an API key every /v1 and /metrics request needs
 // `Authorization: Bearer KEY` (else 401); a full queue is 503 with Retry-After.
 #pragma once

@@ -37,20 +37,26 @@ size_t complete_utf8_prefix(const std::string& s) {
 
 }  // namespace
 
-bool Job::wait(std::string& out, std::chrono::milliseconds timeout) {
+bool Job::wait(std::string& out, std::chrono::milliseconds timeout, std::vector<TokenLogprob>* logprobs) {
   std::unique_lock lk(mu_);
   auto ready = [&] { return end_ != JobEnd::Running ? pending_.size() : complete_utf8_prefix(pending_); };
   cv_.wait_for(lk, timeout, [&] { return ready() > 0 || end_ != JobEnd::Running; });
   const size_t n = ready();
   out.append(pending_, 0, n);
   pending_.erase(0, n);
-  return end_ != JobEnd::Running;
+  const bool ended = end_ != JobEnd::Running;
+  if (logprobs && (n > 0 || ended)) {
+    for (auto& lp : pending_logprobs_) logprobs->push_back(std::move(lp));
+    pending_logprobs_.clear();
+  }
+  return ended;
 }
 
-std::string Job::wait_all() {
+std::string Job::wait_all(std::vector<TokenLogprob>* logprobs, const std::function<bool()>& still_wanted,
+                          std::chrono::milliseconds poll) {
   std::string text;
-  while (!wait(text, std::chrono::milliseconds(1000))) {
-  }
+  while (!wait(text, poll, logprobs))
+    if (still_wanted && !still_wanted()) cancel();
   return text;
 }
 
@@ -64,11 +70,12 @@ int64_t Job::completion_tokens() const {
   return completion_tokens_;
 }
 
-void Job::append(const std::string& text, int64_t tokens) {
+void Job::append(const std::string& text, int64_t tokens, TokenLogprob* logprob) {
   {
     std::lock_guard lk(mu_);
     pending_ += text;
     completion_tokens_ += tokens;
+    if (logprob) pending_logprobs_.push_back(std::move(*logprob));
   }
   cv_.notify_all();
 }
@@ -243,8 +250,18 @@ void Scheduler::tick(std::vector<Slot>& slots) {
       if (s.fed < (int64_t)s.req.prompt.size()) continue;  // more prompt to feed: no token yet
     }
     const SamplingOptions& o = s.req.sampling;
-    const int32_t t = sample_token(logits.data() + j * V, V, o, s.rng);
+    const float* row = logits.data() + j * V;
+    const int32_t t = sample_token(row, V, o, s.rng);
     ++s.generated;
+    std::optional<TokenLogprob> lp;
+    if (s.req.top_logprobs >= 0) {
+      const LogSoftmax ls = log_softmax(row, V);
+      lp.emplace();
+      lp->token = t;
+      lp->logprob = ls.logprob(row[t]);
+      for (int32_t id : top_tokens(row, V, s.req.top_logprobs)) lp->top.emplace_back(id, ls.logprob(row[id]));
+    }
+    TokenLogprob* lpp = lp ? &*lp : nullptr;
     std::string piece;
     const bool go = s.text->push(t, piece);
     // The same stopping rules as generate_batch (infer/engine.h), with the slot's ctx as the limit.
@@ -253,9 +270,9 @@ void Scheduler::tick(std::vector<Slot>& slots) {
     else if (s.generated >= o.max_new_tokens || s.cache.len + 1 >= o_.ctx) end = JobEnd::Length;
     if (end == JobEnd::Running) {
       s.next = t;
-      s.job->append(piece, 1);
+      s.job->append(piece, 1, lpp);
     } else {
-      s.job->append("", 1);
+      s.job->append("", 1, lpp);
       retire(s, end, piece);
     }
   }

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,17 @@ struct GenRequest {
   SamplingOptions sampling;     // max_new_tokens >= 1; eos_token set by the caller
   uint64_t seed = 0;
   std::vector<std::string> stops;
+  // -1: no logprobs. 0 or more: each sampled token's log-probability and this many most
+  // likely alternatives (of the model's distribution: the raw logits, before temperature, top-k, top-p).
+  int64_t top_logprobs = -1;
+};
+
+// A sampled token's log-probability (fp64 log-softmax of the step's fp32 logits) and the
+// `top_logprobs` most likely tokens with theirs, most likely first.
+struct TokenLogprob {
+  int32_t token = 0;
+  double logprob = 0;
+  std::vector<std::pair<int32_t, double>> top;
 };
 
 // Why a request ended. Cancelled: its client went away or the server is stopping.
@@ -46,10 +58,14 @@ class Job {
   explicit Job(int64_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
   // Waits up to `timeout` for new text or the end, then appends the new text to `out` (while
   // running, without a trailing incomplete UTF-8 character). Returns true once the job has ended
-  // and all its text has been taken.
-  bool wait(std::string& out, std::chrono::milliseconds timeout);
-  // Waits for the end; returns the whole text.
-  std::string wait_all();
+  // and all its text has been taken. With `logprobs`, the logprobs of the tokens sampled so far are
+  // appended to it whenever text is taken (or at the end), so they travel with the text they made.
+  bool wait(std::string& out, std::chrono::milliseconds timeout, std::vector<TokenLogprob>* logprobs = nullptr);
+  // Waits for the end; returns the whole text. Every `poll` without it, calls still_wanted() and
+  // cancels the job when it says false (the client went away); the text is then what there was.
+  std::string wait_all(std::vector<TokenLogprob>* logprobs = nullptr,
+                       const std::function<bool()>& still_wanted = {},
+                       std::chrono::milliseconds poll = std::chrono::milliseconds(1000));
   // Asks the engine thread to stop this request at its next tick (its slot is then freed).
   void cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
@@ -58,13 +74,14 @@ class Job {
   int64_t completion_tokens() const;
 
   // Engine side.
-  void append(const std::string& text, int64_t tokens);
+  void append(const std::string& text, int64_t tokens, TokenLogprob* logprob = nullptr);
   void finish(const std::string& text, JobEnd end);
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string pending_;
+  std::vector<TokenLogprob> pending_logprobs_;
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   JobEnd end_ = JobEnd::Running;
   std::atomic<bool> cancelled_{false};

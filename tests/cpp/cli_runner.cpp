@@ -65,6 +65,11 @@ pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, c
             const std::string& stdin_path) {
   std::vector<std::string> full = {DSMOE_BINARY};
   full.insert(full.end(), args.begin(), args.end());
+  return spawn_program(full, out_path, err_path, stdin_path);
+}
+
+pid_t spawn_program(std::vector<std::string> full, const std::string& out_path, const std::string& err_path,
+                    const std::string& stdin_path) {
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -113,6 +118,18 @@ Proc finish(pid_t pid, const std::string& cmd, const std::string& out_path, cons
   p.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   p.out = slurp(out_path);
   p.err = slurp(err_path);
+  return p;
+}
+
+Proc run_program(const std::vector<std::string>& argv, double timeout_s) {
+  static int counter = 0;
+  const std::string base = dsmoe::test::tmp_path("prog_io_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  const std::string out = base + ".out", err = base + ".err";
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+  Proc p = finish(spawn_program(argv, out, err), cmd, out, err, timeout_s);
+  fs::remove(out);
+  fs::remove(err);
   return p;
 }
 

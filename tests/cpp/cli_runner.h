@@ -29,6 +29,11 @@ std::string quote_args(const std::vector<std::string>& args);
 // Starts dsmoe with args; stdout/stderr go to the files, stdin from stdin_path ("" = /dev/null).
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path,
             const std::string& stdin_path = "");
+// Starts any program (argv[0] a path) the same way.
+pid_t spawn_program(std::vector<std::string> argv, const std::string& out_path, const std::string& err_path,
+                    const std::string& stdin_path = "");
+// Runs a program to its end (killed after timeout_s), its output collected.
+Proc run_program(const std::vector<std::string>& argv, double timeout_s);
 // Waits for pid (killing it after timeout_s) and collects its output files.
 Proc finish(pid_t pid, const std::string& cmd, const std::string& out_path, const std::string& err_path,
             double timeout_s);

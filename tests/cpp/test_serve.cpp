@@ -14,11 +14,16 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <fstream>
 #include <thread>
 
 #include "cli_runner.h"
+#include "serve_runner.h"
 #include "core/rng.h"
 #include "infer/chat_format.h"
+#include "infer/engine.h"
+#include "infer/hf_checkpoint.h"
+#include "infer/sampling.h"
 #include "model/model.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
@@ -27,180 +32,9 @@ using namespace dsmoe;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using test::cli::Proc;
+using namespace dsmoe::test::serve;
 
 namespace {
-
-constexpr int64_t kMaxPos = 2048;
-
-// A byte-level model (no EOS: generation ends at max_tokens or the context) as a run folder.
-const std::string& model_dir() {
-  static const std::string dir = [] {
-    const std::string d = test::tmp_path("serve_model");
-    fs::remove_all(d);
-    Config c = test::tiny_byte_model_config(kMaxPos, 32);
-    Model model(c.model);
-    Rng rng(11);
-    model.init_weights(rng, 0.3);
-    save_checkpoint(d, c, model, nullptr, TrainState{});
-    return d;
-  }();
-  return dir;
-}
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// A running `dsmoe serve`; killed (SIGKILL) if the test did not stop it.
-struct Server {
-  pid_t pid = -1;
-  int port = 0;
-  std::string out, err, cmd;
-
-  explicit Server(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {"serve", "--model", model_dir(), "--host", "127.0.0.1", "--port", "0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    const std::string base = test::cli::scratch("serve") + "/server";
-    out = base + ".out", err = base + ".err";
-    cmd = test::cli::quote_args(args);
-    pid = test::cli::spawn(args, out, err);
-    const std::regex listening("dsmoe: listening on http://127\\.0\\.0\\.1:([0-9]+)");
-    const auto t0 = Clock::now();
-    while (since(t0) < 60) {
-      std::smatch m;
-      const std::string e = test::cli::slurp(err);
-      if (std::regex_search(e, m, listening)) {
-        port = std::stoi(m[1]);
-        return;
-      }
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        ADD_FAILURE() << cmd << " exited before listening:\n" << e;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ADD_FAILURE() << cmd << " did not print 'listening on' within 60 s:\n" << test::cli::slurp(err);
-  }
-  ~Server() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-  std::unique_ptr<httplib::Client> client() const {
-    auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
-    c->set_read_timeout(60);
-    c->set_connection_timeout(5);
-    return c;
-  }
-  // SIGTERM, then the exit status (the process is killed after timeout_s).
-  Proc terminate(double timeout_s) {
-    kill(pid, SIGTERM);
-    Proc p = test::cli::finish(pid, cmd, out, err, timeout_s);
-    pid = -1;
-    return p;
-  }
-};
-
-struct Reply {
-  int status = 0;
-  json body;
-  std::string raw, retry_after;
-};
-
-// The reply to `what` ("POST /v1/completions"); a request that got no response is a failure.
-Reply reply(const httplib::Result& r, const std::string& what) {
-  Reply out;
-  if (!r) {
-    ADD_FAILURE() << what << ": no response (" << httplib::to_string(r.error()) << ")";
-    return out;
-  }
-  out.status = r->status;
-  out.raw = r->body;
-  out.retry_after = r->get_header_value("Retry-After");
-  out.body = json::parse(r->body, nullptr, false);
-  return out;
-}
-
-Reply post(const Server& s, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
-  return reply(s.client()->Post(path.c_str(), h, body, "application/json"), "POST " + path);
-}
-
-Reply get(const Server& s, const std::string& path, const httplib::Headers& h = {}) {
-  return reply(s.client()->Get(path.c_str(), h), "GET " + path);
-}
-
-// A streamed request: the data: payloads in order. stop_after > 0: the client closes the connection
-// after that many events.
-std::vector<std::string> post_stream(const Server& s, const std::string& path, const json& body, int stop_after = 0) {
-  auto c = s.client();
-  httplib::Request req;
-  req.method = "POST";
-  req.path = path;
-  req.body = body.dump();
-  req.set_header("Content-Type", "application/json");
-  std::string buf;
-  std::vector<std::string> events;
-  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
-    buf.append(data, n);
-    for (size_t at; (at = buf.find("\n\n")) != std::string::npos;) {
-      const std::string ev = buf.substr(0, at);
-      buf.erase(0, at + 2);
-      EXPECT_EQ(ev.rfind("data: ", 0), 0u) << "an SSE event that is not 'data: ...': " << ev;
-      events.push_back(ev.substr(6));
-    }
-    return stop_after == 0 || (int)events.size() < stop_after;
-  };
-  auto r = c->send(req);
-  if (stop_after == 0) {
-    EXPECT_TRUE(r) << "stream " << path << ": " << httplib::to_string(r.error());
-    if (r) {
-      EXPECT_EQ(r->status, 200);
-      EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
-    }
-  }
-  return events;
-}
-
-// The text of a stream's chunks (completions: choices[0].text, chat: choices[0].delta.content),
-// with the final finish_reason; checks each chunk's shape and the closing [DONE].
-std::string stream_text(const std::vector<std::string>& events, bool chat, std::string* finish) {
-  EXPECT_GE(events.size(), 2u);
-  if (events.empty()) return "";
-  EXPECT_EQ(events.back(), "[DONE]");
-  std::string text;
-  for (size_t i = 0; i + 1 < events.size(); ++i) {
-    const json c = json::parse(events[i], nullptr, false);
-    EXPECT_EQ(c.value("object", ""), chat ? "chat.completion.chunk" : "text_completion") << events[i];
-    const json& ch = c["choices"][0];
-    if (chat) text += ch["delta"].value("content", "");
-    else text += ch.value("text", "");
-    if (!ch["finish_reason"].is_null()) {
-      EXPECT_EQ(i + 2, events.size()) << "finish_reason before the last chunk: " << events[i];
-      *finish = ch["finish_reason"].get<std::string>();
-    }
-  }
-  if (chat) {
-    EXPECT_EQ(json::parse(events[0])["choices"][0]["delta"].value("role", ""), "assistant") << events[0];
-  }
-  return text;
-}
-
-// `dsmoe generate --temperature 0 --json` on one prompt.
-json generate(const std::string& prompt, int64_t max_tokens, const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> args = {"generate", "--model", model_dir(), "--prompt", prompt, "--temperature", "0",
-                                   "--max-new-tokens", std::to_string(max_tokens), "--json"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  Proc p = test::cli::run_cli(args, 120);
-  EXPECT_TRUE(p.ok()) << p.describe();
-  return json::parse(p.out, nullptr, false);
-}
-
-json completion_body(const std::string& prompt, int64_t max_tokens, double temperature = 0) {
-  return {{"model", fs::path(model_dir()).filename().string()}, {"prompt", prompt}, {"max_tokens", max_tokens},
-          {"temperature", temperature}, {"seed", 5}};
-}
 
 TEST(Serve, GreedyCompletionEqualsGenerate) {
   Server s({"--parallel", "2"});
@@ -210,7 +44,7 @@ TEST(Serve, GreedyCompletionEqualsGenerate) {
   const Reply r = post(s, "/v1/completions", completion_body(prompt, 24).dump());
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["object"], "text_completion");
-  EXPECT_EQ(r.body["model"], fs::path(model_dir()).filename().string());
+  EXPECT_EQ(r.body["model"], model_name());
   EXPECT_TRUE(r.body["id"].is_string() && r.body["created"].is_number_integer()) << r.raw;
   const json& ch = r.body["choices"][0];
   EXPECT_EQ(ch["text"], want["text"]) << "server: " << r.raw << "\ngenerate: " << want.dump();
@@ -261,12 +95,6 @@ TEST(Serve, StreamingEqualsNonStreaming) {
     EXPECT_EQ(u["usage"], whole.body["usage"]) << events[events.size() - 2];
     EXPECT_TRUE(u["choices"].is_array() && u["choices"].empty()) << events[events.size() - 2];
   }
-}
-
-int64_t metric(const std::string& text, const std::string& name) {
-  std::smatch m;
-  if (!std::regex_search(text, m, std::regex("\n" + name + " ([0-9]+)"))) return -1;
-  return std::stoll(m[1]);
 }
 
 // Four greedy and four sampled requests at once, with prompts of different lengths fed in chunks
@@ -344,6 +172,13 @@ TEST(Serve, BadRequestsNameTheParam) {
       {K, R"({"messages": []})", 400, "messages"},
       {K, R"({"messages": [{"content": "hi"}]})", 400, "messages[0].role"},
       {K, R"({"messages": [{"role": "user", "content": 5}]})", 400, "messages[0].content"},
+      {C, R"({"prompt": "hi", "logprobs": 21})", 400, "logprobs"},
+      {C, R"({"prompt": "hi", "logprobs": -1})", 400, "logprobs"},
+      {C, R"({"prompt": "hi", "logprobs": true})", 400, "logprobs"},
+      {K, R"({"messages": [{"role": "user", "content": "hi"}], "logprobs": 3})", 400, "logprobs"},
+      {K, R"({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2})", 400, "top_logprobs"},
+      {K, R"({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21})", 400,
+       "top_logprobs"},
   };
   for (const auto& c : cases) {
     const Reply r = post(s, c.path, c.body);
@@ -361,7 +196,7 @@ TEST(Serve, BadRequestsNameTheParam) {
   EXPECT_TRUE(nf.body.contains("error")) << nf.raw;
   const Reply models = get(s, "/v1/models");
   ASSERT_EQ(models.status, 200);
-  EXPECT_EQ(models.body["data"][0]["id"], fs::path(model_dir()).filename().string()) << models.raw;
+  EXPECT_EQ(models.body["data"][0]["id"], model_name()) << models.raw;
 }
 
 TEST(Serve, ApiKeyIsRequired) {
@@ -444,6 +279,256 @@ TEST(Serve, SigtermStopsCleanly) {
   EXPECT_TRUE(test::cli::contains(p.err, "stopped by signal 15")) << p.err;
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got.back(), "[DONE]") << "the stream in flight did not end with [DONE]";
+}
+
+// The server's logprobs come from its decode steps; `dsmoe score` and a prefill of the whole
+// sequence in this process compute the same log-softmax from other kernels (SGEMM over all rows
+// instead of one GEMV row per step). Both are fp32 sums over at most 48 terms per dot product, two
+// layers deep, on a model of hidden size 32: reassociation moves a logit by ~1e-6, so 1e-4 on a
+// log-probability has a wide margin and still catches a wrong row, token or normalisation (~1e-1).
+constexpr double kLogprobTol = 1e-4;
+
+// log-softmax rows of the logits of every position of `ids`, from one prefill step.
+std::vector<std::vector<double>> engine_logprobs(const std::vector<int32_t>& ids) {
+  InferenceModel lm = load_inference_model(model_dir());
+  InferenceEngine eng(*lm.weights);
+  const int64_t V = eng.config().vocab_size;
+  KvCache cache(eng.config(), (int64_t)ids.size());
+  Segment seg{&cache, ids.data(), (int64_t)ids.size()};
+  std::vector<float> logits;
+  eng.step(std::span<const Segment>(&seg, 1), true, logits);
+  std::vector<std::vector<double>> rows(ids.size(), std::vector<double>(V));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const float* row = logits.data() + i * V;
+    const LogSoftmax ls = log_softmax(row, V);
+    for (int64_t j = 0; j < V; ++j) rows[i][j] = ls.logprob(row[j]);
+  }
+  return rows;
+}
+
+std::vector<int32_t> bytes_of(const std::string& s) {
+  std::vector<int32_t> ids;
+  for (unsigned char c : s) ids.push_back(c);
+  return ids;
+}
+
+TEST(Serve, LogprobsMatchScoreAndTheEngine) {
+  Server s;
+  ASSERT_GT(s.port, 0);
+  const int64_t N = 12, K = 5;
+  // Completions: token_logprobs against `dsmoe score` on prompt + the greedy ids of generate.
+  const std::string prompt = "Logprobs, please";
+  const json want = generate(prompt, N);
+  json body = completion_body(prompt, N);
+  body["logprobs"] = K;
+  const Reply r = post(s, "/v1/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  const json& lp = r.body["choices"][0]["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << r.raw;
+  const std::vector<int32_t> ids = want["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ((int64_t)ids.size(), N);
+  for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+    ASSERT_EQ(lp[key].size(), (size_t)N) << key << ": " << lp.dump();
+  std::vector<int32_t> seq = bytes_of(prompt);  // the byte codec: no BOS, token = byte
+  const int64_t P = (int64_t)seq.size();
+  seq.insert(seq.end(), ids.begin(), ids.end());
+  const std::string ids_file = test::cli::scratch("score") + "/ids.jsonl";
+  std::ofstream(ids_file) << json(seq).dump() << "\n";
+  const Proc sc = test::cli::run_cli({"score", "--model", model_dir(), "--ids-jsonl", ids_file}, 120);
+  ASSERT_TRUE(sc.ok()) << sc.describe();
+  const json scored = json::parse(sc.out)["sequences"][0]["logprobs"];
+  ASSERT_EQ(scored.size(), seq.size() - 1);
+  const auto rows = engine_logprobs(seq);
+  int64_t offset = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const double server = lp["token_logprobs"][i], ref = scored[P - 1 + i];
+    EXPECT_NEAR(server, ref, kLogprobTol) << "completion token " << i << " (id " << ids[i] << ")";
+    EXPECT_EQ(lp["text_offset"][i], offset) << i;
+    offset += 1;  // one byte per token
+    if (ids[i] < 128) {
+      EXPECT_EQ(lp["tokens"][i], std::string(1, (char)ids[i])) << i;
+    }
+    // top_logprobs: {text: logprob} of the K best ids of the engine's row (ASCII ones: the others
+    // all read as U+FFFD and share a key).
+    const json& top = lp["top_logprobs"][i];
+    EXPECT_LE(top.size(), (size_t)K) << top.dump();
+    std::vector<int32_t> best = top_tokens(std::vector<float>(rows[P - 1 + i].begin(), rows[P - 1 + i].end()).data(),
+                                           (int64_t)rows[P - 1 + i].size(), K);
+    for (int32_t id : best)
+      if (id < 128) {
+        const std::string t(1, (char)id);
+        ASSERT_TRUE(top.contains(t)) << "completion token " << i << ": the engine's top id " << id << " missing from "
+                                     << top.dump();
+        EXPECT_NEAR(top[t].get<double>(), rows[P - 1 + i][id], kLogprobTol) << i << " alternative " << id;
+      }
+  }
+
+  // Chat: each content entry's bytes are its id; logprob and the top K (ids from their bytes, in
+  // order) against the engine's prefill of the rendered prompt + the reply.
+  json chat = {{"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})}, {"max_tokens", N},
+               {"temperature", 0}, {"logprobs", true}, {"top_logprobs", K}};
+  for (bool stream : {false, true}) {
+    chat["stream"] = stream;
+    json content = json::array();
+    std::string text;
+    if (!stream) {
+      const Reply c = post(s, "/v1/chat/completions", chat.dump());
+      ASSERT_EQ(c.status, 200) << c.raw;
+      content = c.body["choices"][0]["logprobs"]["content"];
+      text = c.body["choices"][0]["message"]["content"];
+    } else {
+      const std::vector<std::string> events = post_stream(s, "/v1/chat/completions", chat);
+      for (size_t e = 0; e + 1 < events.size(); ++e) {
+        const json ch = json::parse(events[e])["choices"][0];
+        text += ch["delta"].value("content", "");
+        if (ch["logprobs"].is_object())
+          for (const auto& x : ch["logprobs"]["content"]) content.push_back(x);
+      }
+    }
+    ASSERT_EQ(content.size(), (size_t)N) << (stream ? "streamed" : "whole") << ": " << content.dump();
+    std::vector<int32_t> cseq = bytes_of(ChatFormat::load(model_dir()).render({{"user", "Hi"}}, true));
+    const size_t CP = cseq.size();
+    for (const auto& x : content) {
+      ASSERT_EQ(x["bytes"].size(), 1u) << x.dump();
+      cseq.push_back(x["bytes"][0].get<int32_t>());
+    }
+    const auto crows = engine_logprobs(cseq);
+    for (int64_t i = 0; i < N; ++i) {
+      const json& x = content[i];
+      const auto& row = crows[CP - 1 + i];
+      EXPECT_NEAR(x["logprob"].get<double>(), row[cseq[CP + i]], kLogprobTol) << "chat token " << i;
+      const std::vector<float> rowf(row.begin(), row.end());
+      const std::vector<int32_t> best = top_tokens(rowf.data(), (int64_t)rowf.size(), K);
+      ASSERT_EQ(x["top_logprobs"].size(), (size_t)K) << x.dump();
+      EXPECT_EQ(cseq[CP + i], best[0]) << "greedy picks the most likely token";
+      for (int64_t k = 0; k < K; ++k) {
+        const json& alt = x["top_logprobs"][k];
+        EXPECT_EQ(alt["bytes"], json::array({best[k]})) << "chat token " << i << " alternative " << k << ": " << x.dump();
+        EXPECT_NEAR(alt["logprob"].get<double>(), row[best[k]], kLogprobTol) << i << " alternative " << k;
+      }
+    }
+  }
+}
+
+// A non-streamed request whose client goes away: the server's keep-alive write fails, the
+// request is cancelled and the slot serves the next one.
+TEST(Serve, DisconnectDuringNonStreamedRequestFreesTheSlot) {
+  Server s({"--parallel", "1"});
+  ASSERT_GT(s.port, 0);
+  auto c = s.client();
+  std::thread client([&] { c->Post("/v1/completions", completion_body("Wait for me", kMaxPos - 20).dump(), "application/json"); });
+  const auto t_wait = Clock::now();
+  while (metric(get(s, "/metrics").raw, "dsmoe_generated_tokens_total") < 1 && since(t_wait) < 20)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  c->stop();  // closes the socket of the request in flight
+  client.join();
+  const auto t0 = Clock::now();
+  std::string m;
+  while (since(t0) < 10) {
+    m = get(s, "/metrics").raw;
+    if (metric(m, "dsmoe_active_sequences") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(metric(m, "dsmoe_active_sequences"), 0) << "after " << since(t0) << " s:\n" << m;
+  EXPECT_EQ(metric(m, "dsmoe_requests_cancelled_total"), 1) << m;
+  EXPECT_LT(metric(m, "dsmoe_generated_tokens_total"), kMaxPos - 20) << m;
+  const Reply next = post(s, "/v1/completions", completion_body("after", 8).dump());
+  EXPECT_EQ(next.status, 200) << next.raw;
+}
+
+// GET / is the chat page: HTML from the binary that loads nothing from elsewhere (the page in a
+// browser is test_serve_clients).
+TEST(Serve, ChatPageIsSelfContained) {
+  Server s({"--api-key", "k"});
+  ASSERT_GT(s.port, 0);
+  auto r = s.client()->Get("/");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/html"), std::string::npos);
+  EXPECT_NE(r->body.find("/v1/chat/completions"), std::string::npos);
+  EXPECT_EQ(r->body.find("://"), std::string::npos) << "the page names another origin";
+  EXPECT_EQ(r->body.find("<script src"), std::string::npos);
+  EXPECT_EQ(r->body.find("<link"), std::string::npos);
+}
+
+// Bounded load on loopback: 32 clients, 256 greedy requests of 8 prompts, half of them streamed,
+// more clients than slots (so requests queue). Every request is answered 200, every stream ends with
+// [DONE], every answer to a prompt is the same text, and /metrics counts what was sent.
+TEST(Serve, LoadTest) {
+  Server s({"--parallel", "8", "--queue", "64"});
+  ASSERT_GT(s.port, 0);
+  constexpr int kClients = 32, kRequests = 256, kPrompts = 8, kMaxTokens = 16;
+  std::vector<std::string> prompts;
+  for (int p = 0; p < kPrompts; ++p) prompts.push_back("load prompt " + std::string(p + 1, 'a' + p));
+  std::mutex mu;
+  std::vector<std::vector<std::string>> answers(kPrompts);
+  std::vector<std::string> failures;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  std::atomic<int> next{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c)
+    clients.emplace_back([&] {
+      for (int i; (i = next++) < kRequests;) {
+        const int p = i % kPrompts;
+        const bool stream = (i / kPrompts) % 2 == 1;
+        json body = completion_body(prompts[p], kMaxTokens);
+        std::string text, finish, failure;
+        json usage;
+        if (!stream) {
+          auto r = s.client()->Post("/v1/completions", body.dump(), "application/json");
+          if (!r || r->status != 200) {
+            failure = "request " + std::to_string(i) + ": " + (r ? std::to_string(r->status) + " " + r->body : httplib::to_string(r.error()));
+          } else {
+            const json j = json::parse(r->body);
+            text = j["choices"][0]["text"];
+            finish = j["choices"][0]["finish_reason"];
+            usage = j["usage"];
+          }
+        } else {
+          body["stream"] = true;
+          body["stream_options"] = {{"include_usage", true}};
+          const std::vector<std::string> events = post_stream(s, "/v1/completions", body);
+          if (events.size() < 3 || events.back() != "[DONE]") {
+            failure = "stream " + std::to_string(i) + " did not end with [DONE] (" + std::to_string(events.size()) + " events)";
+          } else {
+            usage = json::parse(events[events.size() - 2])["usage"];
+            for (size_t e = 0; e + 2 < events.size(); ++e) {
+              const json ch = json::parse(events[e])["choices"][0];
+              text += ch.value("text", "");
+              if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+            }
+          }
+        }
+        std::lock_guard lk(mu);
+        if (!failure.empty()) {
+          failures.push_back(failure);
+          continue;
+        }
+        if (finish != "length" || usage.value("completion_tokens", -1) != kMaxTokens)
+          failures.push_back("request " + std::to_string(i) + ": finish " + finish + ", usage " + usage.dump());
+        prompt_tokens += usage.value("prompt_tokens", 0);
+        completion_tokens += usage.value("completion_tokens", 0);
+        answers[p].push_back(text);
+      }
+    });
+  for (auto& t : clients) t.join();
+  const double dt = since(t0);
+  std::printf("load test: %d requests from %d clients in %.1f s\n", kRequests, kClients, dt);
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures[0];
+  for (int p = 0; p < kPrompts; ++p) {
+    ASSERT_EQ(answers[p].size(), (size_t)(kRequests / kPrompts)) << "prompt " << p;
+    for (const auto& a : answers[p]) EXPECT_EQ(a, answers[p][0]) << "prompt " << p << ": the greedy answers differ";
+  }
+  const std::string m = get(s, "/metrics").raw;
+  EXPECT_EQ(metric(m, "dsmoe_requests_total"), kRequests) << m;
+  EXPECT_EQ(metric(m, "dsmoe_requests_cancelled_total"), 0) << m;
+  EXPECT_EQ(metric(m, "dsmoe_prompt_tokens_total"), prompt_tokens) << m;
+  EXPECT_EQ(metric(m, "dsmoe_generated_tokens_total"), completion_tokens) << m;
+  EXPECT_EQ(completion_tokens, (int64_t)kRequests * kMaxTokens);
+  EXPECT_EQ(metric(m, "dsmoe_active_sequences"), 0) << m;
+  EXPECT_EQ(metric(m, "dsmoe_queue_depth"), 0) << m;
+  EXPECT_GT(metric(m, "dsmoe_peak_active_sequences"), 1) << m;
 }
 
 }  // namespace
