@@ -3,7 +3,15 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <random>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -96,6 +104,35 @@ json logprobs_json(const TextCodec& codec, const std::vector<TokenLogprob>& lps,
   return {{"tokens", tokens}, {"token_logprobs", logprobs}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
+// cpp-httplib 0.11 listens with a backlog of 5 and has no setting for it. A burst of more clients
+// overflowed the accept queue: the kernel dropped the last packet of their handshakes, their
+// requests were retransmitted late, and the server, which waits for a new connection's request no
+// longer than the keep-alive timeout, closed some unanswered (the load test saw it). listen() again
+// on the bound socket raises the backlog (Linux allows it on a listening socket); the socket is
+// found among the process's descriptors by its port.
+void raise_listen_backlog(int port) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    try {
+      fd = std::stoi(e.path().filename().string());
+    } catch (const std::exception&) {
+      continue;
+    }
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage a{};
+    socklen_t alen = sizeof a;
+    if (getsockname(fd, (sockaddr*)&a, &alen) != 0) continue;
+    const int p = a.ss_family == AF_INET    ? ntohs(((const sockaddr_in*)&a)->sin_port)
+                  : a.ss_family == AF_INET6 ? ntohs(((const sockaddr_in6*)&a)->sin6_port)
+                                            : -1;
+    if (p == port && ::listen(fd, SOMAXCONN) != 0)
+      std::fprintf(stderr, "dsmoe: serve: could not raise the listen backlog: %s\n", std::strerror(errno));
+  }
+}
+
 json usage(const Job& job) {
   return {{"prompt_tokens", job.prompt_tokens()}, {"completion_tokens", job.completion_tokens()},
           {"total_tokens", job.prompt_tokens() + job.completion_tokens()}};
@@ -119,6 +156,7 @@ HttpServer::~HttpServer() = default;
 int HttpServer::bind() {
   const int port = o_.port == 0 ? svr_->bind_to_any_port(o_.host) : (svr_->bind_to_port(o_.host, o_.port) ? o_.port : -1);
   if (port <= 0) fail("serve: cannot listen on {}:{} (address in use, or not an address of this machine)", o_.host, o_.port);
+  raise_listen_backlog(port);
   return port;
 }
 
