@@ -52,14 +52,6 @@ bool Job::wait(std::string& out, std::chrono::milliseconds timeout, std::vector<
   return ended;
 }
 
-std::string Job::wait_all(std::vector<TokenLogprob>* logprobs, const std::function<bool()>& still_wanted,
-                          std::chrono::milliseconds poll) {
-  std::string text;
-  while (!wait(text, poll, logprobs))
-    if (still_wanted && !still_wanted()) cancel();
-  return text;
-}
-
 JobEnd Job::end() const {
   std::lock_guard lk(mu_);
   return end_;

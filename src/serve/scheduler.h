@@ -15,7 +15,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -61,11 +60,6 @@ class Job {
   // and all its text has been taken. With `logprobs`, the logprobs of the tokens sampled so far are
   // appended to it whenever text is taken (or at the end), so they travel with the text they made.
   bool wait(std::string& out, std::chrono::milliseconds timeout, std::vector<TokenLogprob>* logprobs = nullptr);
-  // Waits for the end; returns the whole text. Every `poll` without it, calls still_wanted() and
-  // cancels the job when it says false (the client went away); the text is then what there was.
-  std::string wait_all(std::vector<TokenLogprob>* logprobs = nullptr,
-                       const std::function<bool()>& still_wanted = {},
-                       std::chrono::milliseconds poll = std::chrono::milliseconds(1000));
   // Asks the engine thread to stop this request at its next tick (its slot is then freed).
   void cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
