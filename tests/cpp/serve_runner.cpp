@@ -189,4 +189,15 @@ int64_t metric(const std::string& text, const std::string& name) {
   return std::stoll(m[1]);
 }
 
+std::string wait_for_metric(const Server& s, const std::string& name, int64_t value, double timeout_s) {
+  const auto t0 = Clock::now();
+  std::string m;
+  while (since(t0) < timeout_s) {
+    m = get(s, "/metrics").raw;
+    if (metric(m, name) == value) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return m;
+}
+
 }  // namespace dsmoe::test::serve

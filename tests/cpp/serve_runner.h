@@ -68,5 +68,7 @@ json completion_body(const std::string& prompt, int64_t max_tokens, double tempe
 
 // A counter or gauge of /metrics' text; -1 when absent.
 int64_t metric(const std::string& text, const std::string& name);
+// Polls /metrics until `name` reads `value` or timeout_s pass; returns the last /metrics text.
+std::string wait_for_metric(const Server& s, const std::string& name, int64_t value, double timeout_s);
 
 }  // namespace dsmoe::test::serve

@@ -239,13 +239,7 @@ TEST(Serve, DisconnectFreesTheSlotAndFullQueueIs503) {
   EXPECT_EQ(busy.status, 503) << busy.raw;
   EXPECT_EQ(busy.retry_after, "1");
   // The slot frees within a few seconds (bounded poll), long before the request's 2028 tokens.
-  const auto t0 = Clock::now();
-  std::string m;
-  while (since(t0) < 10) {
-    m = get(s, "/metrics").raw;
-    if (metric(m, "dsmoe_active_sequences") == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const std::string m = wait_for_metric(s, "dsmoe_active_sequences", 0, 10);
   EXPECT_EQ(metric(m, "dsmoe_active_sequences"), 0) << m;
   EXPECT_EQ(metric(m, "dsmoe_requests_cancelled_total"), 1) << m;
   EXPECT_LT(metric(m, "dsmoe_generated_tokens_total"), kMaxPos - 20) << m;
@@ -423,12 +417,7 @@ TEST(Serve, DisconnectDuringNonStreamedRequestFreesTheSlot) {
   c->stop();  // closes the socket of the request in flight
   client.join();
   const auto t0 = Clock::now();
-  std::string m;
-  while (since(t0) < 10) {
-    m = get(s, "/metrics").raw;
-    if (metric(m, "dsmoe_active_sequences") == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const std::string m = wait_for_metric(s, "dsmoe_active_sequences", 0, 10);
   EXPECT_EQ(metric(m, "dsmoe_active_sequences"), 0) << "after " << since(t0) << " s:\n" << m;
   EXPECT_EQ(metric(m, "dsmoe_requests_cancelled_total"), 1) << m;
   EXPECT_LT(metric(m, "dsmoe_generated_tokens_total"), kMaxPos - 20) << m;
