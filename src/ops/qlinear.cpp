@@ -10,6 +10,7 @@
 #include "core/bf16.h"
 #include "core/error.h"
 #include "core/gemm.h"
+#include "ops/bf16_gemm.h"
 #include "ops/linear.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -28,6 +29,8 @@ const char* wtype_name(WType t) {
   }
   return "?";
 }
+
+const char* compute_name(Compute c) { return c == Compute::BF16 ? "bf16" : "f32"; }
 
 WType parse_wtype(const std::string& s, const std::string& what) {
   if (s == "f32") return WType::F32;
@@ -316,12 +319,22 @@ void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
   }
 }
 
+// Activations rounded to bf16 once (per-thread scratch kept across calls, as the tiles above), then
+// the bf16 kernel reads the stored weights directly.
+void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
+  thread_local std::vector<uint16_t> xb;
+  if (xb.size() < (size_t)(n * w.cols)) xb.resize((size_t)(n * w.cols));
+  round_to_bf16(xb.data(), x, n * w.cols);
+  bf16_gemm(y, w.rows, xb.data(), (const uint16_t*)w.data, n, w.rows, w.cols);
+}
+
 }  // namespace
 
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
   if (n <= 0 || w.rows == 0) return;
   if (w.type == WType::F32) return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows);
   if (n <= kGemvMaxRows) gemv(y, x, w, n);
+  else if (w.compute == Compute::BF16 && w.type == WType::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
   else tiled_gemm(y, x, w, n);
 }
 

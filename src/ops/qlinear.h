@@ -13,8 +13,10 @@
 // |w - q d| <= d/2 holds for every element). Q4 packs a block in 16 bytes:
 // byte j holds element j in its low nibble and element j + 16 in its high nibble (padding: 8 = zero).
 //
-// Only the weights are quantized: activations stay fp32 and every product is accumulated in fp32,
-// so the kernels compute exactly x . dequant(W) up to fp32 rounding (tested against fp64).
+// By default only the weights are quantized: activations stay fp32 and every product is accumulated
+// in fp32, so the kernels compute exactly x . dequant(W) up to fp32 rounding (tested against fp64).
+// A matrix may instead ask for a cheaper precision of the activations in prefill products (Compute
+// below); decode's GEMV streams the weights at memory speed either way and always stays fp32.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -28,11 +30,20 @@ WType parse_wtype(const std::string& s, const std::string& what);
 
 constexpr int64_t kBlock = 32;
 
+// Precision of the activations in a product of more than kGemvMaxRows rows (prefill, batched decode):
+//   F32   exact reference: fp32 activations (the tiles of W are dequantized to fp32 for SGEMM)
+//   BF16  bf16 weights only: activations rounded to bf16 (nearest even), AVX512_BF16 dot products
+//         with fp32 accumulation (ops/bf16_gemm.h states the error bound); twice the arithmetic per
+//         instruction. Without AVX512_BF16 at run time the product is the F32 one.
+enum class Compute : uint8_t { F32, BF16 };
+const char* compute_name(Compute c);  // "f32", "bf16"
+
 struct WeightMat {
   WType type = WType::F32;
   int64_t rows = 0, cols = 0;
   const void* data = nullptr;        // see the table above
   const uint16_t* scales = nullptr;  // bf16 [rows, blocks()] for Q8 / Q4, null otherwise
+  Compute compute = Compute::F32;    // see Compute; BF16 only with type BF16
 
   int64_t blocks() const { return (cols + kBlock - 1) / kBlock; }
   int64_t row_bytes() const { return row_bytes_of(type, cols); }
@@ -47,8 +58,9 @@ struct WeightMat {
 
 // y [n, w.rows] = x [n, w.cols] * dequant(W)^T (overwritten). F32 is linear_forward (the training
 // kernel). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
-// rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows
-// are dequantized to fp32 and multiplied with SGEMM (the conversion is then negligible).
+// rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: with compute BF16
+// the bf16 kernel (ops/bf16_gemm.h), otherwise tiles of rows are dequantized to fp32 and multiplied
+// with SGEMM (the conversion is then negligible).
 constexpr int64_t kGemvMaxRows = 8;
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n);
 
