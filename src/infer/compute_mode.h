@@ -1,8 +1,7 @@
-// Which activation precision prefill products use (ops::Compute), chosen from the user's --compute
+// Which operand precision prefill products use (ops::Compute), chosen from the user's --compute
 // value and the weights' storage. "auto" is the fastest mode whose measured cost on a trained model
-// is negligible: bf16 for bf16 weights (mean NLL 4.062375 vs 4.062379 with f32 activations on the
-// quickstart model's held-out windows: bench/RESULTS.md "Compute modes"),
-// f32 for every other storage (no faster mode exists for them yet).
+// is below 0.5% perplexity (bench/RESULTS.md "Compute modes"): bf16 for bf16, q8 and q4 weights on a
+// CPU with AVX512_BF16, f32 otherwise.
 #pragma once
 #include <string>
 
@@ -16,7 +15,7 @@ struct ComputeChoice {
 };
 
 // flag: "auto" | "f32" | "bf16". Throws UsageError naming --compute for an unknown value or for
-// bf16 with weights that are not stored in bf16.
+// bf16 with f32 weights (their bf16 storage is --dtype bf16).
 ComputeChoice choose_compute(const std::string& flag, ops::WType storage);
 
 }  // namespace dsmoe

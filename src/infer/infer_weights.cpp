@@ -63,7 +63,7 @@ InferenceWeights InferenceWeights::convert(const Model& model, WType type) {
 }
 
 void InferenceWeights::set_compute(ops::Compute c) {
-  DSMOE_ASSERT(c == ops::Compute::F32 || type_ == WType::BF16, "compute {} with {} weights", ops::compute_name(c),
+  DSMOE_ASSERT(c == ops::Compute::F32 || type_ != WType::F32, "compute {} with {} weights", ops::compute_name(c),
                ops::wtype_name(type_));
   compute_ = c;
   for (Slot& s : slots_)

@@ -1,13 +1,16 @@
 #include "ops/bf16_gemm.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
+#include <string>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "core/bf16.h"
 #include "core/error.h"
 
+// The rounding's vector path; the matmul itself is oneDNN's, which dispatches on the CPU at run time.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define DSMOE_BF16_GEMM 1
@@ -34,129 +37,65 @@ void round_to_bf16(uint16_t* out, const float* x, int64_t count) {
       _mm512_storeu_si512(out + i, (__m512i)v);
     }
 #endif
-  for (; i < count; ++i) {
-    uint32_t u;
-    std::memcpy(&u, x + i, 4);
-    out[i] = (u & 0x7f800000) == 0 ? (uint16_t)((u >> 16) & 0x8000) : f32_to_bf16(x[i]);
-  }
+  for (; i < count; ++i) out[i] = round_to_bf16(x[i]);
 }
 
-#ifdef DSMOE_BF16_GEMM
 namespace {
 
-// Rows of x and of w per register tile: MR x NR accumulators (one per output), each holding 16
-// partial sums; per 32-element step of K the tile loads MR + NR vectors and issues MR * NR
-// vdpbf16ps. 4 x 4: 16 accumulators + 4 weight vectors + 1 activation vector of the 32 registers.
-constexpr int kMR = 4, kNR = 4;
+// oneDNN matmul primitives, one per shape, kept per thread (creating one costs far more than a
+// small product; MoE prefill sees one shape per distinct expert row count).
+struct OnednnMatmul {
+  dnnl::matmul mm;
+  dnnl::memory::desc a, b, c;
+};
 
-// acc[i][j] (16 lanes) summed into y[i][j]: four accumulators of one row at a time, transposed by
-// pairs so that 3 adds per level replace 4 full horizontal reductions.
-inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  // Fold 512 -> 256 -> 128 bits per accumulator, then a 4x4 transpose-add.
-  auto fold = [](__m512 v) {
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  };
-  const __m128 b0 = fold(a0), b1 = fold(a1), b2 = fold(a2), b3 = fold(a3);
-  const __m128 s01 = _mm_hadd_ps(b0, b1), s23 = _mm_hadd_ps(b2, b3);
-  return _mm_hadd_ps(s01, s23);  // {sum a0, sum a1, sum a2, sum a3}
+dnnl::engine& cpu_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
 }
 
-// One tile: rows x[0 .. MR) (row stride ldx) against rows w[0 .. NR) (stride ldw) over all of K.
-// Rows past mr / nr are not read (their accumulators stay zero and are not stored).
-template <int MR, int NR>
-inline void tile(float* y, int64_t ldy, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t K) {
-  __m512 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512bh wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + j * ldw + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i * ldx + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
-    }
-  }
-  if (k < K) {  // the last K % 32 elements: masked loads read only them and zero the rest
-    const __mmask32 m = (__mmask32)((1ull << (K - k)) - 1);
-    __m512bh wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ldw + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, x + i * ldx + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
-    }
-  }
-  for (int i = 0; i < MR; ++i) {
-    if constexpr (NR == 4) {
-      _mm_storeu_ps(y + i * ldy, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-    } else {
-      for (int j = 0; j < NR; ++j) y[i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
-    }
-  }
-}
-
-// Dispatch of an edge tile (mr < kMR or nr < kNR) to the instantiation of its size.
-template <int MR>
-void tile_nr(int nr, float* y, int64_t ldy, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
-             int64_t K) {
-  switch (nr) {
-    case 1: return tile<MR, 1>(y, ldy, x, ldx, w, ldw, K);
-    case 2: return tile<MR, 2>(y, ldy, x, ldx, w, ldw, K);
-    case 3: return tile<MR, 3>(y, ldy, x, ldx, w, ldw, K);
-    default: return tile<MR, 4>(y, ldy, x, ldx, w, ldw, K);
-  }
-}
-void any_tile(int mr, int nr, float* y, int64_t ldy, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
-              int64_t K) {
-  switch (mr) {
-    case 1: return tile_nr<1>(nr, y, ldy, x, ldx, w, ldw, K);
-    case 2: return tile_nr<2>(nr, y, ldy, x, ldx, w, ldw, K);
-    case 3: return tile_nr<3>(nr, y, ldy, x, ldx, w, ldw, K);
-    default: return tile_nr<4>(nr, y, ldy, x, ldx, w, ldw, K);
-  }
-}
-
-// Activation rows per pass over a block of weight rows: kNC rows of K bf16 stay in L2 (K = 2048:
-// 256 KiB) while kNR weight rows (16 KiB) stay in L1 and meet every one of them.
-constexpr int64_t kNC = 64;
-
-// Weight rows [r0, r1) against every activation row.
-void rows_range(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t r0, int64_t r1,
-                int64_t K) {
-  for (int64_t i0 = 0; i0 < n; i0 += kNC) {
-    const int64_t i1 = std::min(n, i0 + kNC);
-    for (int64_t r = r0; r < r1; r += kNR) {
-      const int nr = (int)std::min<int64_t>(kNR, r1 - r);
-      const uint16_t* wr = w + r * K;
-      int64_t i = i0;
-      if (nr == kNR)
-        for (; i + kMR <= i1; i += kMR) tile<kMR, kNR>(y + i * ldy + r, ldy, xb + i * K, K, wr, K, K);
-      for (; i < i1; i += kMR) any_tile((int)std::min<int64_t>(kMR, i1 - i), nr, y + i * ldy + r, ldy, xb + i * K, K,
-                                        wr, K, K);
-    }
-  }
+const OnednnMatmul& onednn_matmul(int64_t n, int64_t R, int64_t K, int64_t ldy) {
+  thread_local std::map<std::array<int64_t, 4>, OnednnMatmul> cache;
+  const std::array<int64_t, 4> key{n, R, K, ldy};
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 4096) cache.clear();  // bounded: shapes come from prompt and expert row counts
+  using dt = dnnl::memory::data_type;
+  OnednnMatmul m;
+  m.a = dnnl::memory::desc({n, K}, dt::bf16, dnnl::memory::dims{K, 1});
+  m.b = dnnl::memory::desc({K, R}, dt::bf16, dnnl::memory::dims{1, K});  // W [R, K] row-major is B^T
+  m.c = dnnl::memory::desc({n, R}, dt::f32, dnnl::memory::dims{ldy, 1});
+  m.mm = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), cpu_engine()));
+  return cache.emplace(key, std::move(m)).first->second;
 }
 
 }  // namespace
-#endif
+
+const char* bf16_gemm_implementation() {
+  static const std::string impl = [] {
+    if (!bf16_gemm_available()) return std::string("none (no AVX512_BF16)");
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc a({128, 2048}, dt::bf16, dnnl::memory::dims{2048, 1});
+    const dnnl::memory::desc b({2048, 2048}, dt::bf16, dnnl::memory::dims{1, 2048});
+    const dnnl::memory::desc c({128, 2048}, dt::f32, dnnl::memory::dims{2048, 1});
+    return std::string("oneDNN ") + dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), cpu_engine()).impl_info_str();
+  }();
+  return impl.c_str();
+}
 
 void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t R, int64_t K) {
-#ifdef DSMOE_BF16_GEMM
   DSMOE_ASSERT(bf16_gemm_available(), "bf16_gemm called on a CPU without AVX512_BF16");
   if (n <= 0 || R <= 0) return;
-  if (omp_in_parallel() || omp_get_max_threads() == 1 || R < 2 * kNR) return rows_range(y, ldy, xb, w, n, 0, R, K);
-#pragma omp parallel
-  {
-    // Contiguous shares of whole kNR-row groups: each thread streams its part of W once.
-    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num(), groups = (R + kNR - 1) / kNR;
-    const int64_t g0 = groups * t / T, g1 = groups * (t + 1) / T;
-    rows_range(y, ldy, xb, w, n, g0 * kNR, std::min(R, g1 * kNR), K);
+  try {
+    const OnednnMatmul& m = onednn_matmul(n, R, K, ldy);
+    thread_local dnnl::stream stream(cpu_engine());
+    dnnl::memory A(m.a, cpu_engine(), const_cast<uint16_t*>(xb)), B(m.b, cpu_engine(), const_cast<uint16_t*>(w)),
+        C(m.c, cpu_engine(), y);
+    m.mm.execute(stream, {{DNNL_ARG_SRC, A}, {DNNL_ARG_WEIGHTS, B}, {DNNL_ARG_DST, C}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    fail("oneDNN bf16 matmul [{} x {}] x [{} x {}]^T failed: {}", n, K, R, K, e.what());
   }
-#else
-  (void)y, (void)ldy, (void)xb, (void)w, (void)n, (void)R, (void)K;
-  fail("internal: bf16_gemm called in a build without AVX512_BF16");
-#endif
 }
 
 }  // namespace dsmoe::ops

@@ -1,8 +1,8 @@
 // The bf16 compute path (ops/bf16_gemm.h): the activation rounding, and the kernel against an fp64
 // reference of the documented arithmetic (activations rounded to bf16, exact bf16 products, the
-// error bound of fp32 accumulation stated in the header), for every tile edge (rows of x and of W
-// not multiples of the register tile, K not a multiple of 32), called outside and inside a parallel
-// region; and the choice qlinear_forward makes with it (prefill only; decode's GEMV unchanged).
+// error bound of fp32 accumulation stated in the header), for shapes around the kernels' tile edges
+// (rows of x and of W not multiples of 4 / 16, K not a multiple of 32), called outside and inside a
+// parallel region; and the choice qlinear_forward makes with it (prefill only; GEMV unchanged).
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -74,7 +74,7 @@ int64_t count_outside_bound(const std::vector<float>& y, const std::vector<uint1
         ref += p;
         mag += std::fabs(p);
       }
-      const double bound = ((double)K / 32 + 6) * std::ldexp(1.0, -24) * mag;
+      const double bound = ((double)K + 2) * std::ldexp(1.0, -24) * mag;  // ops/bf16_gemm.h
       const double err = std::fabs((double)y[i * R + r] - ref);
       if (!(err <= bound)) {
         if (bad++ == 0 && first)
@@ -109,7 +109,7 @@ TEST(Bf16Gemm, RoundingIsNearestEvenWithDenormalsToZero) {
 
 TEST(Bf16Gemm, MatchesFp64OfTheRoundedOperandsForEveryTileEdge) {
   SKIP_WITHOUT_BF16();
-  // n and R around the 4 x 4 register tile and the 64-row activation blocks, K around 32.
+  // n, R and K around the tile sizes of the AVX512_BF16 and AMX kernels (16 rows, 32 of K).
   const int64_t shapes[][3] = {{1, 1, 1},   {3, 5, 31},   {4, 4, 32},   {5, 7, 33},    {9, 13, 77},
                                {13, 16, 64}, {66, 9, 100}, {17, 130, 1408}, {70, 6, 2048}};
   uint64_t seed = 100;
@@ -177,21 +177,67 @@ TEST(Bf16Gemm, QlinearUsesItForPrefillOnly) {
 }
 
 TEST(Bf16Gemm, ComputeChoiceFollowsTheFlagAndTheStorage) {
-  const bool hw = ops::bf16_gemm_available();
-  EXPECT_EQ(choose_compute("auto", WType::BF16).compute, hw ? Compute::BF16 : Compute::F32);
-  EXPECT_EQ(choose_compute("bf16", WType::BF16).compute, hw ? Compute::BF16 : Compute::F32);
-  for (WType t : {WType::F32, WType::Q8, WType::Q4}) {
-    EXPECT_EQ(choose_compute("auto", t).compute, Compute::F32) << ops::wtype_name(t);
+  const Compute hw = ops::bf16_gemm_available() ? Compute::BF16 : Compute::F32;
+  for (WType t : {WType::BF16, WType::Q8, WType::Q4}) {
+    EXPECT_EQ(choose_compute("auto", t).compute, hw) << ops::wtype_name(t);
+    EXPECT_EQ(choose_compute("bf16", t).compute, hw) << ops::wtype_name(t);
     EXPECT_EQ(choose_compute("f32", t).compute, Compute::F32) << ops::wtype_name(t);
-    try {
-      choose_compute("bf16", t);
-      ADD_FAILURE() << "--compute bf16 accepted with " << ops::wtype_name(t) << " weights";
-    } catch (const UsageError& e) {
-      EXPECT_NE(std::string(e.what()).find("--compute bf16 needs bf16 weights"), std::string::npos) << e.what();
-    }
   }
-  EXPECT_EQ(choose_compute("f32", WType::BF16).compute, Compute::F32);
+  EXPECT_EQ(choose_compute("auto", WType::F32).compute, Compute::F32);
+  EXPECT_EQ(choose_compute("f32", WType::F32).compute, Compute::F32);
+  try {
+    choose_compute("bf16", WType::F32);
+    ADD_FAILURE() << "--compute bf16 accepted with f32 weights";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--compute bf16 needs bf16, q8 or q4 weights"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(choose_compute("int4", WType::BF16), UsageError);
+}
+
+// Quantized weights with compute BF16: each tile decoded (q * d, exact in fp32) and rounded to bf16
+// once, then the same kernel: checked against fp64 of bf16(x) . bf16(decoded w) computed here from
+// the documented format, with the kernel's bound; dequantize_rows_bf16 against the same rounding.
+TEST(Bf16Gemm, QuantizedWeightsAreDecodedThenRoundedToBf16) {
+  SKIP_WITHOUT_BF16();
+  for (WType t : {WType::Q8, WType::Q4, WType::BF16})
+    for (int64_t K : {int64_t{64}, int64_t{77}, int64_t{160}}) {
+      const int64_t R = 150, n = 11, nb = (K + 31) / 32;  // R > one 128-row tile
+      const std::vector<float> wf = randn(R * K, 40 + K, 0.05f);
+      std::vector<uint8_t> data((size_t)(R * WeightMat::row_bytes_of(t, K)));
+      std::vector<uint16_t> scales((size_t)(R * nb));
+      ops::quantize_rows(t, wf.data(), R, K, data.data(), scales.data());
+      WeightMat w{t, R, K, data.data(), WeightMat::has_scales(t) ? scales.data() : nullptr};
+      // Decode from the format (ops/qlinear.h), independently of the code under test.
+      std::vector<uint16_t> wb((size_t)(R * K));
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < K; ++c) {
+          double v;
+          if (t == WType::BF16) {
+            uint16_t h;
+            std::memcpy(&h, data.data() + 2 * (r * K + c), 2);
+            v = bf16_value(h);
+          } else if (t == WType::Q8) {
+            v = (double)(int8_t)data[r * K + c] * bf16_value(scales[r * nb + c / 32]);
+          } else {
+            const uint8_t byte = data[r * nb * 16 + (c / 32) * 16 + (c % 32) % 16];
+            v = (double)(((c % 32) < 16 ? byte & 15 : byte >> 4) - 8) * bf16_value(scales[r * nb + c / 32]);
+          }
+          wb[r * K + c] = expected_bf16((float)v);  // (float)v is exact: 8 x 8 significant bits
+        }
+      std::vector<uint16_t> got((size_t)(R * K));
+      ops::dequantize_rows_bf16(got.data(), w, 0, R);
+      int64_t diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) diff += got[i] != wb[i];
+      EXPECT_EQ(diff, 0) << ops::wtype_name(t) << " K " << K << ": dequantize_rows_bf16 differs in " << diff << " values";
+      w.compute = Compute::BF16;
+      const std::vector<float> x = randn(n * K, 50 + K, 1.0f);
+      std::vector<uint16_t> xb(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xb[i] = expected_bf16(x[i]);
+      std::vector<float> y((size_t)(n * R), std::nanf(""));
+      ops::qlinear_forward(y.data(), x.data(), w, n);
+      std::string first;
+      EXPECT_EQ(count_outside_bound(y, xb, wb, n, R, K, &first), 0) << ops::wtype_name(t) << " K " << K << ": " << first;
+    }
 }
 
 }  // namespace
