@@ -21,6 +21,7 @@
 #include "core/rng.h"
 #include "infer/engine.h"
 #include "infer/infer_weights.h"
+#include "ops/bf16_gemm.h"
 #include "bench_model.h"
 
 namespace {
@@ -93,10 +94,15 @@ void Infer_Decode(benchmark::State& state) {
 }
 BENCHMARK(Infer_Decode)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
+// type 0..2: the storages above with fp32 activations (the exact path); 3: bf16 storage with
+// compute bf16 (activations rounded to bf16, AVX512_BF16 dot products: ops/bf16_gemm.h).
 void Infer_Prefill(benchmark::State& state) {
-  const WType t = kTypes[state.range(0)];
-  state.SetLabel(ops::wtype_name(t));
-  const InferenceWeights& w = weights(t);
+  const bool bf16_compute = state.range(0) == 3;
+  const WType t = bf16_compute ? WType::BF16 : kTypes[state.range(0)];
+  if (bf16_compute && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
+  state.SetLabel(bf16_compute ? "bf16, compute bf16" : ops::wtype_name(t));
+  InferenceWeights& w = weights(t);
+  w.set_compute(bf16_compute ? ops::Compute::BF16 : ops::Compute::F32);
   InferenceEngine eng(w);
   const int64_t n = 128;
   KvCache cache(w.config(), n);
@@ -108,9 +114,10 @@ void Infer_Prefill(benchmark::State& state) {
     Segment seg{&cache, toks.data(), n};
     eng.step(std::span<const Segment>(&seg, 1), false, logits);
   }
+  w.set_compute(ops::Compute::F32);
   state.counters["tokens/s"] = benchmark::Counter((double)n, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(Infer_Prefill)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(Infer_Prefill)->DenseRange(0, 3)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
 }  // namespace
 

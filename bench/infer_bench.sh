@@ -29,4 +29,8 @@ for i, t in enumerate(["bf16", "q8", "q4"]):
     dec = b[f"Infer_Decode/type:{i}"]; pre = b[f"Infer_Prefill/type:{i}"]; g = b[f"Infer_Gemv/type:{i}"]["GB/s"] / 1e9
     mb = dec["MB/token"]; ceil = bw * 1e3 / mb
     print(f"| {t} | {mb:.1f} | {dec['tokens/s']:.2f} | {ceil:.2f} | {100 * dec['tokens/s'] / ceil:.0f}% | {pre['tokens/s']:.1f} | {g:.2f} ({100 * g / bw:.0f}%) |")
+pc = b.get("Infer_Prefill/type:3")
+if pc and "tokens/s" in pc:
+    f32a = b["Infer_Prefill/type:0"]["tokens/s"]
+    print(f"| bf16, --compute bf16 | | | | | {pc['tokens/s']:.1f} ({pc['tokens/s'] / f32a:.2f}x the f32-activation prefill) | |")
 PY

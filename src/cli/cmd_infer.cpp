@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "infer/chat_format.h"
 #include "infer/chat_session.h"
+#include "infer/compute_mode.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
 #include "infer/infer_weights.h"
@@ -125,8 +126,9 @@ double now_s() {
 }
 
 // dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
-// checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading).
-InferenceModel load_for_inference(const std::string& dir, const std::string& dtype) {
+// checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading). compute: --compute
+// (infer/compute_mode.h), said on stderr with the storage.
+InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, const std::string& compute) {
   const double t0 = now_s();
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
@@ -140,13 +142,16 @@ InferenceModel load_for_inference(const std::string& dir, const std::string& dty
                  (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
                  im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
                  now_s() - t0);
+  const ComputeChoice cc = choose_compute(compute, im.weights->type());
+  im.weights->set_compute(cc.compute);
+  std::fprintf(stderr, "dsmoe: compute: %s\n", cc.note.c_str());
   return im;
 }
 
 // ---------------------------------------------------------------- generate
 
 struct GenerateArgs {
-  std::string dir, tokenizer, dtype = "auto";
+  std::string dir, tokenizer, dtype = "auto", compute = "auto";
   std::vector<std::string> prompts, prompt_ids;
   std::string prompts_file;
   bool json_out = false, verbose = false, no_special = false;
@@ -154,7 +159,7 @@ struct GenerateArgs {
 };
 
 void cmd_generate(const GenerateArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
@@ -231,7 +236,7 @@ void cmd_generate(const GenerateArgs& a) {
 // ---------------------------------------------------------------- chat
 
 struct ChatArgs {
-  std::string dir, tokenizer, system, dtype = "auto";
+  std::string dir, tokenizer, system, dtype = "auto", compute = "auto";
   int64_t ctx = 0;
   SamplingArgs s;
 };
@@ -240,7 +245,7 @@ struct ChatArgs {
 // (tokenizer_config.json), else the DeepSeek format, and trimmed from the oldest turn when the
 // context fills (infer/chat_session.h).
 void cmd_chat(const ChatArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
@@ -287,14 +292,14 @@ void cmd_chat(const ChatArgs& a) {
 // ---------------------------------------------------------------- score
 
 struct ScoreArgs {
-  std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto";
+  std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto", compute = "auto";
   int64_t ctx = 0;
   bool summary = false, no_special = false;
 };
 
 void cmd_score(const ScoreArgs& a) {
   if (a.text_file.empty() == a.ids_jsonl.empty()) usage_error("score: give exactly one of --text-file or --ids-jsonl");
-  InferenceModel lm = load_for_inference(a.dir, a.dtype);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
   const ModelConfig& m = lm.config.model;
   if (a.ctx > m.max_position_embeddings)
     usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", a.ctx, m.max_position_embeddings);
@@ -358,6 +363,7 @@ void cmd_score(const ScoreArgs& a) {
   const double nll = -total / (double)n;
   json j = {{"tokens_scored", n}, {"mean_nll", nll}, {"perplexity", std::exp(nll)},
             {"dtype", ops::wtype_name(lm.weights->type())},
+            {"compute", ops::compute_name(lm.weights->compute())},
             {"ctx", a.ctx > 0 ? a.ctx : m.max_position_embeddings}, {"seconds", dt}, {"sequences", out_seqs}};
   std::printf("%s\n", j.dump().c_str());
 }
@@ -408,6 +414,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_flag("--json", a->json_out, "one JSON object per prompt: ids, text, finish_reason");
     c->add_flag("--verbose", a->verbose, "load and speed statistics on stderr");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
+    add_compute_option(c, a->compute);
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_generate(*a); });
   }
@@ -425,6 +432,7 @@ void add_infer_commands(CLI::App& app) {
                                    "oldest turns leave when it fills")
         ->check(int_in(2, kMaxTokens));
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
+    add_compute_option(c, a->compute);
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_chat(*a); });
   }
@@ -440,6 +448,7 @@ void add_infer_commands(CLI::App& app) {
         ->check(int_in(2, kMaxTokens));
     c->add_flag("--summary", a->summary, "omit the per-token log-probabilities");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
+    add_compute_option(c, a->compute);
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
     c->callback([a] { cmd_score(*a); });
   }
@@ -460,7 +469,7 @@ void add_infer_commands(CLI::App& app) {
       o.progress = write.callback();
       StagedOutput out(a->request("quantize"));
       const double t0 = now_s();
-      InferenceModel im = load_for_inference(a->dir, *type);
+      InferenceModel im = load_for_inference(a->dir, *type, "f32");
       // The text files come from the model folder (or --tokenizer): a folder without them could not be
       // used for text, so a model that needs a tokenizer and has none is refused here.
       const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, im.config.model);

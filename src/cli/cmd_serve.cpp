@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "infer/chat_format.h"
+#include "infer/compute_mode.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
 #include "infer/text_codec.h"
@@ -28,7 +29,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string dir, tokenizer, dtype = "auto", host = "127.0.0.1", api_key, model_name;
+  std::string dir, tokenizer, dtype = "auto", compute = "auto", host = "127.0.0.1", api_key, model_name;
   int64_t port = 8080, parallel = 4, ctx = 0, prefill_chunk = 128, queue = 64;
 };
 
@@ -51,6 +52,9 @@ void cmd_serve(const ServeArgs& a) {
   const ModelConfig& m = lm.config.model;
   std::fprintf(stderr, "dsmoe: loaded %s: %lld tensors, %.3f GB %s weights\n", a.dir.c_str(),
                (long long)lm.report.tensors, lm.weights->bytes() / 1e9, ops::wtype_name(lm.weights->type()));
+  const ComputeChoice cc = choose_compute(a.compute, lm.weights->type());
+  lm.weights->set_compute(cc.compute);
+  std::fprintf(stderr, "dsmoe: compute: %s\n", cc.note.c_str());
   const TextCodec codec = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", codec.describe().c_str());
   const ChatFormat format = ChatFormat::load(a.dir);
@@ -103,6 +107,7 @@ void add_serve_commands(CLI::App& app) {
       ->check(int_in(0, 4096))
       ->capture_default_str();
   c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
+  add_compute_option(c, a->compute);
   c->add_option("--api-key", a->api_key, "require 'Authorization: Bearer KEY' on /v1 and /metrics requests");
   c->add_option("--model-name", a->model_name, "the model id clients use (default: the model folder's name)");
   c->callback([a] { cmd_serve(*a); });

@@ -38,4 +38,12 @@ CLI::Validator real_in(double lo, double hi, bool lo_open) {
       "NUMBER in " + range, "real_in");
 }
 
+void add_compute_option(CLI::App* c, std::string& compute) {
+  c->add_option("--compute", compute,
+                "activation precision of prefill products: auto (bf16 for bf16 weights on an AVX512_BF16 CPU, else "
+                "f32), f32 (exact), bf16 (bf16 weights only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+}
+
 }  // namespace dsmoe::cli

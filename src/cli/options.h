@@ -16,4 +16,7 @@ CLI::Validator real_in(double lo, double hi, bool lo_open = false);
 // The largest --max-new-tokens / --ctx / token counts accepted anywhere (16M tokens).
 inline constexpr int64_t kMaxTokens = int64_t(1) << 24;
 
+// --compute auto|f32|bf16 (infer/compute_mode.h) for the commands that run a model.
+void add_compute_option(CLI::App* c, std::string& compute);
+
 }  // namespace dsmoe::cli

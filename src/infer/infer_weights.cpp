@@ -62,6 +62,15 @@ InferenceWeights InferenceWeights::convert(const Model& model, WType type) {
   return w;
 }
 
+void InferenceWeights::set_compute(ops::Compute c) {
+  DSMOE_ASSERT(c == ops::Compute::F32 || type_ != WType::F32, "compute {} with {} weights", ops::compute_name(c),
+               ops::wtype_name(type_));
+  compute_ = c;
+  for (Slot& s : slots_)
+    if (s.is_matrix) s.mat.compute = c;
+  build_views();
+}
+
 InferenceWeights::Slot& InferenceWeights::slot_at(int64_t offset) {
   for (Slot& s : slots_)
     if (offset >= s.t.offset && offset < s.t.offset + s.t.numel) return s;

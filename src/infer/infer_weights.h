@@ -58,6 +58,10 @@ class InferenceWeights {
 
   const ModelConfig& config() const { return cfg_; }
   ops::WType type() const { return type_; }
+  // Activation precision of every matrix's prefill products (see ops::Compute; BF16 needs type()
+  // BF16: checked by the caller's choice, infer/compute_mode.h).
+  void set_compute(ops::Compute c);
+  ops::Compute compute() const { return compute_; }
   const ops::WeightMat& embed() const { return embed_; }
   const ops::WeightMat& lm_head() const { return lm_head_; }
   const float* final_norm() const { return final_norm_; }
@@ -77,6 +81,7 @@ class InferenceWeights {
   void build_views();
   ModelConfig cfg_;
   ops::WType type_ = ops::WType::F32;
+  ops::Compute compute_ = ops::Compute::F32;
   std::vector<Slot> slots_;
   ops::WeightMat embed_, lm_head_;
   const float* final_norm_ = nullptr;

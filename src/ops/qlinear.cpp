@@ -10,11 +10,15 @@
 #include "core/bf16.h"
 #include "core/error.h"
 #include "core/gemm.h"
+#include "ops/bf16_gemm.h"
 #include "ops/linear.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define DSMOE_QLINEAR_AVX512 1
+#if defined(__AVX512BF16__)
+#define DSMOE_QLINEAR_BF16 1
+#endif
 #endif
 
 namespace dsmoe::ops {
@@ -28,6 +32,8 @@ const char* wtype_name(WType t) {
   }
   return "?";
 }
+
+const char* compute_name(Compute c) { return c == Compute::BF16 ? "bf16" : "f32"; }
 
 WType parse_wtype(const std::string& s, const std::string& what) {
   if (s == "f32") return WType::F32;
@@ -89,6 +95,42 @@ void dequantize_rows(float* out, const WeightMat& w, int64_t r0, int64_t n) {
           }
         }
         break;
+    }
+  }
+}
+
+void dequantize_rows_bf16(uint16_t* out, const WeightMat& w, int64_t r0, int64_t n) {
+  const int64_t K = w.cols, nb = w.blocks(), full = K / kBlock, rb = w.row_bytes();
+  thread_local std::vector<float> row;
+  for (int64_t r = r0; r < r0 + n; ++r) {
+    uint16_t* o = out + (r - r0) * K;
+    const uint8_t* p = (const uint8_t*)w.data + r * rb;
+    int64_t c = 0;  // first column not yet converted
+#ifdef DSMOE_QLINEAR_BF16
+    if (bf16_gemm_available() && (w.type == WType::Q8 || w.type == WType::Q4)) {
+      const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+      for (int64_t b = 0; b < full; ++b) {
+        const __m512 d = _mm512_set1_ps(bf16_to_f32(w.scales[r * nb + b]));
+        __m512 v0, v1;
+        if (w.type == WType::Q8) {
+          v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + b * 32))));
+          v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + b * 32 + 16))));
+        } else {  // byte j: element j in the low nibble, element j + 16 in the high one
+          const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + b * 16)));
+          v0 = _mm512_permutexvar_ps(q, lut);
+          v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut);
+        }
+        // q * d is exact in fp32 (8 + 8 significant bits); one rounding to bf16.
+        const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_mul_ps(v1, d), _mm512_mul_ps(v0, d));
+        _mm512_storeu_si512(o + b * 32, (__m512i)h);
+      }
+      c = full * kBlock;
+    }
+#endif
+    if (c < K) {  // everything else, and the short last block: decode to fp32, then round
+      if (row.size() < (size_t)K) row.resize((size_t)K);
+      dequantize_rows(row.data(), w, r, 1);
+      for (int64_t j = c; j < K; ++j) o[j] = round_to_bf16(row[j]);
     }
   }
 }
@@ -316,12 +358,37 @@ void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
   }
 }
 
+// Compute BF16: the activations rounded to bf16 once (per-thread scratch kept across calls, as the
+// tiles above); bf16 weights are read as stored, q8 / q4 ones decoded to bf16 kTileRows rows at a
+// time (per thread, in L2) and each tile multiplied by the bf16 kernel on its thread.
+void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
+  const int64_t R = w.rows, K = w.cols;
+  thread_local std::vector<uint16_t> xb;
+  if (xb.size() < (size_t)(n * K)) xb.resize((size_t)(n * K));
+  round_to_bf16(xb.data(), x, n * K);
+  if (w.type == WType::BF16) return bf16_gemm(y, R, xb.data(), (const uint16_t*)w.data, n, R, K);
+  const uint16_t* xs = xb.data();
+  const int64_t tiles = (R + kTileRows - 1) / kTileRows;
+#pragma omp parallel
+  {
+    thread_local std::vector<uint16_t> tile;
+    if (tile.size() < (size_t)(std::min(kTileRows, R) * K)) tile.resize((size_t)(std::min(kTileRows, R) * K));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, R - r0);
+      dequantize_rows_bf16(tile.data(), w, r0, nr);
+      bf16_gemm(y + r0, R, xs, tile.data(), n, nr, K);
+    }
+  }
+}
+
 }  // namespace
 
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
   if (n <= 0 || w.rows == 0) return;
   if (w.type == WType::F32) return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows);
   if (n <= kGemvMaxRows) gemv(y, x, w, n);
+  else if (w.compute == Compute::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
   else tiled_gemm(y, x, w, n);
 }
 

@@ -13,8 +13,10 @@
 // |w - q d| <= d/2 holds for every element). Q4 packs a block in 16 bytes:
 // byte j holds element j in its low nibble and element j + 16 in its high nibble (padding: 8 = zero).
 //
-// Only the weights are quantized: activations stay fp32 and every product is accumulated in fp32,
-// so the kernels compute exactly x . dequant(W) up to fp32 rounding (tested against fp64).
+// By default only the weights are quantized: activations stay fp32 and every product is accumulated
+// in fp32, so the kernels compute exactly x . dequant(W) up to fp32 rounding (tested against fp64).
+// A matrix may instead ask for a cheaper precision of the activations in prefill products (Compute
+// below); decode's GEMV streams the weights at memory speed either way and always stays fp32.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -28,11 +30,23 @@ WType parse_wtype(const std::string& s, const std::string& what);
 
 constexpr int64_t kBlock = 32;
 
+// Precision of the operands in a product of more than kGemvMaxRows rows (prefill, batched decode):
+//   F32   exact reference: fp32 activations times the stored weights decoded to fp32 (tiles of W
+//         dequantized for SGEMM)
+//   BF16  activations rounded to bf16 (nearest even) and multiplied with AVX512_BF16 dot products,
+//         fp32 accumulation (ops/bf16_gemm.h states the bound): bf16 weights as stored; q8 / q4
+//         weights decoded (q * d in fp32, exact) and rounded to bf16 per tile, i.e. each weight
+//         within 2^-9 relative of its stored value. Twice the arithmetic per instruction of fp32.
+//         Without AVX512_BF16 at run time the product is the F32 one.
+enum class Compute : uint8_t { F32, BF16 };
+const char* compute_name(Compute c);  // "f32", "bf16"
+
 struct WeightMat {
   WType type = WType::F32;
   int64_t rows = 0, cols = 0;
   const void* data = nullptr;        // see the table above
   const uint16_t* scales = nullptr;  // bf16 [rows, blocks()] for Q8 / Q4, null otherwise
+  Compute compute = Compute::F32;    // see Compute (ignored for F32 storage)
 
   int64_t blocks() const { return (cols + kBlock - 1) / kBlock; }
   int64_t row_bytes() const { return row_bytes_of(type, cols); }
@@ -47,13 +61,16 @@ struct WeightMat {
 
 // y [n, w.rows] = x [n, w.cols] * dequant(W)^T (overwritten). F32 is linear_forward (the training
 // kernel). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
-// rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows
-// are dequantized to fp32 and multiplied with SGEMM (the conversion is then negligible).
+// rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows are
+// dequantized to fp32 and multiplied with SGEMM, or with compute BF16 the bf16 kernel
+// (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16.
 constexpr int64_t kGemvMaxRows = 8;
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n);
 
 // out [n, w.cols] = fp32 rows r0 .. r0+n-1 of W (the embedding lookup, the prefill tiles, tests).
 void dequantize_rows(float* out, const WeightMat& w, int64_t r0, int64_t n);
+// The same values rounded to bf16 as ops::round_to_bf16 does (compute BF16's tiles of Q8 / Q4; any type).
+void dequantize_rows_bf16(uint16_t* out, const WeightMat& w, int64_t r0, int64_t n);
 
 // Converts fp32 rows [rows, cols] to storage `t`: data gets rows * row_bytes_of(t, cols) bytes,
 // scales rows * ceil(cols/32) bf16 values (Q8 / Q4; ignored otherwise). BF16 rounds to nearest even.

@@ -17,6 +17,7 @@
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
+#include "ops/bf16_gemm.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 
@@ -243,6 +244,40 @@ TEST(HfCli, QuantizeThenScoreEqualsQuantizeOnLoad) {
   EXPECT_NE(bad.err.find("q5"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(local_path("q5")));
   EXPECT_EQ(digest(f.run_dir), before);
+}
+
+}  // namespace
+
+namespace {
+
+// --compute: bf16 activations in prefill on bf16 weights move the NLL by far less than the 0.5%
+// the mode is allowed to cost (its per-product bound is tested in test_bf16_gemm), and visibly
+// differ from f32 (the flag is not ignored); the mode is refused with f32 weights.
+TEST(HfCli, ComputeBf16ScoresWithinItsCostAndIsRefusedForOtherStorages) {
+  Fixture& f = fixture();
+  const std::string ids = local_path("compute_ids.jsonl");
+  std::string arr = "[";
+  for (int i = 0; i < 40; ++i) arr += std::to_string((i * 37 + 11) % 256) + (i < 39 ? ", " : "]\n");
+  write_file_atomic(ids, arr);
+  Out a = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype bf16 --compute f32");
+  Out b = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype bf16 --compute bf16");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  ASSERT_EQ(b.rc, 0) << b.err;
+  const json ja = json::parse(a.out), jb = json::parse(b.out);
+  EXPECT_EQ(ja["compute"], "f32");
+  const double na = ja["mean_nll"].get<double>(), nb = jb["mean_nll"].get<double>();
+  EXPECT_NEAR(nb, na, 0.005 * na) << "bf16 compute moved the NLL by more than 0.5%";
+  if (ops::bf16_gemm_available()) {
+    EXPECT_EQ(jb["compute"], "bf16");
+    EXPECT_NE(ja["sequences"][0]["logprobs"], jb["sequences"][0]["logprobs"]) << "--compute bf16 changed nothing";
+    EXPECT_NE(b.err.find("dsmoe: compute: bf16 activations"), std::string::npos) << b.err;
+  }
+  Out q = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype f32 --compute bf16");
+  EXPECT_EQ(q.rc, 2) << q.err;
+  EXPECT_NE(q.err.find("--compute bf16 needs bf16, q8 or q4 weights"), std::string::npos) << q.err;
+  Out bad = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --compute int4");
+  EXPECT_EQ(bad.rc, 2) << bad.err;
+  EXPECT_NE(bad.err.find("--compute"), std::string::npos) << bad.err;
 }
 
 }  // namespace

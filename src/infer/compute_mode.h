@@ -1,0 +1,21 @@
+// Which operand precision prefill products use (ops::Compute), chosen from the user's --compute
+// value and the weights' storage. "auto" is the fastest mode whose measured cost on a trained model
+// is below 0.5% perplexity (bench/RESULTS.md "Compute modes"): bf16 for bf16, q8 and q4 weights on a
+// CPU with AVX512_BF16, f32 otherwise.
+#pragma once
+#include <string>
+
+#include "ops/qlinear.h"
+
+namespace dsmoe {
+
+struct ComputeChoice {
+  ops::Compute compute = ops::Compute::F32;
+  std::string note;  // said on stderr: what was chosen and why (e.g. the CPU lacks AVX512_BF16)
+};
+
+// flag: "auto" | "f32" | "bf16". Throws UsageError naming --compute for an unknown value or for
+// bf16 with f32 weights (their bf16 storage is --dtype bf16).
+ComputeChoice choose_compute(const std::string& flag, ops::WType storage);
+
+}  // namespace dsmoe
