@@ -432,6 +432,19 @@ void export_gguf_command(const ModelOutArgs& a, GgmlType type) {
   }
   src.bos = text.bos_id();
   src.eos = text.eos_id();
+  if (text.is_file()) {  // the chat template of the tokenizer_config.json beside it, as llama.cpp's converter
+    const fs::path cfg = fs::path(text.spec()).parent_path() / "tokenizer_config.json";
+    if (fs::exists(cfg)) {
+      json j;
+      try {
+        j = json::parse(read_text_file(cfg.string()));
+      } catch (const json::exception& e) {
+        fail("{}: not valid JSON: {}", cfg.string(), e.what());
+      }
+      if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
+        src.chat_template = j["chat_template"].get<std::string>();
+    }
+  }
   export_gguf(file, lm.config, *lm.model, src, o);
   if (staged) staged->commit();
   std::printf("exported %s -> %s (gguf, %s, %s)\n", a.dir.c_str(), to_file ? a.out.c_str() : (fs::path(a.out) / "model.gguf").string().c_str(),

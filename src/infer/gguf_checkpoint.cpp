@@ -262,7 +262,10 @@ void check_gguf_exportable(const ModelConfig& m) {
   if (m.norm_topk_prob)
     fail("export --format gguf: norm_topk_prob is true, but llama.cpp's deepseek graph never renormalises the top-k "
          "gate weights: {} (export a model trained with norm_topk_prob false, or use the HF format)", why);
-  if (m.is_moe()) {
+  if (!m.is_moe())
+    fail("export --format gguf: a dense model (n_routed_experts 0) is not exported: llama.cpp's deepseek architecture "
+         "is the MoE model (expert_count > 0); use the HF format");
+  {
     if (m.router_type != RouterType::SoftmaxTopK)
       fail("export --format gguf: router_type \"{}\" is not expressible: {} (softmax top-k gates only)",
            router_type_name(m.router_type), why);
@@ -350,19 +353,13 @@ void export_gguf(const std::string& file, const Config& cfg, const Model& model,
   w.add_f32(key("attention.layer_norm_rms_epsilon"), (float)m.rms_norm_eps);
   w.add_u32(key("rope.dimension_count"), (uint32_t)m.head_dim());
   w.add_string(key("rope.scaling.type"), "none");
-  w.add_u32(key("leading_dense_block_count"),
-            (uint32_t)(m.is_moe() ? std::min(m.first_k_dense_replace, m.num_hidden_layers) : m.num_hidden_layers));
+  w.add_u32(key("leading_dense_block_count"), (uint32_t)std::min(m.first_k_dense_replace, m.num_hidden_layers));
   w.add_u32(key("vocab_size"), (uint32_t)m.vocab_size);
-  if (m.is_moe()) {
-    w.add_u32(key("expert_count"), (uint32_t)m.n_routed_experts);
-    w.add_u32(key("expert_used_count"), (uint32_t)m.num_experts_per_tok);
-    w.add_u32(key("expert_feed_forward_length"), (uint32_t)m.moe_intermediate_size);
-    w.add_f32(key("expert_weights_scale"), 1.0f);
-    w.add_u32(key("expert_shared_count"), (uint32_t)m.n_shared_experts);
-  } else {
-    w.add_u32(key("expert_feed_forward_length"), (uint32_t)m.moe_intermediate_size);
-    w.add_u32(key("expert_shared_count"), 0);
-  }
+  w.add_u32(key("expert_count"), (uint32_t)m.n_routed_experts);
+  w.add_u32(key("expert_used_count"), (uint32_t)m.num_experts_per_tok);
+  w.add_u32(key("expert_feed_forward_length"), (uint32_t)m.moe_intermediate_size);
+  w.add_f32(key("expert_weights_scale"), 1.0f);
+  w.add_u32(key("expert_shared_count"), (uint32_t)m.n_shared_experts);
   write_gguf_vocab(w, tokenizer, m);
   const float* p = model.params().data();
   for (const GgufSpec& s : specs) {

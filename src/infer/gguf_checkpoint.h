@@ -17,8 +17,9 @@
 // llama.cpp's "deepseek" graph never renormalises the top-k gate weights, routes every layer from
 // leading_dense_block_count on, needs shared experts and uses softmax gates: export refuses a model
 // that it would compute differently (norm_topk_prob true, moe_layer_freq > 1, a hash router, no
-// shared experts, sigmoid scoring), naming the key; import sets norm_topk_prob false and refuses
-// keys dsmoe cannot honour (expert_weights_scale != 1, RoPE scaling, partial RoPE).
+// shared experts, sigmoid scoring) or that is not its MoE model (a dense model), naming the key;
+// import sets norm_topk_prob false and refuses keys dsmoe cannot honour (expert_weights_scale != 1,
+// RoPE scaling, partial RoPE).
 //
 // Import reads F32, F16, BF16, Q8_0 and Q4_0 tensors and converts each into the storage asked for
 // (dsmoe's q8/q4 use bf16 scales and 15 levels for q4, so ggml blocks are dequantized to fp32 and,

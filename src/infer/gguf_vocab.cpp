@@ -90,34 +90,38 @@ void write_gguf_vocab(GgufWriter& w, const GgufTokenizerSource& src, const Model
     } catch (const json::exception& e) {
       fail("{}: not valid JSON: {}", path, e.what());
     }
-    if (j.contains("normalizer") && !j["normalizer"].is_null())
-      fail("{}: a normalizer ({}) has no llama.cpp gpt2 equivalent for GGUF export", path, j["normalizer"].dump().substr(0, 200));
-    const json& model = j.at("model");
-    if (model.value("type", "") != "BPE") fail("{}: model type {} is not BPE: not exportable to GGUF", path, model.value("type", "?"));
-    for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
-      if (model.contains(k) && !model[k].is_null() && model[k] != "")
-        fail("{}: model.{} {} has no llama.cpp gpt2 equivalent", path, k, model[k].dump());
-    if (model.value("byte_fallback", false)) fail("{}: model.byte_fallback has no llama.cpp gpt2 equivalent", path);
-    const std::string re = split_regex(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path);
-    const PreType* p = pre_by_regex(re);
-    if (!p)
-      fail("{}: the pre-tokenizer regex {} matches no llama.cpp pre-tokenizer type; supported:{}", path, re,
-           supported_regexes());
-    pre = p->name;
-    auto put = [&](int64_t id, const std::string& s, int32_t type, const char* what) {
-      if (id < 0 || id >= V) fail("{}: {} '{}' has id {}, outside the model's vocab_size {}", path, what, s, id, V);
-      tokens[id] = s;
-      types[id] = type;
-    };
-    for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it)
-      put(it->get<int64_t>(), it.key(), kNormal, "token");
-    if (j.contains("added_tokens"))
-      for (const json& a : j["added_tokens"])
-        put(a.at("id").get<int64_t>(), a.at("content").get<std::string>(),
-            a.value("special", false) ? kControl : kUserDefined, "added token");
-    for (const json& mg : model.at("merges")) {
-      if (mg.is_string()) merges.push_back(mg.get<std::string>());
-      else merges.push_back(mg.at(0).get<std::string>() + " " + mg.at(1).get<std::string>());
+    try {
+      if (j.contains("normalizer") && !j["normalizer"].is_null())
+        fail("{}: a normalizer ({}) has no llama.cpp gpt2 equivalent for GGUF export", path, j["normalizer"].dump().substr(0, 200));
+      const json& model = j.at("model");
+      if (model.value("type", "") != "BPE") fail("{}: model type {} is not BPE: not exportable to GGUF", path, model.value("type", "?"));
+      for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
+        if (model.contains(k) && !model[k].is_null() && model[k] != "")
+          fail("{}: model.{} {} has no llama.cpp gpt2 equivalent", path, k, model[k].dump());
+      if (model.value("byte_fallback", false)) fail("{}: model.byte_fallback has no llama.cpp gpt2 equivalent", path);
+      const std::string re = split_regex(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json(), path);
+      const PreType* p = pre_by_regex(re);
+      if (!p)
+        fail("{}: the pre-tokenizer regex {} matches no llama.cpp pre-tokenizer type; supported:{}", path, re,
+             supported_regexes());
+      pre = p->name;
+      auto put = [&](int64_t id, const std::string& s, int32_t type, const char* what) {
+        if (id < 0 || id >= V) fail("{}: {} '{}' has id {}, outside the model's vocab_size {}", path, what, s, id, V);
+        tokens[id] = s;
+        types[id] = type;
+      };
+      for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it)
+        put(it->get<int64_t>(), it.key(), kNormal, "token");
+      if (j.contains("added_tokens"))
+        for (const json& a : j["added_tokens"])
+          put(a.at("id").get<int64_t>(), a.at("content").get<std::string>(),
+              a.value("special", false) ? kControl : kUserDefined, "added token");
+      for (const json& mg : model.at("merges")) {
+        if (mg.is_string()) merges.push_back(mg.get<std::string>());
+        else merges.push_back(mg.at(0).get<std::string>() + " " + mg.at(1).get<std::string>());
+      }
+    } catch (const json::exception& e) {  // a field of another type than a tokenizer.json has
+      fail("{}: unexpected tokenizer.json structure for GGUF export: {}", path, e.what());
     }
     add_bos = src.add_bos;
     add_eos = src.add_eos;
@@ -133,6 +137,7 @@ void write_gguf_vocab(GgufWriter& w, const GgufTokenizerSource& src, const Model
   if (src.eos >= 0) w.add_u32("tokenizer.ggml.eos_token_id", (uint32_t)src.eos);
   w.add_bool("tokenizer.ggml.add_bos_token", add_bos);
   w.add_bool("tokenizer.ggml.add_eos_token", add_eos);
+  if (!src.chat_template.empty()) w.add_string("tokenizer.chat_template", src.chat_template);
 }
 
 GgufTokenizer gguf_tokenizer_json(const GgufFile& f) {
@@ -168,8 +173,10 @@ GgufTokenizer gguf_tokenizer_json(const GgufFile& f) {
   for (size_t i = 0; i < toks.count; ++i) {
     const int64_t t = types.ints[i];
     if (t < kNormal || t > kByte) fail("{}: tokenizer.ggml.token_type[{}] = {} is not a token type (1..6)", path, i, t);
-    if (t == kUnused) continue;
     const std::string& s = toks.strs[i];
+    if (const size_t bad = tok::utf8_invalid_at(s); bad != std::string::npos)
+      fail("{}: tokenizer.ggml.tokens[{}] is not valid UTF-8 (byte {}): not a gpt2 byte-level token", path, i, bad);
+    if (t == kUnused) continue;
     if (vocab.contains(s)) fail("{}: token {} '{}' appears twice in tokenizer.ggml.tokens", path, i, s);
     vocab[s] = i;
     if (t == kControl || t == kUserDefined)
@@ -179,6 +186,8 @@ GgufTokenizer gguf_tokenizer_json(const GgufFile& f) {
   json merges = json::array();
   if (f.find("tokenizer.ggml.merges"))
     for (const std::string& m : f.get_array("tokenizer.ggml.merges", GgufType::STRING).strs) {
+      if (const size_t bad = tok::utf8_invalid_at(m); bad != std::string::npos)
+        fail("{}: merge \"{}\" is not valid UTF-8 (byte {})", path, m.substr(0, bad), bad);
       const size_t sp = m.find(' ', 1);
       if (sp == std::string::npos || sp + 1 >= m.size())
         fail("{}: merge \"{}\" is not two tokens separated by a space", path, m);

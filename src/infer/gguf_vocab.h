@@ -30,6 +30,7 @@ struct GgufTokenizerSource {
   std::string origin;          // names it in errors
   int32_t bos = -1, eos = -1;  // -1: none
   bool add_bos = false, add_eos = false;  // what encoding with special tokens adds
+  std::string chat_template;              // tokenizer.chat_template ("" = none)
 };
 void write_gguf_vocab(GgufWriter& w, const GgufTokenizerSource& src, const ModelConfig& m);
 

@@ -22,6 +22,7 @@
 #include "infer/engine.h"
 #include "infer/gguf_checkpoint.h"
 #include "infer/hf_checkpoint.h"
+#include "infer/model_files.h"
 #include "infer/text_codec.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
@@ -54,13 +55,19 @@ Shell dsmoe(const std::string& args) { return sh(std::string(DSMOE_BINARY) + " "
 std::string node_modules() { return test::source_dir() + "/third_party/npm/node_modules"; }
 bool have_llama() { return fs::exists(node_modules() + "/node-llama-cpp/dist/index.js"); }
 std::string gguf_py() {  // the gguf-py package inside llama.cpp's source bundle, cloned once
+  // CTest runs this file's tests side by side: each clones into its own folder and renames it into
+  // place; a loser of the race removes its copy and uses the winner's.
   const std::string dir = test::tmp_path("llama_src");
   if (!fs::exists(dir + "/gguf-py/gguf/__init__.py")) {
     const std::string bundle = node_modules() + "/node-llama-cpp/llama/gitRelease.bundle";
-    fs::remove_all(dir);
-    const Shell r = sh("git clone -q --no-checkout " + q(bundle) + " " + q(dir) + " && git -C " + q(dir) +
-                     " checkout -q HEAD -- gguf-py");
+    const std::string mine = dir + ".tmp." + std::to_string(getpid());
+    fs::remove_all(mine);
+    const Shell r = sh("git clone -q --no-checkout " + q(bundle) + " " + q(mine) + " && git -C " + q(mine) +
+                       " checkout -q HEAD -- gguf-py");
     if (r.rc != 0) ADD_FAILURE() << "cloning " << bundle << ": " << r.err;
+    std::error_code ec;
+    fs::rename(mine, dir, ec);
+    if (ec) fs::remove_all(mine);
   }
   return dir + "/gguf-py";
 }
@@ -91,6 +98,8 @@ std::string corpus(uint64_t seed, int sentences) {
   }
   return s;
 }
+
+const char* kChatTemplate = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
 
 struct Fixture {
   std::string run_dir, tokenizer, text;
@@ -135,7 +144,8 @@ Fixture& fixture() {
     Rng rng(7);
     f.model->init_weights(rng, 0.15);
     save_checkpoint(f.run_dir, f.cfg, *f.model, nullptr, TrainState{});
-    write_file_atomic(f.tokenizer, read_text_file(f.tokenizer));  // (save_checkpoint leaves other files alone)
+    write_file_atomic(f.run_dir + "/tokenizer_config.json",
+                      make_tokenizer_config(f.tokenizer, 0, 1, kChatTemplate).dump(2));
     f.text = corpus(99, 12);
     f.seqs.push_back(codec.encode(f.text.substr(0, 200), true));
     Rng r2(3);
@@ -469,6 +479,7 @@ TEST(GgufModel, TokenizerEncodesTheSameIds) {
   EXPECT_EQ(back.bos_id(), orig.bos_id());
   EXPECT_EQ(back.eos_id(), orig.eos_id());
   EXPECT_EQ(back.decode(orig.encode(text)), orig.decode(orig.encode(text)));
+  EXPECT_EQ(GgufFile(g).get_string("tokenizer.chat_template"), kChatTemplate);  // from tokenizer_config.json
   if (!have_llama()) GTEST_SKIP() << "node-llama-cpp is not installed";
   const std::string tf = local("text.txt");
   write_file_atomic(tf, f.text);
@@ -504,21 +515,22 @@ struct Tol {
 const std::map<std::string, Tol> kActivationRounding = {
     {"f16", {0.002, 0.0006}}, {"bf16", {0.12, 0.02}}, {"q8_0", {0.3, 0.06}}, {"q4_0", {0.3, 0.08}}};
 
+// llama.cpp and dsmoe (fp32 storage: the file's exact weights) on GGUF file `g` of storage `type`.
+void expect_engines_agree(const std::string& g, const std::string& type, const std::string& what) {
+  const InferenceModel im = load_inference_model(g, ops::WType::F32);
+  const Tol t = kActivationRounding.at(type);
+  EXPECT_TRUE(logprobs_close("llama.cpp vs dsmoe on " + what, llama_logprobs(g, fixture().seqs).logprobs,
+                             dsmoe_logprobs(*im.weights, fixture().seqs), t.max, t.mean));
+}
+
 TEST(GgufModel, LlamaCppMatchesDsmoeOnQuantizedFiles) {
   if (!have_llama()) GTEST_SKIP() << "node-llama-cpp is not installed";
-  Fixture& f = fixture();
-  for (const std::string type : {"bf16", "q8_0", "q4_0"}) {
-    const std::string g = export_gguf_cli(type);
-    const InferenceModel im = load_inference_model(g, ops::WType::F32);
-    const Tol t = kActivationRounding.at(type);
-    EXPECT_TRUE(logprobs_close("llama.cpp " + type + " vs dsmoe on the same file", llama_logprobs(g, f.seqs).logprobs,
-                               dsmoe_logprobs(*im.weights, f.seqs), t.max, t.mean));
-  }
+  for (const std::string type : {"bf16", "q8_0", "q4_0"}) expect_engines_agree(export_gguf_cli(type), type, "dsmoe's " + type + " file");
 }
 
 // A file dsmoe did not write: gguf-py converts dsmoe's HF export as convert_hf_to_gguf.py does.
-// f32: dsmoe's log-probs on it equal the HF folder's bit for bit; f16/bf16/q8_0/q4_0 (gguf-py's
-// quantizers): llama.cpp and dsmoe agree on the file as above.
+// f32: dsmoe's log-probs on it equal the HF folder's bit for bit, and its tokenizer encodes as the
+// folder's; q8_0/q4_0/f16: below.
 TEST(GgufModel, ImportsAFileWrittenByGgufPy) {
   Fixture& f = fixture();
   const std::string hf = local("hf");
@@ -535,28 +547,29 @@ TEST(GgufModel, ImportsAFileWrittenByGgufPy) {
   EXPECT_TRUE(logprobs_close("gguf-py f32 file vs HF folder", dsmoe_logprobs(*from_gguf.weights, f.seqs), want, 0));
   const TextCodec back = TextCodec::for_model(g, "", from_gguf.config.model);
   EXPECT_EQ(back.encode(f.text, true), TextCodec::for_model(hf, "", from_hf.config.model).encode(f.text, true));
-  if (!have_llama()) GTEST_SKIP() << "node-llama-cpp is not installed";
-  for (const std::string type : {"f16", "q8_0", "q4_0"}) {
+  // q8_0 / q4_0 (gguf-py's numpy quantizers): the same tensors as dsmoe's export, byte for byte, so
+  // LlamaCppMatchesDsmoeOnQuantizedFiles covers them in llama.cpp; dsmoe reads them as it writes them.
+  for (const std::string type : {"q8_0", "q4_0"}) {
     const std::string gq = local("py-" + type + ".gguf");
     const Shell rq = python_gguf(q(test::source_dir() + "/tests/gguf/write_gguf_py.py") + " " + q(hf) + " " + q(gq) + " " + type);
     ASSERT_EQ(rq.rc, 0) << rq.out << rq.err;
-    if (type != "f16") {  // dsmoe's export of the same model holds the same tensors, byte for byte
-      const GgufFile theirs(gq), mine(export_gguf_cli(type));
-      ASSERT_EQ(theirs.tensors().size(), mine.tensors().size());
-      for (const GgufTensor& a : theirs.tensors()) {
-        const GgufTensor* b = mine.find_tensor(a.name);
-        ASSERT_TRUE(b) << a.name << " is missing from dsmoe's " << type << " export";
-        EXPECT_EQ(a.ne, b->ne) << a.name;
-        EXPECT_EQ(a.type, b->type) << a.name;
-        EXPECT_TRUE(a.nbytes == b->nbytes && std::memcmp(a.data, b->data, a.nbytes) == 0)
-            << a.name << ": dsmoe's " << type << " bytes differ from gguf-py's";
-      }
+    const GgufFile theirs(gq), mine(export_gguf_cli(type));
+    ASSERT_EQ(theirs.tensors().size(), mine.tensors().size());
+    for (const GgufTensor& a : theirs.tensors()) {
+      const GgufTensor* b = mine.find_tensor(a.name);
+      ASSERT_TRUE(b) << a.name << " is missing from dsmoe's " << type << " export";
+      EXPECT_EQ(a.ne, b->ne) << a.name;
+      EXPECT_EQ(a.type, b->type) << a.name;
+      EXPECT_TRUE(a.nbytes == b->nbytes && std::memcmp(a.data, b->data, a.nbytes) == 0)
+          << a.name << ": dsmoe's " << type << " bytes differ from gguf-py's";
     }
-    const InferenceModel im = load_inference_model(gq, ops::WType::F32);
-    const Tol t = kActivationRounding.at(type);
-    EXPECT_TRUE(logprobs_close("llama.cpp vs dsmoe on gguf-py's " + type + " file", llama_logprobs(gq, f.seqs).logprobs,
-                               dsmoe_logprobs(*im.weights, f.seqs), t.max, t.mean));
   }
+  // f16, a type dsmoe does not write: llama.cpp and dsmoe agree on gguf-py's file.
+  const std::string g16 = local("py-f16.gguf");
+  const Shell r16 = python_gguf(q(test::source_dir() + "/tests/gguf/write_gguf_py.py") + " " + q(hf) + " " + q(g16) + " f16");
+  ASSERT_EQ(r16.rc, 0) << r16.out << r16.err;
+  if (!have_llama()) GTEST_SKIP() << "node-llama-cpp is not installed";
+  expect_engines_agree(g16, "f16", "gguf-py's f16 file");
 }
 
 // The CLI refuses what it cannot do faithfully, exit 1 with the reason; corrupt files too.
