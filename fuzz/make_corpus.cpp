@@ -11,6 +11,7 @@
 
 #include "core/rng.h"
 #include "fuzz_support.h"
+#include "infer/gguf_checkpoint.h"
 #include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -134,6 +135,23 @@ void hf_folder_seeds() {
   fs::remove_all(dir);
 }
 
+// GGUF files of the tiny model (vocab 256: the byte tokens) as export_gguf writes them, f32 and bf16.
+void gguf_seeds() {
+  Config c = tiny_config(false);
+  c.model.vocab_size = 256;
+  Model model(c.model);
+  Rng rng(1);
+  model.init_weights(rng, 0.02);
+  const fs::path tmp = g_out / ".tmp.gguf";
+  for (GgmlType t : {GgmlType::F32, GgmlType::BF16}) {
+    GgufExportOptions o;
+    o.type = t;
+    export_gguf(tmp.string(), c, model, GgufTokenizerSource{}, o);
+    seed("fuzz_gguf", std::string("tiny-") + ggml_type_name((uint32_t)t) + ".gguf", slurp(tmp));
+  }
+  fs::remove(tmp);
+}
+
 const std::vector<std::string>& texts() {
   static const std::vector<std::string> t = {
       "the cat sat on the mat; the cat ran.", "Numbers 1 22 333 4444 and    spaces\n\nlines",
@@ -223,6 +241,7 @@ int main(int argc, char** argv) {
     safetensors_seeds();
     config_seeds();
     hf_folder_seeds();
+    gguf_seeds();
     tokenizer_seeds();
     split_seeds();
     suite_seeds();

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 all=(fuzz_safetensors fuzz_config fuzz_hf_folder fuzz_quant_config fuzz_tokenizer_json
-     fuzz_tokenizer_encode fuzz_tokenizer_decode fuzz_data_split fuzz_suite fuzz_chat_template)
+     fuzz_tokenizer_encode fuzz_tokenizer_decode fuzz_data_split fuzz_suite fuzz_chat_template fuzz_gguf)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 
@@ -18,7 +18,7 @@ targets=("$@")
 # stays fast (a model folder holds a whole tiny checkpoint).
 max_len() {
   case "$1" in
-    fuzz_hf_folder) echo 32768 ;;
+    fuzz_hf_folder|fuzz_gguf) echo 32768 ;;
     fuzz_safetensors|fuzz_data_split|fuzz_tokenizer_json) echo 16384 ;;
     *) echo 4096 ;;
   esac

@@ -20,6 +20,7 @@
 #include "infer/chat_session.h"
 #include "infer/compute_mode.h"
 #include "infer/engine.h"
+#include "infer/gguf_checkpoint.h"
 #include "infer/hf_checkpoint.h"
 #include "infer/infer_weights.h"
 #include "infer/sampling.h"
@@ -397,6 +398,65 @@ void add_model_out_options(CLI::App* c, ModelOutArgs& a, const std::string& mode
                 "tokenizer.json to write beside the weights (default: the model folder's; needed when it has none)");
 }
 
+// export --format gguf. --out FILE.gguf: one file, written atomically; an existing one is replaced
+// only with --force and only when it is a GGUF file. Any other --out is a folder (the rules of
+// io/output_dir.h) that receives model.gguf.
+void export_gguf_command(const ModelOutArgs& a, GgmlType type) {
+  const bool to_file = a.out.size() > 5 && a.out.compare(a.out.size() - 5, 5, ".gguf") == 0;
+  TensorProgressLine read{"load"}, write{"write"};
+  GgufExportOptions o;
+  o.type = type;
+  o.progress = write.callback();
+  o.name = fs::path(a.dir).filename().string();
+  std::optional<StagedOutput> staged;
+  std::string file = a.out;
+  if (to_file) {
+    OutputRequest r = a.request("export");
+    check_disjoint(a.out, r.inputs, "--out");
+    if (fs::exists(a.out)) {
+      if (!is_gguf_file(a.out))
+        usage_error("--out {} exists and is not a GGUF file; choose another name (dsmoe never replaces other files)", a.out);
+      if (!a.force) usage_error("--out {} exists; add --force to replace it", a.out);
+    }
+  } else {
+    staged.emplace(a.request("export"));
+    file = (fs::path(staged->path()) / "model.gguf").string();
+  }
+  LoadedModel lm = load_model_dir(a.dir, read.callback());
+  check_gguf_exportable(lm.config.model);  // before reading the tokenizer: the cheaper refusal first
+  const TextCodec text = TextCodec::for_model(a.dir, a.tokenizer, lm.config.model);
+  GgufTokenizerSource src;
+  if (!text.is_bytes()) {
+    src.json = text.tokenizer_json();
+    src.origin = text.spec();
+    const std::vector<int32_t> specials = text.encode("", /*add_special=*/true);
+    src.add_bos = text.bos_id() >= 0 && !specials.empty() && specials.front() == text.bos_id();
+    src.add_eos = text.eos_id() >= 0 && !specials.empty() && specials.back() == text.eos_id();
+    if (specials.size() > (size_t)src.add_bos + (size_t)src.add_eos)
+      fail("{}: encoding adds {} special tokens to empty text, not only BOS/EOS: GGUF cannot express that",
+           text.spec(), specials.size());
+  }
+  src.bos = text.bos_id();
+  src.eos = text.eos_id();
+  if (text.is_file()) {  // the chat template of the tokenizer_config.json beside it, as llama.cpp's converter
+    const fs::path cfg = fs::path(text.spec()).parent_path() / "tokenizer_config.json";
+    if (fs::exists(cfg)) {
+      json j;
+      try {
+        j = json::parse(read_text_file(cfg.string()));
+      } catch (const json::exception& e) {
+        fail("{}: not valid JSON: {}", cfg.string(), e.what());
+      }
+      if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
+        src.chat_template = j["chat_template"].get<std::string>();
+    }
+  }
+  export_gguf(file, lm.config, *lm.model, src, o);
+  if (staged) staged->commit();
+  std::printf("exported %s -> %s (gguf, %s, %s)\n", a.dir.c_str(), to_file ? a.out.c_str() : (fs::path(a.out) / "model.gguf").string().c_str(),
+              ggml_type_name((uint32_t)type), text.describe().c_str());
+}
+
 }  // namespace
 
 void add_infer_commands(CLI::App& app) {
@@ -483,12 +543,29 @@ void add_infer_commands(CLI::App& app) {
   }
   // export
   {
-    auto* c = app.add_subcommand("export", "write a model folder as a Hugging Face checkpoint (with its tokenizer files)");
+    auto* c = app.add_subcommand("export", "write a model as a Hugging Face checkpoint folder (with its tokenizer files) "
+                                           "or as a llama.cpp GGUF file");
     auto a = std::make_shared<ModelOutArgs>();
     auto dtype = std::make_shared<std::string>("f32");
-    add_model_out_options(c, *a, "dsmoe run folder (or HF checkpoint to re-shard / convert)");
-    c->add_option("--dtype", *dtype, "f32 or bf16")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+    auto format = std::make_shared<std::string>("hf");
+    auto gtype = std::make_shared<std::string>("f32");
+    add_model_out_options(c, *a, "dsmoe run folder (or HF checkpoint / GGUF file to re-shard / convert)");
+    c->add_option("--format", *format, "hf (a checkpoint folder) or gguf (one file llama.cpp loads, architecture deepseek)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"hf", "gguf"}));
+    auto* dtype_opt = c->add_option("--dtype", *dtype, "hf: f32 or bf16")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+    auto* type_opt = c->add_option("--type", *gtype, "gguf: f32, bf16, q8_0 or q4_0 (ggml's blocks, quantized from the fp32 weights)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "bf16", "q8_0", "q4_0"}));
     c->callback([=] {
+      if (*format == "gguf") {
+        if (dtype_opt->count() > 0) usage_error("export --format gguf: use --type (f32, bf16, q8_0, q4_0), not --dtype");
+        const GgmlType t = *gtype == "bf16" ? GgmlType::BF16 : *gtype == "q8_0" ? GgmlType::Q8_0
+                           : *gtype == "q4_0" ? GgmlType::Q4_0 : GgmlType::F32;
+        export_gguf_command(*a, t);
+        return;
+      }
+      if (type_opt->count() > 0) usage_error("export --type is for --format gguf; the HF format takes --dtype");
       ExportOptions o;
       o.dtype = *dtype == "bf16" ? DType::BF16 : DType::F32;
       o.max_shard_bytes = parse_size(a->shard);

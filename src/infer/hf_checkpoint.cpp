@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "infer/gguf_checkpoint.h"
 
 namespace dsmoe {
 
@@ -353,6 +354,7 @@ LoadReport load_hf_weights(const std::string& dir, Model& model) {
 
 InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type,
                                     const TensorProgress& progress) {
+  if (is_gguf_file(dir)) return load_gguf_inference_model(dir, type, progress);
   InferenceModel im;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   im.config = load_hf_config(dir);
@@ -376,6 +378,7 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<ops::W
 }
 
 LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress) {
+  if (is_gguf_file(dir)) return load_gguf_model(dir, progress);
   LoadedModel lm;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   lm.config = load_hf_config(dir);

@@ -37,6 +37,13 @@ void write_model_text_files(const std::string& dir, const TextCodec& codec, cons
   json gen = {{"_from_model_config", true}, {"bos_token_id", bos}, {"eos_token_id", eos}};
   write_file_atomic((fs::path(dir) / "generation_config.json").string(), gen.dump(2) + "\n");
   if (codec.is_bytes()) return;
+  if (!codec.is_file()) {  // rebuilt from a GGUF file's tokenizer.ggml.*: no file to copy
+    const std::string path = (fs::path(dir) / "tokenizer.json").string();
+    write_file_atomic(path, codec.tokenizer_json());
+    write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(),
+                      make_tokenizer_config(path, codec.bos_id(), codec.eos_id(), "").dump(2) + "\n");
+    return;
+  }
   if (!copy_tokenizer_files(codec.spec(), dir))  // a tokenizer.json alone: say its BOS/EOS
     write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(),
                       make_tokenizer_config(codec.spec(), codec.bos_id(), codec.eos_id(), "").dump(2) + "\n");

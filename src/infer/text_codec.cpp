@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "infer/gguf_checkpoint.h"
+#include "io/safetensors.h"
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
@@ -23,8 +25,27 @@ TextCodec TextCodec::load(const std::string& spec) {
   return c;
 }
 
+std::string TextCodec::tokenizer_json() const {
+  if (!tokenizer_) fail("byte-level ids have no tokenizer.json");
+  return json_.empty() ? read_text_file(spec_) : json_;
+}
+
 TextCodec TextCodec::for_model(const std::string& dir, const std::string& spec, const ModelConfig& m) {
   std::string path = spec;
+  if (path.empty() && is_gguf_file(dir)) {
+    const GgufFile f(dir);
+    const GgufTokenizer t = gguf_tokenizer_json(f);
+    TextCodec c;
+    c.spec_ = dir;
+    c.json_ = t.json;
+    c.tokenizer_ = std::make_shared<const tok::Tokenizer>(tok::Tokenizer::from_json(t.json, dir + " (tokenizer.ggml.*)"));
+    c.vocab_size_ = c.tokenizer_->vocab_size();
+    if (c.vocab_size_ > m.vocab_size)
+      fail("{}: the tokenizer has {} ids but the model's vocab_size is {}", dir, c.vocab_size_, m.vocab_size);
+    c.bos_ = t.bos;
+    c.eos_ = t.eos;
+    return c;
+  }
   if (path.empty()) {
     const fs::path own = fs::path(dir) / "tokenizer.json";
     if (fs::exists(own)) path = own.string();

@@ -10,7 +10,9 @@
 
 #include "core/error.h"
 #include "experiment/suite.h"
+#include "infer/gguf_vocab.h"
 #include "infer/hf_checkpoint.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "test_util.h"
@@ -50,6 +52,13 @@ TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
 TEST(FuzzRegressions, SuiteNameNotString) {
   const std::string path = std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_suite/name_not_string.json";
   EXPECT_THROW(dsmoe::experiment::load_suite(path, false), dsmoe::Error);
+}
+
+// gguf_tokenizer_json put tokenizer.ggml.tokens into a JSON document as they were; a token that is
+// not valid UTF-8 made nlohmann's dump throw type_error (316) instead of a dsmoe::Error.
+TEST(FuzzRegressions, GgufTokenNotUtf8) {
+  const dsmoe::GgufFile f(std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_gguf/invalid_utf8_token.gguf");
+  EXPECT_TRUE(dsmoe::test::error_mentions([&] { dsmoe::gguf_tokenizer_json(f); }, {"not valid UTF-8"}));
 }
 
 }  // namespace
