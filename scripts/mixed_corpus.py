@@ -74,25 +74,31 @@ def dictionary(out, manifest):
         write_doc(out, "dictionary", f"{n:05d}", "\n\n".join(group) + "\n", manifest)
 
 
-def code(manifest):
-    roots = sorted(d for d in os.listdir("/usr/lib") if re.fullmatch(r"python3\.\d+", d))
-    if not roots:
-        sys.exit("mixed_corpus: no /usr/lib/python3.X found")
-    root = os.path.join("/usr/lib", roots[-1])
+def list_text_files(manifest, domain, root, suffix, skip_dirs=()):
+    """Lists root/**/*suffix in place (sorted walk), leaving out files that are empty or not UTF-8
+    (a few Python test files are Latin-1 on purpose)."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("dist-packages", "site-packages", "__pycache__"))
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
         for fn in sorted(filenames):
-            if not fn.endswith(".py"):
+            if not fn.endswith(suffix):
                 continue
             path = os.path.join(dirpath, fn)
             try:
                 with open(path, "rb") as f:
                     data = f.read()
-                data.decode("utf-8")  # a few test files are Latin-1 on purpose: not UTF-8 text, skipped
+                data.decode("utf-8")
             except (OSError, UnicodeDecodeError):
                 continue
             if data.strip():
-                manifest.append(("code", path))
+                manifest.append((domain, path))
+
+
+def code(manifest):
+    roots = sorted(d for d in os.listdir("/usr/lib") if re.fullmatch(r"python3\.\d+", d))
+    if not roots:
+        sys.exit("mixed_corpus: no /usr/lib/python3.X found")
+    list_text_files(manifest, "code", os.path.join("/usr/lib", roots[-1]), ".py",
+                    ("dist-packages", "site-packages", "__pycache__"))
 
 
 ESCAPES = {"em": "--", "en": "-", "bu": "*", "aq": "'", "dq": '"', "lq": '"', "rq": '"', "oq": "'", "cq": "'",
@@ -149,19 +155,7 @@ def excluded_man_files():
 def python_docs(manifest):
     roots = sorted(d for d in os.listdir("/usr/share/doc") if re.fullmatch(r"python3\.\d+", d))
     for r in roots[-1:]:
-        src = os.path.join("/usr/share/doc", r, "html", "_sources")
-        for dirpath, dirnames, filenames in os.walk(src):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                if not fn.endswith(".rst.txt"):
-                    continue
-                path = os.path.join(dirpath, fn)
-                try:
-                    with open(path, "rb") as f:
-                        f.read().decode("utf-8")
-                except (OSError, UnicodeDecodeError):
-                    continue
-                manifest.append(("documentation", path))
+        list_text_files(manifest, "documentation", os.path.join("/usr/share/doc", r, "html", "_sources"), ".rst.txt")
 
 
 def documentation(out, manifest):
