@@ -95,8 +95,9 @@ std::vector<PreparePiece> unlabelled_pieces(std::vector<std::string> docs, int64
                  docs.size(), (long long)val_every);
   n_docs = docs.size();
   for (size_t i = 0; i < docs.size(); ++i) {
-    if (whole_documents) {
-      pieces.push_back({std::move(docs[i]), (int64_t)(i % val_every) == val_every - 1});
+    const bool blank = docs[i].find_first_not_of(" \t\r\n") == std::string::npos;  // counted once as empty
+    if (whole_documents || blank) {
+      pieces.push_back({std::move(docs[i]), whole_documents && (int64_t)(i % val_every) == val_every - 1});
     } else {
       const size_t cut = split_point(docs[i], 0.95);
       pieces.push_back({docs[i].substr(0, cut), false});

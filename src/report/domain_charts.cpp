@@ -15,7 +15,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Row-normalised load of one layer, in percent: share[d][e] = 100 * load[d][e] / sum_e load[d][e].
+// Row-normalised load of one layer against uniform routing: E * load[d][e] / sum_e load[d][e] (1 =
+// the domain uses expert e as often as uniform routing would), comparable between models with
+// different numbers of experts.
 std::vector<double> load_share(const nlohmann::json& layer, size_t D, size_t E, const std::string& who) {
   const nlohmann::json& load = layer.at("load");
   if (!load.is_array() || load.size() != D) fail("{}: layer {}: 'load' must hold {} rows", who, layer.at("layer").dump(), D);
@@ -25,7 +27,7 @@ std::vector<double> load_share(const nlohmann::json& layer, size_t D, size_t E, 
       fail("{}: layer {}: load row {} must hold {} experts", who, layer.at("layer").dump(), d, E);
     double sum = 0;
     for (size_t e = 0; e < E; ++e) sum += load[d][e].get<double>();
-    for (size_t e = 0; e < E; ++e) v[d * E + e] = sum > 0 ? 100.0 * load[d][e].get<double>() / sum : NAN;
+    for (size_t e = 0; e < E; ++e) v[d * E + e] = sum > 0 ? (double)E * load[d][e].get<double>() / sum : NAN;
   }
   return v;
 }
@@ -68,17 +70,17 @@ std::vector<std::string> write_domain_load_charts(const std::vector<std::pair<st
   fs::create_directories(out_dir);
   for (const Map& m : maps) {
     Heatmap h;
-    h.title = fmt::format("{}: expert load per domain, layer {} (% of the domain's selections)", m.model, m.layer);
+    h.title = fmt::format("{}: expert load per domain, layer {} (1 = uniform)", m.model, m.layer);
     h.x_label = "routed expert";
     h.y_label = "domain";
-    h.value_label = "% of the domain's routed selections";
+    h.value_label = "share of the domain's selections x experts";
     h.rows = (int64_t)m.domains.size();
     h.cols = (int64_t)m.E;
     h.values = m.share;
     h.row_labels = m.domains;
     h.scale_lo = 0;
     h.scale_hi = hi > 0 ? hi : 1;  // shared by every model and layer drawn together
-    h.cell_decimals = 0;
+    h.cell_decimals = 1;
     const std::string path = (fs::path(out_dir) / fmt::format("{}_domain_load_layer{}.svg", file_safe(m.model), m.layer)).string();
     write_svg(path, to_svg(h));
     paths.push_back(path);

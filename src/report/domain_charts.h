@@ -1,6 +1,7 @@
 // Charts of `dsmoe eval --per-domain` results: per MoE layer, a domain x expert heatmap of each
-// domain's share of its routed selections going to each expert (%), one colour scale shared by all
-// the models and layers drawn together so that their maps can be compared by colour.
+// domain's share of its routed selections going to each expert, times the number of experts (1 =
+// uniform routing, so models with different expert counts compare), on one colour scale shared by
+// all the models and layers drawn together.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>

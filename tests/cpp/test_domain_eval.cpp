@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "report/domain_charts.h"
 #include "test_util.h"
 #include "train/corpus.h"
 #include "train/data.h"
@@ -327,6 +328,35 @@ TEST(Corpus, ManifestErrorsNameTheLine) {
   ASSERT_EQ(c.docs.size(), 2u);
   EXPECT_EQ(c.docs[1].domain, 1);
   EXPECT_EQ(c.docs[0].text, "some text\n");
+}
+
+// ---------------------------------------------------------------- charts
+
+std::vector<std::string> svg_ticks(const std::string& svg) {
+  std::vector<std::string> t;
+  const std::string key = "class=\"tick\">";
+  for (size_t p = svg.find(key); p != std::string::npos; p = svg.find(key, p + 1))
+    t.push_back(svg.substr(p + key.size(), svg.find('<', p) - p - key.size()));
+  return t;
+}
+
+TEST(DomainCharts, ModelsShareOneColourScaleOfLoadOverUniform) {
+  // A routes uniformly (every cell 1.0); B sends each domain to one of its 2 experts (2.0 and 0).
+  const json a = {{"domains", {"x", "y"}}, {"layers", {{{"layer", 1}, {"experts", 2}, {"load", {{10, 10}, {10, 10}}}}}}};
+  const json b = {{"domains", {"x", "y"}}, {"layers", {{{"layer", 1}, {"experts", 2}, {"load", {{20, 0}, {0, 20}}}}}}};
+  const std::string dir = test::tmp_path("domain_charts");
+  fs::remove_all(dir);
+  const auto paths = report::write_domain_load_charts({{"model A", a}, {"B", b}}, dir);
+  ASSERT_EQ(paths.size(), 2u);
+  EXPECT_EQ(fs::path(paths[0]).filename(), "model_A_domain_load_layer1.svg");
+  const std::string sa = test::cli::slurp(paths[0]), sb = test::cli::slurp(paths[1]);
+  EXPECT_EQ(svg_ticks(sa), svg_ticks(sb)) << "one colour scale for both";
+  ASSERT_FALSE(svg_ticks(sa).empty());
+  EXPECT_EQ(std::stod(svg_ticks(sa).back()), 2.0) << "the scale reaches B's maximum, 2 x uniform";
+  EXPECT_TRUE(test::cli::contains(sa, ">1.0<")) << "cells labelled with one decimal";
+  EXPECT_TRUE(test::cli::contains(sb, ">2.0<"));
+  EXPECT_TRUE(test::error_mentions([&] { report::write_domain_load_charts({{"bad", json{{"domains", {"x"}}}}}, dir); },
+                                   {"bad: not a `dsmoe eval --per-domain` result"}));
 }
 
 // ---------------------------------------------------------------- CLI
