@@ -1,6 +1,7 @@
 // Surface: a prepared dataset's split file (DIR/train.safetensors: the "tokens" tensor and its
-// metadata: vocab_size, tokenizer, bos_id, eos_id) through load_split, then what training does with
-// a split it accepted: batches, evaluation windows and the unigram baseline.
+// metadata: vocab_size, tokenizer, bos_id, eos_id; the optional domain labels doc_ends, doc_domains,
+// domains) through load_split, then what training does with a split it accepted: batches,
+// evaluation windows, the unigram baseline, and each domain's documents (per-domain evaluation).
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -22,6 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     });
     fuzz::refuse_ok([&] { eval_batch(s, 2, 4, 0, 2, in, tg); });
     fuzz::refuse_ok([&] { unigram_baseline(s, s); });
+    for (size_t d = 0; d < s.domains.size(); ++d) {
+      const TokenSplit sub = s.domain_subset((int32_t)d);
+      fuzz::refuse_ok([&] { eval_batch(sub, 2, 4, 0, 2, in, tg); });
+    }
   });
   return 0;
 }

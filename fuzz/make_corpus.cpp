@@ -188,6 +188,11 @@ void split_seeds() {
   b.vocab_size = 256;
   save_split(dir.string(), "train", b);
   seed("fuzz_data_split", "bytes.safetensors", slurp(dir / "train.safetensors"));
+  s.domains = {"prose", "code"};  // domain labels (prepare --corpus mixed / --manifest)
+  s.doc_ends = {5, 10, 13};
+  s.doc_domains = {0, 1, 0};
+  save_split(dir.string(), "train", s);
+  seed("fuzz_data_split", "domains.safetensors", slurp(dir / "train.safetensors"));
   fs::remove_all(dir);
 }
 

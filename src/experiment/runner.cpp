@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "experiment/domain_eval.h"
 #include "model/routing_stats.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -136,6 +137,14 @@ void analyse(const Suite& s, const SuiteModel& sm, bool first_seed, Model& model
     model.set_routing_stats(nullptr);
     run["routing"] = routing_stats_json(stats);
   }
+  // Per-domain loss and specialisation, on every seed (the per-domain losses are compared over seeds).
+  if (wants(s.per_domain)) {
+    DomainEvalOptions o;
+    o.batch = t.batch_size;
+    o.seq_len = t.seq_len;
+    o.n_batches = t.eval_batches;
+    run["per_domain"] = evaluate_domains(model, val, o);
+  }
 }
 
 }  // namespace
@@ -145,6 +154,9 @@ json run_suite(const Suite& s, const RunOptions& opt) {
   fs::create_directories(opt.out_dir);
   const TokenSplit train_data = load_split(s.data_dir, "train");
   const TokenSplit val = load_split(s.data_dir, "val");
+  if (!s.per_domain.models.empty() && !val.has_domains())
+    fail("{}: analyses.per_domain needs data with domain labels, and {} has none (prepare it with `dsmoe prepare "
+         "--corpus mixed` or --manifest)", s.path, val.path);
   const TrainConfig& budget = s.models.front().config.train;
   const int64_t tokens_per_model = budget.steps * budget.batch_size * budget.seq_len * budget.grad_accum;
 

@@ -191,12 +191,14 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
     const json& a = j["analyses"];
     if (!a.is_object()) fail("{}: 'analyses' must be an object", path);
     for (auto it = a.begin(); it != a.end(); ++it)
-      if (it.key() != "disable_top" && it.key() != "top_k" && it.key() != "drop_shared" && it.key() != "routing")
-        fail("{}: unknown analysis '{}' (expected disable_top, top_k, drop_shared, routing)", path, it.key());
+      if (it.key() != "disable_top" && it.key() != "top_k" && it.key() != "drop_shared" && it.key() != "routing" &&
+          it.key() != "per_domain")
+        fail("{}: unknown analysis '{}' (expected disable_top, top_k, drop_shared, routing, per_domain)", path, it.key());
     s.disable_top = read_analysis(a, "disable_top", path, s);
     s.top_k = read_analysis(a, "top_k", path, s);
     s.drop_shared = read_analysis(a, "drop_shared", path, s);
     s.routing = read_analysis(a, "routing", path, s);
+    s.per_domain = read_analysis(a, "per_domain", path, s);
     for (const auto& id : s.disable_top.models)
       if (s.find(id)->config.model.router_type != RouterType::SoftmaxTopK || !s.find(id)->config.model.is_moe())
         fail("{}: analyses.disable_top: model '{}' has no learned router", path, id);

@@ -8,7 +8,8 @@
 //                "seeds": "all" | "first" | [1, 2]}, ...],
 //    "analyses": {"disable_top": {"models": [...], "ratios": [0, 0.0625, ...]},
 //                 "top_k": {"models": [...], "k": [1, 2, ...], "reference": "gshard"},
-//                 "drop_shared": {"models": [...]}, "routing": {"models": [...]}},
+//                 "drop_shared": {"models": [...]}, "routing": {"models": [...]},
+//                 "per_domain": {"models": [...]}},
 //    "quick": {"seeds": [1], "model": {config keys}, "training": {training keys}}}
 #pragma once
 #include <cstdint>
@@ -40,6 +41,7 @@ struct Suite {
   std::vector<uint64_t> seeds;
   std::vector<SuiteModel> models;
   AnalysisSpec disable_top, top_k, drop_shared, routing;
+  AnalysisSpec per_domain;  // evaluate_domains (experiment/domain_eval.h) on every seed; needs labelled data
 
   const SuiteModel* find(const std::string& id) const;  // null if absent
   bool in_group(const SuiteModel& m, const std::string& group) const;

@@ -116,7 +116,8 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     };
     const auto ffn = [&](float* ffn_out, const float* ln2) {
       if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
-          cfg_.capacity_factor == 0 && !override_.active() && !routing_stats_) {
+          cfg_.capacity_factor == 0 && !override_.active() && !routing_stats_ &&
+          !expert_output_stats_) {
         // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
         // expert buys nothing; run each token's experts directly.
         moe_forward_token_major(cfg_, W, ln2, tokens, N, ffn_out, moe_stats_[l]);
@@ -125,6 +126,10 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
         if (routing_stats_)
           routing_stats_->accumulate(l, a.moe.ids.data(), cfg_.has_router_weights() ? a.moe.probs.data() : nullptr, B, T,
                                      cfg_.n_routed_experts, override_.k(cfg_));
+        if (expert_output_stats_) {
+          const bool shared = cfg_.n_shared_experts > 0 && !override_.drop_shared;
+          expert_output_stats_->accumulate(cfg_, W, l, ln2, ffn_out, shared ? a.moe.shared_out.data() : nullptr, N);
+        }
         r.expert_aux += moe_stats_[l].expert_aux;
         r.device_aux += moe_stats_[l].device_aux;
       } else {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/expert_outputs.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
 #include "model/routing_stats.h"
@@ -60,6 +61,10 @@ class Model {
   // token-major path keeps no routing probabilities).
   void set_routing_stats(RoutingStats* s) { routing_stats_ = s; }
   RoutingStats* routing_stats() const { return routing_stats_; }
+  // Non-owning; null = off (the default). When set, every forward adds each MoE layer's shared and
+  // routed output norms and the routed experts' output similarity to *s (see ExpertOutputStats);
+  // MoE layers then take the grouped path too.
+  void set_expert_output_stats(ExpertOutputStats* s) { expert_output_stats_ = s; }
   void zero_grads();
 
   const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
@@ -88,6 +93,7 @@ class Model {
   std::vector<MoeStats> moe_stats_;
   RoutingOverride override_;
   RoutingStats* routing_stats_ = nullptr;
+  ExpertOutputStats* expert_output_stats_ = nullptr;
   bool last_forward_overridden_ = false;  // its activations do not fit backward
   bool forward_done_ = false;             // a forward completed (a throwing one leaves this false)
   bool last_forward_aux_ = false;         // ... with compute_aux (what backward(with_aux) needs)

@@ -546,13 +546,22 @@ std::string to_svg(const Heatmap& h) {
     fail("heatmap '{}': {} column labels for {} columns", h.title, h.col_labels.size(), h.cols);
   auto row_label = [&](int64_t r) { return h.row_labels.empty() ? std::to_string(r) : h.row_labels[r]; };
   auto col_label = [&](int64_t c) { return h.col_labels.empty() ? std::to_string(c) : h.col_labels[c]; };
+  if (std::isfinite(h.scale_lo) != std::isfinite(h.scale_hi) ||
+      (std::isfinite(h.scale_lo) && !(h.scale_lo <= h.scale_hi)))
+    fail("heatmap '{}': colour scale [{}, {}]: give both ends, lo <= hi (or neither)", h.title, h.scale_lo, h.scale_hi);
+  if (h.cell_decimals < -1 || h.cell_decimals > 6)
+    fail("heatmap '{}': cell_decimals {} outside [-1, 6]", h.title, h.cell_decimals);
   Range r;
   for (double v : h.values)
     if (std::isfinite(v)) r.add(v);
   const bool empty = r.empty();
   if (empty) r = Range{0, 1};
+  if (std::isfinite(h.scale_lo)) r = Range{h.scale_lo, h.scale_hi};
   const double span = r.hi - r.lo;
-  auto t_of = [&](double v) { return span > 0 ? (v - r.lo) / span : 0.5; };
+  auto t_of = [&](double v) { return span > 0 ? std::clamp((v - r.lo) / span, 0.0, 1.0) : 0.5; };
+  auto cell_value = [&](double v) {
+    return h.cell_decimals < 0 ? short_value(v) : fmt::format("{:.{}f}", v, h.cell_decimals);
+  };
 
   double label_w = 0;
   for (int64_t i = 0; i < h.rows; ++i) label_w = std::max(label_w, text_w(row_label(i), 11));
@@ -565,7 +574,8 @@ std::string to_svg(const Heatmap& h) {
   svg.open(h.title);
   svg.s += "<defs><pattern id=\"missing\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\">"
            "<rect width=\"6\" height=\"6\" fill=\"#ddd\"/><path d=\"M0,6 L6,0\" stroke=\"#999\"/></pattern></defs>\n";
-  const bool cell_text = cw >= text_w("0.000", 10) + 4 && ch >= 14 && h.rows * h.cols <= 400;
+  const bool cell_text = cw >= text_w(h.cell_decimals < 0 ? "0.000" : cell_value(r.hi), 10) + 4 && ch >= 14 &&
+                         h.rows * h.cols <= 400;
   svg.s += "<g class=\"cells\">\n";
   for (int64_t i = 0; i < h.rows; ++i)
     for (int64_t j = 0; j < h.cols; ++j) {
@@ -582,7 +592,7 @@ std::string to_svg(const Heatmap& h) {
       if (cell_text && ok) {
         // Dark text on the light (yellow-green) end, white on the dark end.
         const double lum = 0.2126 * rgb.r + 0.7152 * rgb.g + 0.0722 * rgb.b;
-        svg.text(p.x + cw * ((double)j + 0.5), p.y + ch * ((double)i + 0.5) + 3.5, short_value(v), "middle",
+        svg.text(p.x + cw * ((double)j + 0.5), p.y + ch * ((double)i + 0.5) + 3.5, cell_value(v), "middle",
                  fmt::format("font-size=\"10\" fill=\"{}\"", lum > 140 ? "#000" : "#fff"));
       }
     }

@@ -46,6 +46,11 @@ struct Heatmap {
   int64_t rows = 0, cols = 0;
   std::vector<double> values;  // row-major rows * cols
   std::vector<std::string> row_labels, col_labels;  // optional (empty = indices)
+  // Colour scale: NaN = the data's own minimum / maximum. Give both to share one scale across the
+  // charts of models that are compared (values outside are drawn at the nearer end).
+  double scale_lo = NAN, scale_hi = NAN;
+  // Cell labels with this many decimals (-1: three significant digits); 0 keeps percentages short.
+  int cell_decimals = -1;
 };
 
 // Canvas size of every chart (SVG user units = px at 100%).

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -12,6 +14,65 @@
 namespace dsmoe {
 
 namespace fs = std::filesystem;
+
+// The optional domain labels: all of them or none (data prepared before they existed has none).
+static void load_domain_labels(const SafeTensorsFile& f, const std::string& path, TokenSplit& s) {
+  const auto names = f.metadata().find("domains");
+  const bool has_ends = f.has("doc_ends"), has_domains = f.has("doc_domains");
+  if (names == f.metadata().end() && !has_ends && !has_domains) return;
+  if (names == f.metadata().end() || !has_ends || !has_domains)
+    fail("{}: partial domain labels: metadata 'domains' {}, tensor 'doc_ends' {}, tensor 'doc_domains' {} (all three "
+         "or none)", path, names == f.metadata().end() ? "missing" : "present", has_ends ? "present" : "missing",
+         has_domains ? "present" : "missing");
+  const nlohmann::json j = nlohmann::json::parse(names->second, nullptr, false);
+  if (j.is_discarded() || !j.is_array() || j.empty() || (int64_t)j.size() > kMaxDomains)
+    fail("{}: metadata 'domains' must be a JSON array of 1 to {} names", path, kMaxDomains);
+  for (const auto& n : j) {
+    if (!n.is_string()) fail("{}: metadata 'domains' holds {}, not a name", path, n.dump());
+    const std::string name = n.get<std::string>();
+    if (name.empty() || name.size() > kMaxDomainNameBytes ||
+        std::any_of(name.begin(), name.end(), [](char c) { return (unsigned char)c < 0x20 || c == 0x7f; }))
+      fail("{}: domain name {} must be 1 to {} bytes without control characters", path, n.dump(), kMaxDomainNameBytes);
+    if (std::find(s.domains.begin(), s.domains.end(), name) != s.domains.end())
+      fail("{}: domain name {} appears twice in metadata 'domains'", path, n.dump());
+    s.domains.push_back(name);
+  }
+  for (const char* t : {"doc_ends", "doc_domains"})
+    if (f.get(t).shape.size() != 1) fail("{}: tensor '{}' must be 1-D, got {} dims", path, t, f.get(t).shape.size());
+  s.doc_ends = f.read_i32("doc_ends");
+  s.doc_domains = f.read_i32("doc_domains");
+  if (s.doc_ends.size() != s.doc_domains.size() || s.doc_ends.empty())
+    fail("{}: tensors 'doc_ends' ({} entries) and 'doc_domains' ({}) must have the same, non-zero length", path,
+         s.doc_ends.size(), s.doc_domains.size());
+  int64_t prev = 0;
+  for (size_t i = 0; i < s.doc_ends.size(); ++i) {
+    if ((int64_t)s.doc_ends[i] <= prev)
+      fail("{}: doc_ends[{}] = {} must be greater than the previous end {} (documents are non-empty, in order)", path, i,
+           s.doc_ends[i], prev);
+    prev = s.doc_ends[i];
+    if (s.doc_domains[i] < 0 || s.doc_domains[i] >= (int32_t)s.domains.size())
+      fail("{}: doc_domains[{}] = {} is outside [0, {}) (the names in metadata 'domains')", path, i, s.doc_domains[i],
+           s.domains.size());
+  }
+  if (prev != (int64_t)s.tokens.size())
+    fail("{}: the last doc_ends is {}, but the split holds {} tokens", path, prev, s.tokens.size());
+}
+
+TokenSplit TokenSplit::domain_subset(int32_t d) const {
+  DSMOE_ASSERT(d >= 0 && d < (int32_t)domains.size(), "domain index out of range");
+  TokenSplit r;
+  r.vocab_size = vocab_size;
+  r.tokenizer = tokenizer;
+  r.bos_id = bos_id;
+  r.eos_id = eos_id;
+  r.path = path + " (domain " + domains[d] + ")";
+  for (size_t i = 0; i < doc_ends.size(); ++i) {
+    if (doc_domains[i] != d) continue;
+    const int32_t begin = i ? doc_ends[i - 1] : 0;
+    r.tokens.insert(r.tokens.end(), tokens.begin() + begin, tokens.begin() + doc_ends[i]);
+  }
+  return r;
+}
 
 TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size) {
   const std::string path = (fs::path(dir) / (split + ".safetensors")).string();
@@ -52,6 +113,7 @@ TokenSplit load_split(const std::string& dir, const std::string& split, int64_t 
     if (v < -1 || v >= s.vocab_size) fail("{}: metadata '{}' is '{}', expected an id in [0, {}) or -1", path, key, m->second, s.vocab_size);
     (std::string(key) == "bos_id" ? s.bos_id : s.eos_id) = (int32_t)v;
   }
+  load_domain_labels(f, path, s);
   // One pass: each id against the split's own vocabulary and, when given, the model's.
   for (size_t i = 0; i < s.tokens.size(); ++i) {
     if (s.tokens[i] < 0 || s.tokens[i] >= s.vocab_size)
@@ -71,6 +133,16 @@ void save_split(const std::string& dir, const std::string& split, const TokenSpl
   w.set_metadata("tokenizer", s.tokenizer);
   w.set_metadata("bos_id", std::to_string(s.bos_id));
   w.set_metadata("eos_id", std::to_string(s.eos_id));
+  if (s.has_domains()) {
+    // Offsets are stored as I32 like the ids: a split past 2^31 tokens cannot label its documents.
+    if (s.tokens.size() > (size_t)INT32_MAX)
+      fail("save_split: {} tokens with domain labels: more than 2^31 - 1 cannot be indexed", s.tokens.size());
+    DSMOE_ASSERT(s.doc_ends.size() == s.doc_domains.size() && !s.doc_ends.empty() &&
+                     s.doc_ends.back() == (int32_t)s.tokens.size(), "inconsistent domain labels");
+    w.add("doc_ends", DType::I32, {(int64_t)s.doc_ends.size()}, s.doc_ends.data());
+    w.add("doc_domains", DType::I32, {(int64_t)s.doc_domains.size()}, s.doc_domains.data());
+    w.set_metadata("domains", nlohmann::json(s.domains).dump());
+  }
   w.write((fs::path(dir) / (split + ".safetensors")).string());
 }
 

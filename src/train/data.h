@@ -21,11 +21,29 @@ struct TokenSplit {
   int32_t bos_id = -1;    // the id starting each document, -1: none (metadata "bos_id")
   int32_t eos_id = -1;    // the id ending each document, -1: none (metadata "eos_id")
   std::string path;       // the file it was loaded from (for error messages); empty when built in memory
+  // Domain labels (data prepared from a multi-domain corpus; all three empty otherwise, as in data
+  // prepared before they existed). Document i is tokens [doc_ends[i-1], doc_ends[i]) (doc_ends[-1] =
+  // 0) and belongs to domains[doc_domains[i]]. Stored as I32 tensors "doc_ends", "doc_domains" and
+  // metadata "domains" (a JSON array of names).
+  std::vector<std::string> domains;
+  std::vector<int32_t> doc_ends;     // strictly increasing, the last = tokens.size()
+  std::vector<int32_t> doc_domains;  // [doc_ends.size()], each in [0, domains.size())
+
+  bool has_domains() const { return !domains.empty(); }
+  // The tokens of the documents of domain d, concatenated in document order (a split of its own,
+  // without domain labels), for per-domain evaluation.
+  TokenSplit domain_subset(int32_t d) const;
 };
+
+inline constexpr int64_t kMaxDomains = 1024;      // domains of one dataset
+inline constexpr size_t kMaxDomainNameBytes = 256;
 
 // Loads DIR/<split>.safetensors; errors name the file and what is wrong: a metadata vocab_size
 // outside [1, limits::kMaxVocabSize], an id outside [0, vocab_size), or, when model_vocab_size > 0,
-// an id outside the model's vocabulary [0, model_vocab_size).
+// an id outside the model's vocabulary [0, model_vocab_size); domain labels that are partial (one of
+// doc_ends, doc_domains, domains without the others), of different lengths, with ends not strictly
+// increasing to the token count, a domain index outside [0, domains), or names empty, repeated,
+// over kMaxDomainNameBytes or with control characters.
 TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size = 0);
 void save_split(const std::string& dir, const std::string& split, const TokenSplit& s);
 

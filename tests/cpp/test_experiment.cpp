@@ -268,3 +268,71 @@ TEST(Experiment, VerdictsFollowThePairedTest) {
   // Claims about models that were not run are left out rather than guessed.
   EXPECT_EQ(md.find("GShard x1.5"), std::string::npos);
 }
+
+namespace {
+
+// The quick suite's data with domain labels: documents of 500 tokens, labelled "a" and "b" in turn.
+std::string make_labelled_dataset(const std::string& dir) {
+  make_dataset(dir);
+  for (const char* split : {"train", "val"}) {
+    TokenSplit s = load_split(dir, split);
+    s.domains = {"a", "b"};
+    for (size_t end = 500, i = 0;; end += 500, ++i) {
+      s.doc_ends.push_back((int32_t)std::min(end, s.tokens.size()));
+      s.doc_domains.push_back((int32_t)(i % 2));
+      if (end >= s.tokens.size()) break;
+    }
+    save_split(dir, split, s);
+  }
+  return dir;
+}
+
+}  // namespace
+
+TEST(Experiment, PerDomainAnalysisRunsOnEverySeedAndReachesTheReport) {
+  const std::string dir = fresh_dir("per_domain");
+  // The paper suite's quick section and two of its models, with the per-domain analysis added; model
+  // configs by absolute path (this suite file lives elsewhere).
+  json suite = json::parse(slurp(kSuite));
+  json models = json::array();
+  for (const auto& m : suite["models"])
+    if (m["id"] == "gshard" || m["id"] == "deepseekmoe") {
+      json c = m;
+      c["config"] = std::string(DSMOE_SOURCE_DIR) + "/configs/paper/" + m["config"].get<std::string>();
+      models.push_back(c);
+    }
+  suite["models"] = models;
+  suite["analyses"] = {{"per_domain", {{"models", {"gshard", "deepseekmoe"}}}}};
+  const std::string path = write_json(dir + "/suite.json", suite);
+  const Suite s = load_suite(path, true, make_labelled_dataset(dir + "/data"));
+  RunOptions o;
+  o.out_dir = dir + "/out";
+  o.progress = false;
+  const json res = run_suite(s, o);
+  expect_all_finite(res, "results");
+  size_t with = 0;
+  for (const auto& run : res["runs"]) {
+    ASSERT_TRUE(run.contains("per_domain")) << run["model"];
+    ++with;
+    const json& pd = run["per_domain"];
+    EXPECT_EQ(pd["domains"], (json{"a", "b"}));
+    ASSERT_FALSE(pd["layers"].empty());
+    for (const auto& L : pd["layers"]) EXPECT_TRUE(L["mutual_information_normalised"].is_number()) << L.dump();
+  }
+  EXPECT_EQ(with, res["runs"].size());
+  const std::string md = slurp(write_report(res, o.out_dir));
+  for (const char* section : {"## Held-out loss per domain", "## Specialisation per domain", "_domain_load_layer"})
+    EXPECT_NE(md.find(section), std::string::npos) << section;
+  EXPECT_FALSE(std::regex_search(md, std::regex(R"(\b(nan|inf)\b)", std::regex::icase)));
+
+  // Without domain labels the analysis is refused before any training, naming the analysis.
+  const Suite plain = load_suite(path, true, make_dataset(dir + "/plain"));
+  o.out_dir = dir + "/out2";
+  try {
+    run_suite(plain, o);
+    ADD_FAILURE() << "per_domain on unlabelled data accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("analyses.per_domain needs data with domain labels"), std::string::npos)
+        << e.what();
+  }
+}
