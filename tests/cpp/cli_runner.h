@@ -29,10 +29,17 @@ std::string quote_args(const std::vector<std::string>& args);
 // Starts dsmoe with args; stdout/stderr go to the files, stdin from stdin_path ("" = /dev/null).
 pid_t spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path,
             const std::string& stdin_path = "");
+// The same for any program: argv[0] is its path.
+pid_t spawn_program(std::vector<std::string> argv, const std::string& out_path, const std::string& err_path,
+                    const std::string& stdin_path = "");
 // Waits for pid (killing it after timeout_s) and collects its output files.
 Proc finish(pid_t pid, const std::string& cmd, const std::string& out_path, const std::string& err_path,
             double timeout_s);
 Proc run_cli(const std::vector<std::string>& args, double timeout_s = 120, const std::string& stdin_text = "");
+
+// `mpirun -np np dsmoe args...` on this machine: oversubscribed, allowed as root, one OpenMP thread
+// per rank.
+Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s = 120);
 
 bool contains(const std::string& hay, const std::string& needle);
 
