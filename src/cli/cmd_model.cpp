@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "dist/mpi_communicator.h"
 #include "infer/engine.h"
 #include "infer/sampling.h"
 #include "infer/chat_format.h"
@@ -283,7 +284,7 @@ Config config_for_init_from(const std::string& cfg_path, const std::string& dir)
   const Config given = parse_config(raw, cfg_path);
   const nlohmann::json jf = to_json(folder), jg = to_json(given);
   for (const auto& [key, value] : raw.items()) {
-    if (key == "training" || key == "_comment") continue;
+    if (key == "training" || key == "parallel" || key == "_comment") continue;
     const nlohmann::json want = jf.contains(key) ? jf[key] : nlohmann::json();
     const nlohmann::json got = jg.contains(key) ? jg[key] : value;
     if (got != want)
@@ -293,6 +294,7 @@ Config config_for_init_from(const std::string& cfg_path, const std::string& dir)
   }
   Config c = folder;
   c.train = given.train;
+  c.parallel = given.parallel;
   validate(c, cfg_path);
   return c;
 }
@@ -353,6 +355,11 @@ void add_model_commands(CLI::App& app) {
                   "start from the weights of a model folder (HF checkpoint, run folder, quantized folder): continued "
                   "pre-training or fine-tuning; --config may set only \"training\" and keys equal to the folder's");
     c->add_option("--steps", *steps, "override training.steps")->check(int_in(1, 1000000000));
+    auto ep = std::make_shared<int64_t>(0);
+    c->add_option("--ep", *ep,
+                  "expert-parallel size under mpirun (overrides parallel.expert_parallel_size): the routed experts of "
+                  "every MoE layer split over E ranks, P / E data-parallel replicas")
+        ->check(int_in(1, 4096));
     c->add_option("--stop-after", opt->stop_after, "stop after this step (checkpointed), e.g. to test resume")
         ->check(int_in(1, 1000000000));
     c->add_flag("--quiet", *quiet, "no progress output");
@@ -368,11 +375,25 @@ void add_model_commands(CLI::App& app) {
         config.train.steps = *steps;
         config.train.warmup_steps = std::min(config.train.warmup_steps, *steps);
       }
+      if (*ep > 0) {
+        try {
+          validate_expert_parallel(config.model, *ep, "--ep", *cfg);
+        } catch (const UsageError&) {
+          throw;
+        } catch (const Error& e) {
+          usage_error("{}", e.what());
+        }
+        config.parallel.expert_parallel_size = *ep;
+      }
+      const std::unique_ptr<Communicator> world = world_communicator();
+      const bool root = world->rank() == 0;
       TrainOptions o = *opt;
+      o.world = world.get();
       o.progress = !*quiet;
       o.init_from = *init_from;
       if (!init_from->empty()) o.init = [dir = *init_from](Model& m) { load_hf_weights(dir, m); };
       auto s = train(config, o);
+      if (!root) return;  // rank 0 reports for the job
       std::printf("trained %lld steps | train lm loss %.4f | val loss %.4f (ppl %.2f) | unigram baseline %.4f", (long long)s.steps_done,
                   s.final_lm_loss, s.val_loss, std::exp(s.val_loss), s.unigram_baseline);
       if (s.steps_run > 0)

@@ -13,6 +13,7 @@
 #include "core/edit_distance.h"
 #include "core/error.h"
 #include "core/version.h"
+#include "dist/mpi_communicator.h"
 
 namespace {
 
@@ -114,12 +115,14 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const dsmoe::UsageError& e) {
     std::fprintf(stderr, "dsmoe: error: %s\n", e.what());
+    dsmoe::abort_job_if_parallel(2);  // the other ranks may be waiting in a collective: end them too
     return 2;
   } catch (const dsmoe::Interrupted& e) {
     std::fprintf(stderr, "dsmoe: %s\n", e.what());
     return 128 + e.signal();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dsmoe: error: %s\n", e.what());
+    dsmoe::abort_job_if_parallel(1);
     return 1;
   }
   return 0;

@@ -82,7 +82,7 @@ const std::set<std::string> kIgnoredHfKeys = {
     "architectures", "auto_map", "model_type", "torch_dtype", "transformers_version", "use_cache",
     "pretraining_tp", "pad_token_id", "_name_or_path", "attention_dropout", "attention_bias", "rope_scaling",
     "initializer_range", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
-    "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training",
+    "use_bfloat16", "tie_encoder_decoder", "is_encoder_decoder", "quantization_config", "training", "parallel",
     "_comment"};  // "_comment": free text, used by configs/ to say what a file is for
 
 }  // namespace
@@ -191,6 +191,14 @@ Config parse_config(const json& j, const std::string& source) {
     tr.get("eval_batches", T.eval_batches);
     tr.get("checkpoint_interval", T.checkpoint_interval);
   }
+  if (j.contains("parallel") && !j["parallel"].is_null()) {
+    const json& p = j["parallel"];
+    if (!p.is_object()) fail("{}: key 'parallel' must be an object", source);
+    for (auto it = p.begin(); it != p.end(); ++it)
+      if (it.key() != "expert_parallel_size") fail("{}: unknown key 'parallel.{}'", source, it.key());
+    Reader pr{p, source, "parallel."};
+    pr.get("expert_parallel_size", c.parallel.expert_parallel_size);
+  }
   validate(c, source);
   return c;
 }
@@ -268,6 +276,17 @@ void validate(const Config& c, const std::string& source) {
   need(t.grad_clip >= 0, "training.grad_clip", "must be >= 0 (0 = off)");
   need(t.seq_len > 0 && t.seq_len <= m.max_position_embeddings, "training.seq_len",
        fmt::format("must be between 1 and max_position_embeddings ({}), got {}", m.max_position_embeddings, t.seq_len));
+  validate_expert_parallel(m, c.parallel.expert_parallel_size, "parallel.expert_parallel_size", source);
+}
+
+void validate_expert_parallel(const ModelConfig& m, int64_t ep, const std::string& key, const std::string& source) {
+  if (ep < 1 || ep > limits::kMaxExperts)
+    fail("{}: {} must be between 1 and {}, got {}", source, key, limits::kMaxExperts, ep);
+  if (ep == 1) return;
+  if (!m.is_moe()) fail("{}: {} is {}, but the model is dense (no routed experts to split)", source, key, ep);
+  if (m.n_routed_experts % ep != 0)
+    fail("{}: {} ({}) must divide n_routed_experts ({}): each rank of an expert-parallel group holds the same number "
+         "of routed experts", source, key, ep, m.n_routed_experts);
 }
 
 // A config may build on another: {"extends": "base.json", ...}. The base path is relative to the

@@ -90,9 +90,16 @@ struct TrainConfig {
   double min_lr_value() const { return min_lr < 0 ? 0.1 * lr : min_lr; }
 };
 
+// How training spreads over the processes of `mpirun -np P dsmoe train` ("parallel" in a config, or
+// --ep): not a property of the model, so it is not saved with it (a run resumes with any layout).
+struct ParallelConfig {
+  int64_t expert_parallel_size = 1;  // E: ranks that split every MoE layer's routed experts (P / E replicas)
+};
+
 struct Config {
   ModelConfig model;
   TrainConfig train;
+  ParallelConfig parallel;
 };
 
 // Parse and validate. `source` names the file in error messages. Errors name the key and the
@@ -104,6 +111,9 @@ Config load_config(const std::string& path);
 nlohmann::json load_config_json(const std::string& path);
 // Throws if any value violates a constraint (called by parse_config; public for programmatic configs).
 void validate(const Config& c, const std::string& source);
+// E (the config's parallel.expert_parallel_size or --ep, named `key`) against the model: in [1, limits],
+// 1 for a dense model, dividing n_routed_experts. Throws dsmoe::Error naming `key` and both numbers.
+void validate_expert_parallel(const ModelConfig& m, int64_t ep, const std::string& key, const std::string& source);
 // The config as JSON: HF keys (loadable by the official code) plus ours and the training object.
 nlohmann::json to_json(const Config& c);
 

@@ -18,7 +18,7 @@
 namespace dsmoe {
 
 
-Model::Model(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg) {
+Model::Model(const ModelConfig& cfg, ExpertShard shard) : cfg_(cfg), layout_(cfg, shard) {
   // A config within validate()'s bounds can still describe more parameters than memory holds: say
   // so, instead of std::bad_alloc / length_error with no numbers.
   try {
@@ -34,11 +34,23 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg) {
 }
 
 void Model::init_weights(Rng& rng, double std) {
-  for (const auto& t : layout_.tensors()) {
-    float* p = params_.data() + t.offset;
-    if (!t.weight_decay) std::fill(p, p + t.numel, 1.0f);  // norm weights
-    else
+  const ExpertShard& shard = layout_.shard();
+  const ParamLayout whole(cfg_);
+  size_t here = 0;  // this layout's tensors, in the same order as the whole model's
+  for (const auto& t : whole.tensors()) {
+    const ParamTensor& mine = layout_.tensors()[here++];
+    float* p = params_.data() + mine.offset;
+    if (!t.weight_decay) {
+      std::fill(p, p + t.numel, 1.0f);  // norm weights
+    } else if (!t.routed_experts || shard.all()) {
       for (int64_t i = 0; i < t.numel; ++i) p[i] = (float)(std * rng.normal());
+    } else {  // every expert's draws, kept for this shard's
+      const int64_t per_expert = t.numel / t.shape[0], lo = shard.first * per_expert, hi = lo + mine.numel;
+      for (int64_t i = 0; i < t.numel; ++i) {
+        const float v = (float)(std * rng.normal());
+        if (i >= lo && i < hi) p[i - lo] = v;
+      }
+    }
   }
 }
 
@@ -117,12 +129,12 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     const auto ffn = [&](float* ffn_out, const float* ln2) {
       if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
           cfg_.capacity_factor == 0 && !override_.active() && !routing_stats_ &&
-          !expert_output_stats_) {
+          !expert_output_stats_ && !parallel_.dispatcher) {
         // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
         // expert buys nothing; run each token's experts directly.
         moe_forward_token_major(cfg_, W, ln2, tokens, N, ffn_out, moe_stats_[l]);
       } else if (cfg_.is_moe_layer(l)) {
-        moe_forward(cfg_, W, ln2, tokens, B, T, compute_aux, ffn_out, a.moe, moe_stats_[l], override_);
+        moe_forward(cfg_, W, ln2, tokens, B, T, compute_aux, ffn_out, a.moe, moe_stats_[l], override_, parallel_);
         if (routing_stats_)
           routing_stats_->accumulate(l, a.moe.ids.data(), cfg_.has_router_weights() ? a.moe.probs.data() : nullptr, B, T,
                                      cfg_.n_routed_experts, override_.k(cfg_));
@@ -221,7 +233,8 @@ void Model::backward(float lm_scale, bool with_aux) {
     // FFN block: out = h + ffn(rmsnorm(h)); d_resid is dL/dout and becomes dL/dh.
     zero(d_ln_, N * H);
     if (cfg_.is_moe_layer(l)) {
-      moe_backward(cfg_, W, G, a.ln2.data(), d_resid_.data(), B, T, with_aux, d_ln_.data(), a.moe, moe_scratch_);
+      moe_backward(cfg_, W, G, a.ln2.data(), d_resid_.data(), B, T, with_aux, d_ln_.data(), a.moe, moe_scratch_,
+                   parallel_);
     } else {
       const int64_t I = cfg_.intermediate_size, all[2] = {0, N};
       fit(mlp_scratch_, std::max<size_t>(mlp_scratch_.size(), N * 3 * I));

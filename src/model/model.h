@@ -29,7 +29,9 @@ struct ForwardResult {
 
 class Model {
  public:
-  explicit Model(const ModelConfig& cfg);
+  // With a shard (expert parallelism), the model holds only those routed experts of every MoE layer;
+  // run it with a MoeParallel whose dispatcher owns the same experts.
+  explicit Model(const ModelConfig& cfg, ExpertShard shard = {});
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
@@ -38,7 +40,8 @@ class Model {
   std::vector<float>& grads() { return grads_; }  // allocated on first backward
   const ModelView& weights() const { return P_; }
 
-  // normal(0, std) for every matrix, 1 for norm weights.
+  // normal(0, std) for every matrix, 1 for norm weights. A shard gets the values its experts have in
+  // the whole model's initialisation (the same draws in the same order), whatever the layout.
   void init_weights(Rng& rng, double std);
 
   // tokens [B, T]; targets [B, T] or null (negative = ignored). compute_aux: balance losses (training).
@@ -65,6 +68,10 @@ class Model {
   // routed output norms and the routed experts' output similarity to *s (see ExpertOutputStats);
   // MoE layers then take the grouped path too.
   void set_expert_output_stats(ExpertOutputStats* s) { expert_output_stats_ = s; }
+  // Multi-process training (model/moe_layer.h MoeParallel; its pointers are non-owning and must
+  // outlive the model's use). The default is one process.
+  void set_parallel(const MoeParallel& p) { parallel_ = p; }
+  const MoeParallel& parallel() const { return parallel_; }
   void zero_grads();
 
   const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
@@ -94,6 +101,7 @@ class Model {
   RoutingOverride override_;
   RoutingStats* routing_stats_ = nullptr;
   ExpertOutputStats* expert_output_stats_ = nullptr;
+  MoeParallel parallel_;
   bool last_forward_overridden_ = false;  // its activations do not fit backward
   bool forward_done_ = false;             // a forward completed (a throwing one leaves this false)
   bool last_forward_aux_ = false;         // ... with compute_aux (what backward(with_aux) needs)

@@ -25,7 +25,7 @@ MoeWeights moe_weights_f32(const ModelConfig& m, const LayerView& L) {
 }
 
 void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const int32_t* tokens, int64_t N,
-               float* out, MoeStats& stats, MoeInferScratch& s, MoeDispatch d) {
+               float* out, MoeStats& stats, MoeInferScratch& s, MoeDispatch d, TokenDispatcher* dispatcher) {
   const int64_t H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
   const int64_t I = m.moe_intermediate_size;
   // --- Router (the training layer's ops) ---
@@ -48,7 +48,7 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
   auto gate_up = [&](int64_t e) { return W.experts_gate_up.slice_rows(e * 2 * I, 2 * I); };
   auto down = [&](int64_t e) { return W.experts_down.slice_rows(e * H, H); };
 
-  if (d == MoeDispatch::TokenMajor || (d == MoeDispatch::Auto && N * k < E)) {
+  if (!dispatcher && (d == MoeDispatch::TokenMajor || (d == MoeDispatch::Auto && N * k < E))) {
     grow(s.y, k * H);
     grow(s.gu, k * 2 * I);
     grow(s.act, k * I);
@@ -70,17 +70,17 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
       }
     }
   } else {
-    ops::build_dispatch(s.plan, s.ids.data(), nullptr, N, k, E);
-    const int64_t rows = s.plan.rows();
-    grow(s.xs, rows * H);
+    LocalTokenDispatcher local(E);
+    TokenDispatcher& dispatch = dispatcher ? *dispatcher : local;
+    dispatch.dispatch(s.xs, x, s.ids.data(), nullptr, N, k, E, H, s.dispatch);
+    const int64_t rows = (int64_t)s.xs.size() / H;
     grow(s.gu, rows * 2 * I);
     grow(s.act, rows * I);
     grow(s.ys, rows * H);
-    ops::dispatch_gather(s.xs.data(), x, s.plan, H);
     // The training layer's experts op, in this storage: experts in parallel, one thread each.
     ops::experts_forward(s.ys.data(), s.gu.data(), s.act.data(), s.xs.data(), W.experts_gate_up, W.experts_down,
-                         s.plan.offsets.data(), E);
-    ops::combine_forward(out, s.ys.data(), s.gates.data(), s.plan, H);
+                         s.dispatch.expert_offsets.data(), dispatch.local_experts());
+    dispatch.combine(out, s.ys.data(), s.gates.data(), H, s.dispatch);
   }
   // --- Shared experts: one SwiGLU MLP over all tokens, added unweighted ---
   if (m.n_shared_experts > 0) {

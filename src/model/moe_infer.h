@@ -4,7 +4,8 @@
 // weights both give the same output up to fp32 summation order (tested in MoePaths).
 //   token-major: each token runs its own k experts (decode: fewer (token, expert) pairs than experts,
 //                so sorting rows by expert would buy nothing and each expert's weights are one GEMV);
-//   grouped:     rows sorted by expert (ops/dispatch), one multi-row product per expert (prefill).
+//   grouped:     rows to their experts by a TokenDispatcher (model/token_dispatcher.h, the training
+//                layer's), one multi-row product per expert (prefill).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -12,7 +13,7 @@
 #include "model/config.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
-#include "ops/dispatch.h"
+#include "model/token_dispatcher.h"
 #include "ops/qlinear.h"
 
 namespace dsmoe {
@@ -29,13 +30,16 @@ MoeWeights moe_weights_f32(const ModelConfig& m, const LayerView& L);
 struct MoeInferScratch {
   std::vector<float> logits, probs, vals, gates, xs, gu, act, ys, y, shared;
   std::vector<int32_t> ids;
-  ops::DispatchPlan plan;
+  DispatchState dispatch;
 };
 
 enum class MoeDispatch { Auto, TokenMajor, Grouped };  // Auto: token-major iff N * k < E
 
 // out [N, H] = shared(x) + sum_k g_k expert_k(x) for x [N, H] (overwritten); tokens [N] for the hash router.
+// `dispatcher` null: every expert is in W (LocalTokenDispatcher); otherwise W's routed experts are
+// the dispatcher's local ones and the grouped path is taken whatever `d` says.
 void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const int32_t* tokens, int64_t N,
-               float* out, MoeStats& stats, MoeInferScratch& s, MoeDispatch d = MoeDispatch::Auto);
+               float* out, MoeStats& stats, MoeInferScratch& s, MoeDispatch d = MoeDispatch::Auto,
+               TokenDispatcher* dispatcher = nullptr);
 
 }  // namespace dsmoe

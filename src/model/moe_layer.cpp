@@ -40,9 +40,28 @@ nlohmann::json routing_override_json(const ModelConfig& m, const RoutingOverride
   return {{"disable_top", o.disable_top}, {"top_k", m.is_moe() ? o.k(m) : 0}, {"drop_shared", o.drop_shared}};
 }
 
+// Batch-level balance statistics over every rank's slice of the batch: the selection counts and the
+// probability sums, added over ranks, give each rank the single-process f and P.
+static void batch_balance_over_ranks(const ModelConfig& m, const ops::BalanceShape& bs, Communicator& batch,
+                                     const MoeStats& stats, MoeActivations& a, double& expert_aux, double& device_aux) {
+  const int64_t E = m.n_routed_experts, n = bs.group_tokens(), total = n * batch.size();
+  std::vector<int64_t> counts = stats.load;  // all top-k choices, as balance_frequencies counts them
+  batch.all_reduce_sum(counts.data(), E);
+  fit(a.freq, E);
+  ops::balance_frequencies_from_counts(a.freq.data(), counts.data(), E, m.num_experts_per_tok, total);
+  std::vector<double> P = ops::balance_prob_means(a.probs.data(), bs);
+  for (auto& p : P) p *= (double)n;
+  batch.all_reduce_sum(P.data(), E);
+  for (auto& p : P) p /= (double)total;
+  if (m.aux_loss_alpha > 0)
+    expert_aux = ops::expert_balance_loss(a.freq.data(), P.data(), 1, E, (float)m.aux_loss_alpha);
+  if (m.device_aux_alpha > 0)
+    device_aux = ops::device_balance_loss(a.freq.data(), P.data(), 1, E, m.n_device_groups, (float)m.device_aux_alpha);
+}
+
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
-                 const RoutingOverride& ovr) {
+                 const RoutingOverride& ovr, const MoeParallel& par) {
   // The balance losses and backward assume the config's k and full routing.
   DSMOE_ASSERT(!(compute_aux && ovr.active()), "routing override with compute_aux");
   const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = ovr.k(m);
@@ -68,36 +87,41 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
   stats.expert_aux = stats.device_aux = 0;
   if (learned && compute_aux && (m.aux_loss_alpha > 0 || m.device_aux_alpha > 0)) {
     const auto bs = balance_shape(m, B, T);
-    fit(a.freq, bs.groups() * E);
-    ops::balance_frequencies(a.freq.data(), a.ids.data(), bs);
-    if (m.aux_loss_alpha > 0)
-      stats.expert_aux = ops::expert_balance_forward(a.freq.data(), a.probs.data(), bs, (float)m.aux_loss_alpha);
-    if (m.device_aux_alpha > 0)
-      stats.device_aux = ops::device_balance_forward(a.freq.data(), a.probs.data(), bs, m.n_device_groups,
-                                                     (float)m.device_aux_alpha);
+    if (par.batch_ranks() > 1 && !m.seq_aux) {
+      batch_balance_over_ranks(m, bs, *par.batch, stats, a, stats.expert_aux, stats.device_aux);
+    } else {
+      fit(a.freq, bs.groups() * E);
+      ops::balance_frequencies(a.freq.data(), a.ids.data(), bs);
+      if (m.aux_loss_alpha > 0)
+        stats.expert_aux = ops::expert_balance_forward(a.freq.data(), a.probs.data(), bs, (float)m.aux_loss_alpha);
+      if (m.device_aux_alpha > 0)
+        stats.device_aux = ops::device_balance_forward(a.freq.data(), a.probs.data(), bs, m.n_device_groups,
+                                                       (float)m.device_aux_alpha);
+    }
   }
   // --- Dispatcher ---
   const uint8_t* keep = nullptr;
   stats.dropped = 0;
   if (m.capacity_factor > 0) {
+    DSMOE_ASSERT(par.batch_ranks() == 1, "capacity factor over {} ranks", par.batch_ranks());
     const int64_t capacity = (int64_t)std::ceil(m.capacity_factor * (double)(N * k) / (double)E);
     fit(a.keep, N * k);
     ops::capacity_keep_mask(a.keep.data(), a.ids.data(), learned ? a.vals.data() : a.gates.data(), N, k, E, capacity);
     keep = a.keep.data();
     for (auto b : a.keep) stats.dropped += !b;
   }
-  ops::build_dispatch(a.plan, a.ids.data(), keep, N, k, E);
-  const int64_t rows = a.plan.rows();
-  fit(a.xs, rows * H);
+  LocalTokenDispatcher local(E);
+  TokenDispatcher& dispatcher = par.dispatcher ? *par.dispatcher : local;
+  dispatcher.dispatch(a.xs, x, a.ids.data(), keep, N, k, E, H, a.dispatch);
+  const int64_t rows = (int64_t)a.xs.size() / H;
   fit(a.gu, rows * 2 * I);
   fit(a.act, rows * I);
   fit(a.ys, rows * H);
-  ops::dispatch_gather(a.xs.data(), x, a.plan, H);
-  // --- Experts ---
+  // --- Experts (this process's) ---
   ops::experts_forward(a.ys.data(), a.gu.data(), a.act.data(), a.xs.data(), P.experts_gate_up, P.experts_down,
-                       a.plan.offsets.data(), ops::ExpertsShape{E, H, I});
+                       a.dispatch.expert_offsets.data(), ops::ExpertsShape{dispatcher.local_experts(), H, I});
   // --- Combine ---
-  ops::combine_forward(out, a.ys.data(), a.gates.data(), a.plan, H);
+  dispatcher.combine(out, a.ys.data(), a.gates.data(), H, a.dispatch);
   // --- Shared experts: one SwiGLU MLP over all tokens (the E == 1 case of the experts op) ---
   if (m.n_shared_experts > 0 && !ovr.drop_shared) {
     const int64_t Is = m.shared_inter();
@@ -120,9 +144,12 @@ void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const flo
 }
 
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
-                  int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s) {
+                  int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s,
+                  const MoeParallel& par) {
   const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
-  const int64_t I = m.moe_intermediate_size, rows = a.plan.rows();
+  const int64_t I = m.moe_intermediate_size, rows = (int64_t)a.xs.size() / H;
+  LocalTokenDispatcher local(E);
+  TokenDispatcher& dispatcher = par.dispatcher ? *par.dispatcher : local;
   // Shared experts.
   if (m.n_shared_experts > 0) {
     const int64_t Is = m.shared_inter();
@@ -135,13 +162,13 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
   // Combine -> experts -> gather.
   zero(s.dys, rows * H);
   zero(s.dgates, N * k);
-  ops::combine_backward(s.dys.data(), s.dgates.data(), dout, a.ys.data(), a.gates.data(), a.plan, H);
+  dispatcher.combine_backward(s.dys.data(), s.dgates.data(), dout, a.ys.data(), a.gates.data(), H, a.dispatch);
   zero(s.dxs, rows * H);
   fit(s.expert_scratch, std::max<size_t>(s.expert_scratch.size(), rows * 3 * I));
   ops::experts_backward(s.dxs.data(), G.experts_gate_up, G.experts_down, s.dys.data(), a.xs.data(), a.gu.data(),
-                        a.act.data(), P.experts_gate_up, P.experts_down, a.plan.offsets.data(),
-                        ops::ExpertsShape{E, H, I}, s.expert_scratch.data());
-  ops::dispatch_gather_backward(dx, s.dxs.data(), a.plan, H);
+                        a.act.data(), P.experts_gate_up, P.experts_down, a.dispatch.expert_offsets.data(),
+                        ops::ExpertsShape{dispatcher.local_experts(), H, I}, s.expert_scratch.data());
+  dispatcher.dispatch_backward(dx, s.dxs.data(), H, a.dispatch);
   if (m.router_type != RouterType::SoftmaxTopK) return;  // hash gates are constants
   // Router: gates -> top-k values -> probs (+ aux-loss gradient) -> logits -> x and router weight.
   zero(s.dvals, N * k);
@@ -149,12 +176,15 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
   zero(s.dprobs, N * E);
   ops::topk_backward(s.dprobs.data(), s.dvals.data(), a.ids.data(), N, E, k);
   if (with_aux) {
+    // This rank's share of the loss's gradient (MoeParallel::batch); 1 in one process. With the
+    // batch-level loss, a.freq is the f of the whole batch and bs this rank's slice.
+    const float share = 1.0f / (float)par.batch_ranks();
     const auto bs = balance_shape(m, B, T);
     if (m.aux_loss_alpha > 0)
-      ops::expert_balance_backward(s.dprobs.data(), a.freq.data(), bs, (float)m.aux_loss_alpha, 1.0f);
+      ops::expert_balance_backward(s.dprobs.data(), a.freq.data(), bs, (float)m.aux_loss_alpha, share);
     if (m.device_aux_alpha > 0)
       ops::device_balance_backward(s.dprobs.data(), a.freq.data(), bs, m.n_device_groups,
-                                   (float)m.device_aux_alpha, 1.0f);
+                                   (float)m.device_aux_alpha, share);
   }
   zero(s.dlogits, N * E);
   ops::softmax_backward(s.dlogits.data(), s.dprobs.data(), a.probs.data(), N, E);

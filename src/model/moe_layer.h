@@ -13,7 +13,7 @@
 
 #include "model/config.h"
 #include "model/params.h"
-#include "ops/dispatch.h"
+#include "model/token_dispatcher.h"
 
 namespace dsmoe {
 
@@ -23,8 +23,8 @@ struct MoeActivations {
   std::vector<int32_t> ids;                  // [N, k]
   std::vector<float> vals, gates;            // [N, k]
   std::vector<uint8_t> keep;                 // [N*k] when a capacity factor is set
-  ops::DispatchPlan plan;
-  std::vector<float> xs, gu, act, ys;        // [rows, H], [rows, 2I], [rows, I], [rows, H]
+  DispatchState dispatch;                    // the dispatcher's plan and buffers
+  std::vector<float> xs, gu, act, ys;        // [rows, H], [rows, 2I], [rows, I], [rows, H]: this process's experts' rows
   std::vector<float> shared_gu, shared_act;  // [N, 2Is], [N, Is]
   std::vector<float> shared_out;             // [N, H], kept between steps: a fresh one page-faulted every forward
   std::vector<float> freq;                   // balance-loss frequencies f [groups, E]
@@ -62,6 +62,19 @@ void validate_routing_override(const ModelConfig& m, const RoutingOverride& o);
 // {"disable_top": .., "top_k": .. (effective, never 0), "drop_shared": ..} for reports.
 nlohmann::json routing_override_json(const ModelConfig& m, const RoutingOverride& o);
 
+// How a MoE layer runs across processes; the default is one process holding every expert.
+struct MoeParallel {
+  // null: LocalTokenDispatcher. Otherwise its local experts are the ones LayerView's expert tensors
+  // hold ([local experts, 2I, H] and [local experts, H, I]).
+  TokenDispatcher* dispatcher = nullptr;
+  // The ranks that each hold a slice of the batch (equal slices), null = one. Batch-level balance
+  // statistics (seq_aux false) are summed over them, so every rank computes the single-process
+  // loss; each rank's aux gradient is then its share, 1/size of the loss's (sequence-level losses
+  // too: their mean over all sequences), so summing gradients over ranks gives the loss's gradient.
+  Communicator* batch = nullptr;
+  int64_t batch_ranks() const { return batch ? batch->size() : 1; }
+};
+
 // Scratch shared by all MoE layers during backward.
 struct MoeScratch {
   std::vector<float> dys, dxs, dgates, dvals, dprobs, dlogits, dgu, expert_scratch, dshared_act, dshared_gu;
@@ -71,9 +84,11 @@ struct MoeScratch {
 // (used by the hash router). out [N, H] = shared(x) + sum_k g_k expert_k(x) (overwritten).
 // `ovr` (evaluation only, validated by the caller; must be inactive when compute_aux) changes the
 // routing; a.ids/a.gates are then [N, ovr.k(m)] and backward must not be called on the result.
+// With par.batch, expert_aux / device_aux are this rank's: the loss itself when batch-level, the mean
+// over its own sequences when sequence-level (the loss is then the mean over ranks).
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
-                 const RoutingOverride& ovr = RoutingOverride{});
+                 const RoutingOverride& ovr = RoutingOverride{}, const MoeParallel& par = MoeParallel{});
 // Inference path for decode-sized batches with fp32 weights: moe_infer (model/moe_infer.h) with
 // token-major dispatch (each token runs its own k experts, no sort, no saved activations). Same
 // routing and the same kernels as moe_forward, so the outputs agree to fp32 rounding (tested).
@@ -83,6 +98,7 @@ void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const flo
 
 // dx [N, H] += d out / d x; parameter gradients G += ...; aux-loss gradients injected with weight 1.
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
-                  int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s);
+                  int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s,
+                  const MoeParallel& par = MoeParallel{});
 
 }  // namespace dsmoe

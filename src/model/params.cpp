@@ -11,8 +11,8 @@ static int64_t prod(const std::vector<int64_t>& s, const std::string& name) {
   return checked_numel(s, "parameter tensor '" + name + "' size");
 }
 
-int64_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay) {
-  ParamTensor t{name, shape, total_, prod(shape, name), decay};
+int64_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay, bool routed_experts) {
+  ParamTensor t{name, shape, total_, prod(shape, name), decay, routed_experts};
   total_ = checked_add(total_, t.numel, "total parameter count");
   tensors_.push_back(t);
   return t.offset;
@@ -22,7 +22,11 @@ void ParamLayout::add_hf(const std::string& name, std::vector<int64_t> shape, in
   hf_.push_back(HfTensor{name, shape, offset, prod(shape, name)});
 }
 
-ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
+ParamLayout::ParamLayout(const ModelConfig& m, ExpertShard shard) : m_(m), shard_(shard) {
+  if (!shard.all())
+    DSMOE_ASSERT(shard.first >= 0 && shard.count >= 1 && shard.first + shard.count <= m.n_routed_experts,
+                 "expert shard [{}, {}) of {} routed experts", shard.first, shard.first + shard.count,
+                 m.n_routed_experts);
   const int64_t H = m.hidden_size, V = m.vocab_size, D = m.head_dim();
   const int64_t Hq = m.num_attention_heads, Hkv = m.num_key_value_heads;
   add_hf("model.embed_tokens.weight", {V, H}, add("embed", {V, H}, true));
@@ -48,10 +52,11 @@ ParamLayout::ParamLayout(const ModelConfig& m) : m_(m) {
     const int64_t E = m.n_routed_experts, I = m.moe_intermediate_size;
     checked_numel({E, 2, I, H}, p + ".experts size");  // the offsets below are then in range
     if (m.has_router_weights()) add_hf(hp + ".mlp.gate.weight", {E, H}, add(p + ".router", {E, H}, true));
-    int64_t gu = add(p + ".experts.gate_up", {E, 2 * I, H}, true);
-    int64_t dn = add(p + ".experts.down", {E, H, I}, true);
-    for (int64_t e = 0; e < E; ++e) {
-      const std::string he = hp + ".mlp.experts." + std::to_string(e);
+    const int64_t first = shard.all() ? 0 : shard.first, here = shard.all() ? E : shard.count;
+    int64_t gu = add(p + ".experts.gate_up", {here, 2 * I, H}, true, true);
+    int64_t dn = add(p + ".experts.down", {here, H, I}, true, true);
+    for (int64_t e = 0; e < here; ++e) {
+      const std::string he = hp + ".mlp.experts." + std::to_string(first + e);
       add_hf(he + ".gate_proj.weight", {I, H}, gu + e * 2 * I * H);
       add_hf(he + ".up_proj.weight", {I, H}, gu + e * 2 * I * H + I * H);
       add_hf(he + ".down_proj.weight", {H, I}, dn + e * H * I);

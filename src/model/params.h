@@ -19,6 +19,14 @@ struct ParamTensor {
   std::vector<int64_t> shape;
   int64_t offset = 0, numel = 0; // into the flat buffer (floats)
   bool weight_decay = true;      // matrices decay; norm weights do not
+  bool routed_experts = false;   // a routed-expert tensor: split over the ranks of an expert-parallel group
+};
+
+// The routed experts one process holds under expert parallelism: global ids [first, first + count).
+// count < 0: all of them (one process, or data parallelism only).
+struct ExpertShard {
+  int64_t first = 0, count = -1;
+  bool all() const { return count < 0; }
 };
 
 struct HfTensor {
@@ -43,7 +51,10 @@ struct ModelView {
 
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& m);
+  // With a shard, every MoE layer's expert tensors hold only its experts ([count, 2I, H],
+  // [count, H, I]) and hf_tensors() names only theirs (with their global ids).
+  explicit ParamLayout(const ModelConfig& m, ExpertShard shard = {});
+  const ExpertShard& shard() const { return shard_; }
   int64_t total() const { return total_; }
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   const std::vector<HfTensor>& hf_tensors() const { return hf_; }
@@ -52,9 +63,10 @@ class ParamLayout {
   ModelView view(float* base) const;
 
  private:
-  int64_t add(const std::string& name, std::vector<int64_t> shape, bool decay);
+  int64_t add(const std::string& name, std::vector<int64_t> shape, bool decay, bool routed_experts = false);
   void add_hf(const std::string& name, std::vector<int64_t> shape, int64_t offset);
   ModelConfig m_;
+  ExpertShard shard_;
   std::vector<ParamTensor> tensors_;
   std::vector<HfTensor> hf_;
   int64_t total_ = 0;

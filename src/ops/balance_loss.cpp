@@ -11,9 +11,15 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // fixed token chunk: the reduction order never depends on thread count
 
-// P [groups, N] = mean over each group's tokens of probs, in double. Tokens are summed per fixed
-// chunk in parallel, then the chunk sums are added in order: bit-identical for any thread count.
-std::vector<double> group_means(const float* probs, const BalanceShape& s) {
+void check_devices(int64_t n_experts, int64_t D) {
+  DSMOE_ASSERT(D >= 1 && n_experts % D == 0, "{} routed experts cannot be split into {} device groups", n_experts,
+               D);
+}
+
+}  // namespace
+
+// Tokens are summed per fixed chunk in parallel, then the chunk sums are added in order.
+std::vector<double> balance_prob_means(const float* probs, const BalanceShape& s) {
   const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts;
   const int64_t chunks_per_group = (T + kChunk - 1) / kChunk;
   const int64_t C = G * chunks_per_group;
@@ -38,12 +44,10 @@ std::vector<double> group_means(const float* probs, const BalanceShape& s) {
   return P;
 }
 
-void check_devices(const BalanceShape& s, int64_t D) {
-  DSMOE_ASSERT(D >= 1 && s.n_experts % D == 0, "{} routed experts cannot be split into {} device groups",
-               s.n_experts, D);
+void balance_frequencies_from_counts(float* f, const int64_t* counts, int64_t N, int64_t K, int64_t tokens) {
+  const double scale = (double)N / ((double)K * (double)tokens);
+  for (int64_t i = 0; i < N; ++i) f[i] = (float)(scale * (double)counts[i]);
 }
-
-}  // namespace
 
 void balance_frequencies(float* f, const int32_t* ids, const BalanceShape& s) {
   const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, K = s.top_k;
@@ -60,9 +64,7 @@ void balance_frequencies(float* f, const int32_t* ids, const BalanceShape& s) {
   }
 }
 
-float expert_balance_forward(const float* f, const float* probs, const BalanceShape& s, float alpha) {
-  const int64_t G = s.groups(), N = s.n_experts;
-  std::vector<double> P = group_means(probs, s);
+float expert_balance_loss(const float* f, const double* P, int64_t G, int64_t N, float alpha) {
   double loss = 0.0;
   for (int64_t g = 0; g < G; ++g) {
     double l = 0.0;
@@ -70,6 +72,10 @@ float expert_balance_forward(const float* f, const float* probs, const BalanceSh
     loss += l;
   }
   return (float)((double)alpha * loss / (double)G);
+}
+
+float expert_balance_forward(const float* f, const float* probs, const BalanceShape& s, float alpha) {
+  return expert_balance_loss(f, balance_prob_means(probs, s).data(), s.groups(), s.n_experts, alpha);
 }
 
 void expert_balance_backward(float* dprobs, const float* f, const BalanceShape& s, float alpha, float dloss) {
@@ -86,11 +92,10 @@ void expert_balance_backward(float* dprobs, const float* f, const BalanceShape& 
   }
 }
 
-float device_balance_forward(const float* f, const float* probs, const BalanceShape& s, int64_t n_groups_D,
-                             float alpha) {
-  check_devices(s, n_groups_D);
-  const int64_t G = s.groups(), N = s.n_experts, D = n_groups_D, per = N / D;
-  std::vector<double> P = group_means(probs, s);
+float device_balance_loss(const float* f, const double* P, int64_t G, int64_t N, int64_t n_groups_D,
+                          float alpha) {
+  check_devices(N, n_groups_D);
+  const int64_t D = n_groups_D, per = N / D;
   double loss = 0.0;
   for (int64_t g = 0; g < G; ++g) {
     double l = 0.0;
@@ -107,10 +112,15 @@ float device_balance_forward(const float* f, const float* probs, const BalanceSh
   return (float)((double)alpha * loss / (double)G);
 }
 
+float device_balance_forward(const float* f, const float* probs, const BalanceShape& s, int64_t n_groups_D,
+                             float alpha) {
+  return device_balance_loss(f, balance_prob_means(probs, s).data(), s.groups(), s.n_experts, n_groups_D, alpha);
+}
+
 void device_balance_backward(float* dprobs, const float* f, const BalanceShape& s, int64_t n_groups_D, float alpha,
                              float dloss) {
   if (!dprobs) return;
-  check_devices(s, n_groups_D);
+  check_devices(s.n_experts, n_groups_D);
   const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, D = n_groups_D, per = N / D;
   const double c = (double)dloss * (double)alpha / ((double)T * (double)G);
   std::vector<float> coef((size_t)(G * N));

@@ -24,6 +24,20 @@ struct BalanceShape {
 // probs [batch*seq, N] full routed softmax; ids [batch*seq, K].
 void balance_frequencies(float* f, const int32_t* ids, const BalanceShape& s);
 
+// The same f [1, N] of a batch-level group from the selection counts [N] of its `tokens` tokens:
+// with the batch split over processes, the counts are summed over ranks and each rank computes
+// the single-process f (bit-identical: the same formula on the same integers).
+void balance_frequencies_from_counts(float* f, const int64_t* counts, int64_t n_experts, int64_t top_k,
+                                     int64_t tokens);
+// P [groups, N]: each group's mean routing probability of every expert, accumulated in double in a
+// fixed order (independent of the thread count).
+std::vector<double> balance_prob_means(const float* probs, const BalanceShape& s);
+
+// The losses from f [groups, N] and P [groups, N] (the forwards below are these on their own f, P).
+float expert_balance_loss(const float* f, const double* P, int64_t groups, int64_t n_experts, float alpha);
+float device_balance_loss(const float* f, const double* P, int64_t groups, int64_t n_experts, int64_t n_groups_D,
+                          float alpha);
+
 float expert_balance_forward(const float* f, const float* probs, const BalanceShape& s, float alpha);
 // dprobs[t, i] += dloss * alpha * f[g(t), i] / (T * groups)
 void expert_balance_backward(float* dprobs, const float* f, const BalanceShape& s, float alpha, float dloss);

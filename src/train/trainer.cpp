@@ -22,7 +22,11 @@
 #include "model/model.h"
 #include "model/params.h"
 #include "report/run_charts.h"
+#include "dist/parallel_groups.h"
+#include "model/token_dispatcher.h"
 #include "train/checkpoint.h"
+#include "train/expert_shards.h"
+#include "train/gradient_sync.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 
@@ -32,16 +36,26 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
-                const std::function<void(int64_t)>& on_batch) {
+                const std::function<void(int64_t)>& on_batch, Communicator* world) {
+  // Several processes: each evaluates its slice of every batch (the rows a training step gives it).
+  const int64_t P = world ? world->size() : 1, rank = world ? world->rank() : 0;
+  if (batch % P != 0) fail("evaluation batch of {} sequences cannot be split over {} processes", batch, P);
+  const int64_t rows = batch / P;
   std::vector<int32_t> x, y;
   double sum = 0;
   int64_t count = 0;
   for (int64_t i = 0; i < n_batches; ++i) {
     eval_batch(val, batch, seq_len, i, n_batches, x, y);
-    ForwardResult r = model.forward(x.data(), y.data(), batch, seq_len, false);
+    ForwardResult r = model.forward(x.data() + rank * rows * seq_len, y.data() + rank * rows * seq_len, rows, seq_len,
+                                    false);
     sum += r.lm_loss * (double)r.n_targets;
     count += r.n_targets;
     if (on_batch) on_batch(i);
+  }
+  if (P > 1) {
+    double tot[2] = {sum, (double)count};
+    world->all_reduce_sum(tot, 2);
+    return tot[1] > 0 ? tot[0] / tot[1] : 0.0;
   }
   return count ? sum / (double)count : 0.0;
 }
@@ -89,9 +103,16 @@ static double load_imbalance(const std::vector<int64_t>& load) {
   return sum > 0 ? mx / (sum / (double)load.size()) : 0;
 }
 
-StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch) {
+StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch,
+                      ParallelGroups* par) {
   StepResult r;
   std::vector<int32_t> x, y;
+  Communicator* world = par && par->world->size() > 1 ? par->world : nullptr;
+  const int64_t P = world ? world->size() : 1, rank = world ? world->rank() : 0;
+  if (tc.batch_size % P != 0)
+    fail("training.batch_size ({}) must be a multiple of the number of processes ({}): each rank trains on an equal "
+         "slice of every micro-batch", tc.batch_size, P);
+  const int64_t local_batch = tc.batch_size / P, slice = local_batch * tc.seq_len;
   model.zero_grads();
   for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
     next_batch(micro, x, y);
@@ -99,43 +120,66 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
     if ((int64_t)x.size() != tokens || (int64_t)y.size() != tokens)
       fail("step {}: micro-batch {} has {} inputs and {} targets, expected {} x {}", step, micro, x.size(), y.size(),
            tc.batch_size, tc.seq_len);
-    ForwardResult f = model.forward(x.data(), y.data(), tc.batch_size, tc.seq_len, true);
-    if (!std::isfinite(f.lm_loss) || !std::isfinite(f.expert_aux) || !std::isfinite(f.device_aux))
+    ForwardResult f =
+        model.forward(x.data() + rank * slice, y.data() + rank * slice, local_batch, tc.seq_len, true);
+    // The step's losses over the whole micro-batch: the LM loss over every rank's targets, and each
+    // aux loss the mean of the ranks' (model/moe_layer.h MoeParallel: a batch-level loss is the same on
+    // every rank, a sequence-level one the mean over each rank's sequences).
+    double lm = f.lm_loss, n_targets = (double)f.n_targets, expert_aux = f.expert_aux, device_aux = f.device_aux;
+    if (world) {
+      double tot[4] = {f.lm_loss * (double)f.n_targets, (double)f.n_targets, f.expert_aux, f.device_aux};
+      world->all_reduce_sum(tot, 4);
+      n_targets = tot[1];
+      lm = n_targets > 0 ? tot[0] / n_targets : 0.0;
+      expert_aux = tot[2] / (double)P;
+      device_aux = tot[3] / (double)P;
+    }
+    if (!std::isfinite(lm) || !std::isfinite(expert_aux) || !std::isfinite(device_aux))
       fail("step {}: non-finite loss (lm {}, expert aux {}, device aux {}) in micro-batch {}; training stopped", step,
-           f.lm_loss, f.expert_aux, f.device_aux, micro);
+           lm, expert_aux, device_aux, micro);
     // The LM gradient is averaged over all counted tokens of the step; the aux ones are not scaled.
-    model.backward(1.0f / (float)((double)f.n_targets * (double)tc.grad_accum), true);
-    r.lm_loss += f.lm_loss / (double)tc.grad_accum;
-    r.expert_aux += f.expert_aux / (double)tc.grad_accum;
-    r.device_aux += f.device_aux / (double)tc.grad_accum;
+    model.backward(1.0f / (float)(n_targets * (double)tc.grad_accum), true);
+    r.lm_loss += lm / (double)tc.grad_accum;
+    r.expert_aux += expert_aux / (double)tc.grad_accum;
+    r.device_aux += device_aux / (double)tc.grad_accum;
     if (micro == 0) {
-      for (const auto& s : model.moe_stats()) {
-        if (s.load.empty()) continue;
-        r.max_load = std::max(r.max_load, load_imbalance(s.load));
+      for (const auto& st : model.moe_stats()) {
+        if (st.load.empty()) continue;
+        std::vector<int64_t> load = st.load;  // of the whole micro-batch
+        if (world) world->all_reduce_sum(load.data(), (int64_t)load.size());
+        r.max_load = std::max(r.max_load, load_imbalance(load));
         double mean = 0;
-        for (auto c : s.load) mean += (double)c;
-        mean /= (double)s.load.size();
+        for (auto c : load) mean += (double)c;
+        mean /= (double)load.size();
         std::vector<double> rel;
-        for (auto c : s.load) rel.push_back(mean > 0 ? std::round((double)c / mean * 1000) / 1000 : 0);
+        for (auto c : load) rel.push_back(mean > 0 ? std::round((double)c / mean * 1000) / 1000 : 0);
         r.expert_load.push_back(rel);
       }
     }
   }
-  r.grad_norm = grad_norm(model.grads());
-  if (!std::isfinite(r.grad_norm))
+  if (par) all_reduce_gradients(model.layout(), model.grads(), *par);
+  r.grad_norm = par ? global_grad_norm(model.layout(), model.grads(), *par) : grad_norm(model.grads());
+  if (!std::isfinite(r.grad_norm)) {
+    const std::string bad = first_nonfinite(model.layout(), model.grads());
     fail("step {}: non-finite gradient in tensor '{}'; training stopped", step,
-         first_nonfinite(model.layout(), model.grads()));
+         bad.empty() ? "(a routed-expert tensor of another rank)" : bad);
+  }
   clip_grads(model.grads(), r.grad_norm, tc.grad_clip);
   r.lr = learning_rate(tc, step);
   opt.step(model.params().data(), model.grads().data(), r.lr, step);
   // A finite gradient can still give non-finite weights (an overflowing update, e.g. a huge learning
-  // rate): stop here, before such weights reach a checkpoint and replace the last good one.
+  // rate): stop here, before such weights reach a checkpoint and replace the last good one. Every rank
+  // stops, whichever holds the tensor.
   const std::string bad = first_nonfinite(model.layout(), model.params());
-  if (!bad.empty())
-    fail("step {}: non-finite weight in tensor '{}' after the AdamW update (lr {}); training stopped", step, bad,
-         r.lr);
+  int64_t ranks_bad = bad.empty() ? 0 : 1;
+  if (world) world->all_reduce_sum(&ranks_bad, 1);
+  if (ranks_bad > 0)
+    fail("step {}: non-finite weight in tensor '{}' after the AdamW update (lr {}); training stopped", step,
+         bad.empty() ? "(a routed-expert tensor of another rank)" : bad, r.lr);
   return r;
 }
+
+uint64_t data_sampler_seed(const TrainConfig& tc) { return tc.seed ^ 0x5eedda7aULL; }
 
 Config config_for_data(Config cfg, const TokenSplit& data) {
   if (data.bos_id >= 0) cfg.model.bos_token_id = data.bos_id;
@@ -143,54 +187,114 @@ Config config_for_data(Config cfg, const TokenSplit& data) {
   return cfg;
 }
 
+// The config a run over `P` processes trains: the device-level balance loss on the real partition
+// (D = the expert-parallel size when the config leaves D at 1). Refuses what cannot be split.
+static Config config_for_layout(Config cfg, int64_t P) {
+  const int64_t ep = cfg.parallel.expert_parallel_size;
+  if (P % ep != 0)
+    fail("parallel.expert_parallel_size (or --ep) is {}, which does not divide the {} processes", ep, P);
+  if (P > 1 && cfg.train.batch_size % P != 0)
+    fail("training.batch_size ({}) must be a multiple of the number of processes ({}): each rank trains on an equal "
+         "slice of every micro-batch", cfg.train.batch_size, P);
+  if (P > 1 && cfg.model.capacity_factor > 0)
+    fail("capacity_factor {} over {} processes: capacity dropping is not implemented across processes yet (DeepSeek-V2's "
+         "per-device capacity); train dropless (capacity_factor 0) or in one process", cfg.model.capacity_factor, P);
+  if (ep > 1 && cfg.model.n_device_groups == 1) cfg.model.n_device_groups = ep;
+  return cfg;
+}
+
 TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
+  SingleProcessCommunicator alone;
+  Communicator& world = opt.world ? *opt.world : alone;
+  const int64_t P = world.size();
+  const bool root = world.rank() == 0;  // writes the run folder, the metrics and the progress
   TokenSplit train_data = load_split(opt.data_dir, "train", cfg_in.model.vocab_size);
   TokenSplit val_data = load_split(opt.data_dir, "val", cfg_in.model.vocab_size);
-  const Config cfg = config_for_data(cfg_in, train_data);
+  const Config cfg = config_for_layout(config_for_data(cfg_in, train_data), P);
   const TrainConfig& tc = cfg.train;
   const ModelConfig& mc = cfg.model;
   if (train_data.vocab_size > mc.vocab_size)
     fail("{}: the data's vocabulary ({} tokens, tokenizer '{}') is larger than the model's vocab_size ({})",
          opt.data_dir, train_data.vocab_size, train_data.tokenizer, mc.vocab_size);
+  // Ranks that would train different things must not start (they would deadlock or diverge).
+  check_same_on_all_ranks(world,
+                          fmt::format("{}\nexpert_parallel_size {}\ndata {}: {} train and {} val tokens\nout {}{}{}\n",
+                                      to_json(cfg).dump(2), cfg.parallel.expert_parallel_size, opt.data_dir,
+                                      train_data.tokens.size(), val_data.tokens.size(), opt.out_dir,
+                                      opt.resume ? " --resume" : "", opt.force ? " --force" : ""),
+                          "config, layout, data and run folder");
+  ParallelGroups groups = make_parallel_groups(world, cfg.parallel.expert_parallel_size);
+  const int64_t ep = groups.expert_parallel;
+  const ExpertShard shard = ep > 1 ? ExpertShard{groups.experts->rank() * (mc.n_routed_experts / ep),
+                                                 mc.n_routed_experts / ep}
+                                   : ExpertShard{};
 
-  const RunStart start = open_run_dir(opt.out_dir, opt.data_dir, opt.resume, opt.force);
-  Model model(mc);
+  // Rank 0 prepares the run folder; the others learn how it starts (or end with it when it refuses).
+  int64_t start_code = 0;
+  if (root) start_code = open_run_dir(opt.out_dir, opt.data_dir, opt.resume, opt.force) == RunStart::Resume;
+  world.broadcast(&start_code, sizeof start_code, 0);
+  const RunStart start = start_code ? RunStart::Resume : RunStart::Fresh;
+  Model model(mc, shard);
+  std::unique_ptr<AllToAllTokenDispatcher> dispatcher;
+  if (ep > 1) dispatcher = std::make_unique<AllToAllTokenDispatcher>(*groups.experts, mc.n_routed_experts);
+  if (P > 1) model.set_parallel(MoeParallel{dispatcher.get(), &world});
   if (opt.init && start == RunStart::Fresh) {
-    opt.init(model);
+    if (shard.all()) {
+      opt.init(model);
+    } else {  // the initialiser fills a whole model; this rank keeps its experts
+      Model whole(mc);
+      opt.init(whole);
+      take_expert_shard(whole.layout(), whole.params().data(), model.layout(), model.params().data());
+    }
   } else {
     Rng init_rng(tc.seed);
     model.init_weights(init_rng, tc.init_std > 0 ? tc.init_std : mc.initializer_range);
   }
   AdamW optimizer(model.layout(), tc);
-  BatchSampler sampler(train_data, tc.batch_size, tc.seq_len, tc.seed ^ 0x5eedda7aULL);
+  BatchSampler sampler(train_data, tc.batch_size, tc.seq_len, data_sampler_seed(tc));
   TrainState st;
   // The run folder carries its tokenizer (and tokenizer_config.json: BOS/EOS, chat template), so that
   // generate/chat/score/export read text with exactly what the data was made with.
-  if (train_data.tokenizer != "bytes") copy_tokenizer_files(train_data.tokenizer, opt.out_dir);
+  if (root && train_data.tokenizer != "bytes") copy_tokenizer_files(train_data.tokenizer, opt.out_dir);
   const std::string metrics_path = (fs::path(opt.out_dir) / "metrics.jsonl").string();
   ProgressOptions po;
-  po.enabled = opt.progress;
+  po.enabled = opt.progress && root;
   po.show_rate = false;  // the line shows tokens/s itself
   Progress progress("step", tc.steps, "", po);
   if (start == RunStart::Resume) {
-    load_checkpoint(opt.out_dir, model, &optimizer, &st);
+    if (shard.all()) {
+      load_checkpoint(opt.out_dir, model, &optimizer, &st);
+    } else {  // the one logical checkpoint, whatever layout wrote it: this rank keeps its experts
+      Model whole(mc);
+      AdamW whole_opt(whole.layout(), tc);
+      load_checkpoint(opt.out_dir, whole, &whole_opt, &st);
+      take_expert_shard(whole.layout(), whole.params().data(), model.layout(), model.params().data());
+      take_expert_shard(whole.layout(), whole_opt.m().data(), model.layout(), optimizer.m().data());
+      take_expert_shard(whole.layout(), whole_opt.v().data(), model.layout(), optimizer.v().data());
+    }
     sampler.set_state(st.data_rng);
-    drop_metrics_after(metrics_path, st.step);
+    if (root) drop_metrics_after(metrics_path, st.step);
     // Said even with --quiet: which state the run continues from is part of its result.
     const std::string note = fmt::format("[dsmoe] resumed from {} at step {} of {}", opt.out_dir, st.step, tc.steps);
-    if (opt.progress) progress.message(note);
-    else std::fprintf(stderr, "%s\n", note.c_str());
-  } else {
+    if (opt.progress && root) progress.message(note);
+    else if (root) std::fprintf(stderr, "%s\n", note.c_str());
+  } else if (root) {
     std::ofstream(metrics_path, std::ios::trunc);  // a fresh run starts a fresh log
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
-  if (!metrics) fail("{}: cannot open for writing", metrics_path);
+  std::ofstream metrics;
+  if (root) {
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) fail("{}: cannot open for writing", metrics_path);
+  }
 
   if (opt.progress)
-    progress.message(fmt::format("[dsmoe] {}: {} params{}, {} threads, OpenBLAS kernels {}", opt.out_dir,
-                                 model.layout().total(),
+    progress.message(fmt::format("[dsmoe] {}: {} params{}, {} threads, OpenBLAS kernels {}{}", opt.out_dir,
+                                 ParamLayout(mc).total(),
                                  opt.init && start == RunStart::Fresh ? ", initialised from " + opt.init_from : "",
-                                 omp_get_max_threads(), blas_kernel_name()));
+                                 omp_get_max_threads(), blas_kernel_name(),
+                                 P > 1 ? fmt::format(", {} processes: expert-parallel {} x data-parallel {}", P, ep,
+                                                     groups.data_parallel())
+                                       : ""));
   std::optional<InterruptGuard> guard;
   if (opt.catch_signals) guard.emplace();
   TrainSummary sum;
@@ -208,16 +312,33 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   auto save = [&] {
     const auto t0 = Clock::now();
     st.data_rng = sampler.state();
-    save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
+    if (shard.all()) {
+      if (root) save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
+    } else if (world.rank() < ep) {  // the first expert-parallel group gathers the whole model on rank 0
+      std::optional<Model> whole;
+      std::optional<AdamW> whole_opt;
+      if (root) {
+        whole.emplace(mc);
+        whole_opt.emplace(whole->layout(), tc);
+      }
+      const ParamLayout whole_layout(mc);
+      gather_expert_shards(model.layout(), model.params().data(), whole_layout, root ? whole->params().data() : nullptr,
+                           *groups.experts);
+      gather_expert_shards(model.layout(), optimizer.m().data(), whole_layout, root ? whole_opt->m().data() : nullptr,
+                           *groups.experts);
+      gather_expert_shards(model.layout(), optimizer.v().data(), whole_layout, root ? whole_opt->v().data() : nullptr,
+                           *groups.experts);
+      if (root) save_checkpoint(opt.out_dir, cfg, *whole, &*whole_opt, st);
+    }
     const double dt = seconds_since(t0);
     sum.checkpoint_s += dt;
     side_s_since_log += dt;
   };
 
   for (int64_t step = first_step; step <= last_step; ++step) {
-    StepResult r = train_step(model, optimizer, tc, step, [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
-      sampler.next(xi, yi);
-    });
+    StepResult r = train_step(
+        model, optimizer, tc, step,
+        [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) { sampler.next(xi, yi); }, &groups);
     const double lm = r.lm_loss, aux = r.expert_aux, dev = r.device_aux, gnorm = r.grad_norm, lr = r.lr;
     const double imbalance = r.max_load;
     const auto& layer_load = r.expert_load;
@@ -230,7 +351,15 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
     ++sum.steps_run;
     sum.steps_done = step;
 
-    if (const int sig = interrupt_requested()) {
+    // A signal reaches the ranks at different moments: they stop together, at the first step
+    // after which any of them has one.
+    int64_t signal = interrupt_requested();
+    if (P > 1) {
+      int64_t sigs[2] = {signal, signal != 0};
+      world.all_reduce_sum(sigs, 2);
+      signal = sigs[1] == 0 ? 0 : (signal != 0 ? signal : SIGTERM);
+    }
+    if (const int sig = (int)signal) {
       save();
       progress.set_done(step);
       progress.finish("interrupted, checkpoint saved");
@@ -246,7 +375,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
     double val = NAN;
     if (do_eval) {
       const auto t0 = Clock::now();
-      val = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+      val = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches, {}, P > 1 ? &world : nullptr);
       const double dt = seconds_since(t0);
       sum.eval_s += dt;
       side_s_since_log += dt;
@@ -269,9 +398,11 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                             {"max_load", imbalance}};
       if (!layer_load.empty()) rec["expert_load"] = layer_load;
       if (do_eval) rec["val_loss"] = val;
-      metrics << rec.dump() << "\n";
-      metrics.flush();
-      if (do_eval && opt.charts) update_charts(metrics_path, opt.out_dir, mc, charts_warned);
+      if (root) {
+        metrics << rec.dump() << "\n";
+        metrics.flush();
+        if (do_eval && opt.charts) update_charts(metrics_path, opt.out_dir, mc, charts_warned);
+      }
       std::string detail = fmt::format("{:.0f} tok/s | lm {:.4f}", tps, lm_acc / steps_since_log);
       if (mc.is_moe())
         detail += fmt::format(" | aux {:.4f} dev {:.4f} | load max/mean {:.2f}", aux_acc / steps_since_log,
@@ -301,7 +432,8 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   if (sum.steps_run > 0)
     progress.finish(fmt::format("{:.0f} tok/s average, MFU {:.1f}% of a {:.0f} GFLOP/s SGEMM ({}^3)", sum.tokens_per_s,
                                 100 * sum.mfu, sum.sgemm_ceiling / 1e9, sgemm_n));
-  if (first_step > last_step) sum.val_loss = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches);
+  if (first_step > last_step)
+    sum.val_loss = evaluate(model, val_data, tc.batch_size, tc.seq_len, tc.eval_batches, {}, P > 1 ? &world : nullptr);
   return sum;
 }
 

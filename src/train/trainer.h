@@ -12,8 +12,10 @@
 
 namespace dsmoe {
 
+class Communicator;
 class Model;
 class AdamW;
+struct ParallelGroups;
 
 struct StepResult {
   double lm_loss = 0, expert_aux = 0, device_aux = 0;  // means over the micro-batches
@@ -29,9 +31,16 @@ using BatchFn = std::function<void(int64_t micro, std::vector<int32_t>& inputs, 
 // One optimizer step: grad_accum micro-batches, LM loss scaled by 1/(tokens * grad_accum), each aux
 // loss with gradient 1 per micro-batch (official AddAuxiliaryLoss), clipping, schedule, AdamW.
 // Throws dsmoe::Error naming the step and the loss or tensor when anything is NaN/Inf.
-StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch);
+// With `par` (several processes; the model's MoeParallel set up to match, see ParallelTrainer), next_batch
+// still gives the whole micro-batch (every rank draws the same one) and this rank trains on its slice,
+// rows [rank * batch / P, (rank + 1) * batch / P); losses, the gradient, its norm and every NaN/Inf
+// check are global, so every rank gets the same StepResult (and stops at the same step, with the same
+// message) as one process would.
+StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch,
+                      ParallelGroups* par = nullptr);
 
 struct TrainOptions {
+  Communicator* world = nullptr;  // the processes training together (null = this one alone); rank 0 writes
   std::string data_dir;
   std::string out_dir;      // the run folder; what may exist there: train/run_dir.h
   bool resume = false;      // continue from out_dir/checkpoint.safetensors (an error when there is none)
@@ -62,13 +71,18 @@ struct TrainSummary {
 
 TrainSummary train(const Config& cfg, const TrainOptions& opt);
 
+// The seed of a run's training-data sampler (BatchSampler): every rank of a multi-process run draws
+// the same batches from it.
+uint64_t data_sampler_seed(const TrainConfig& tc);
+
 // The config a run on `data` saves: bos_token_id / eos_token_id become the ids the data marks
 // documents with (when it has them), so that inference on the run folder uses the same ones.
 Config config_for_data(Config cfg, const TokenSplit& data);
 
 // Mean validation LM loss over the config's fixed evaluation windows. on_batch(i) after batch i
-// (0-based), for progress.
+// (0-based), for progress. With `world` (several processes, the model set up as for train_step),
+// each rank evaluates its slice of every batch and all get the whole mean.
 double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
-                const std::function<void(int64_t)>& on_batch = {});
+                const std::function<void(int64_t)>& on_batch = {}, Communicator* world = nullptr);
 
 }  // namespace dsmoe

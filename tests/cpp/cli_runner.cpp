@@ -145,6 +145,23 @@ Proc run_cli(const std::vector<std::string>& args, double timeout_s, const std::
   return p;
 }
 
+Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s) {
+  static int counter = 0;
+  const std::string base = dsmoe::test::tmp_path("mpi_io_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  const std::string out = base + ".out", err = base + ".err";
+  // As root Open MPI refuses to start without --allow-run-as-root; --oversubscribe: more ranks than
+  // this machine's cores. One OpenMP thread per rank (-x passes the variable to every rank).
+  std::vector<std::string> argv = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", std::to_string(np),
+                                   "-x", "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY=passive", DSMOE_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<std::string> path_argv = argv;
+  path_argv[0] = "/usr/bin/mpirun";
+  Proc p = finish(spawn_program(path_argv, out, err), quote_args(argv), out, err, timeout_s);
+  fs::remove(out);
+  fs::remove(err);
+  return p;
+}
+
 bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
 
 // ---------------------------------------------------------------- configs and data

@@ -39,6 +39,10 @@ Proc finish(pid_t pid, const std::string& cmd, const std::string& out_path, cons
             double timeout_s);
 Proc run_cli(const std::vector<std::string>& args, double timeout_s = 120, const std::string& stdin_text = "");
 
+// `mpirun -np np dsmoe args...` on this machine: oversubscribed, allowed as root, one OpenMP thread
+// per rank.
+Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s = 120);
+
 bool contains(const std::string& hay, const std::string& needle);
 
 // A 2-layer MoE (vocab 256) with a 4-step training object.

@@ -154,9 +154,9 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
   const auto lm_ref = test::read_f64(f, "traj.lm_loss");
   const auto gn_ref = test::read_f64(f, "traj.grad_norm");
   const auto lr_ref = test::read_f64(f, "traj.lr");
-  const double u = std::ldexp(1.0, -24), b1 = cfg.train.beta1, b2 = cfg.train.beta2, eps = cfg.train.eps;
   const auto& hf = model.layout().hf_tensors();
-  std::vector<double> tol(model.params().size(), 0.0), g_err(hf.size(), 0.0);
+  test::AdamTrajectoryBudget budget(model, cfg.train);
+  const std::vector<double>& tol = budget.tol();
   double lr_sum = 0, decay_keep = 1;  // sum of lr_s; prod (1 - lr_s wd): the decay's factor on a matrix
   for (int64_t s = 1; s <= steps; ++s) {
     StepResult sr = train_step(model, opt, cfg.train, s, [&](int64_t micro, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
@@ -170,13 +170,11 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
         }
     });
     // model.grads() now holds step s's clipped gradient; undo the clip to get dL/dp at these weights.
-    const double clip = cfg.train.grad_clip > 0 && sr.grad_norm > cfg.train.grad_clip
-                            ? cfg.train.grad_clip / (sr.grad_norm + 1e-6) : 1.0;
+    const double clip = test::clip_factor(cfg.train, sr.grad_norm);
     // Loss at step s is taken at weights carrying the budget of steps < s: first order,
     // |dL| <= sum_i |dL/dp_i| tol_i, plus the loss's own fp32 budget (1e-5 relative, as above).
     // (dL/dp here is of lm + aux; the aux terms are small, alpha <= 0.05, so this bounds the lm part.)
-    double drift = 0;
-    for (size_t i = 0; i < tol.size(); ++i) drift += std::fabs(model.grads()[i] / clip) * tol[i];
+    const double drift = budget.loss_drift(model.grads(), clip);
     EXPECT_NEAR(sr.lm_loss, lm_ref[s - 1], 1e-5 * std::fabs(lm_ref[s - 1]) + drift) << name << " step " << s;
     // The gradient norm (before clipping): | ||g + dg|| - ||g|| | <= ||dg||, and the per-step gradient
     // budget is kRel of the gradient's scale (step 1's check above; the later steps' weight drift is
@@ -185,24 +183,7 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
     // lr: the schedule is exact arithmetic in double on both sides; 1e-12 relative.
     EXPECT_NEAR(sr.lr, lr_ref[s - 1], 1e-12 * lr_ref[s - 1]) << name << " step " << s;
 
-    const double bc1 = 1 - std::pow(b1, (double)s), bc2 = 1 - std::pow(b2, (double)s);
-    double ratio_sum = 0;
-    for (int64_t k = 0; k < s; ++k) ratio_sum += std::pow(b1 * b1 / b2, (double)k);
-    const double R = (1 - b1) / bc1 * std::sqrt(ratio_sum) * std::sqrt(bc2 / (1 - b2));
-    for (size_t h = 0; h < hf.size(); ++h) {
-      double gmax = 0;
-      for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i)
-        gmax = std::max(gmax, std::fabs((double)model.grads()[i] / clip));
-      g_err[h] = std::max(g_err[h], 2 * kRel * gmax * clip);  // the error of the CLIPPED gradient Adam saw
-      for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i) {
-        const double denom = std::sqrt(opt.v()[i] / bc2) + eps, r = std::fabs(opt.m()[i] / bc1) / denom;
-        // v == 0: every gradient of this element so far was exactly 0 in fp32 — an element no token
-        // reached (an unrouted expert, an absent token's embedding row): exactly 0 in the fp64 oracle
-        // too, so Adam's direction is exactly 0 on both sides and only the rounding term remains.
-        const double dr = opt.v()[i] == 0.0f ? 0.0 : std::min(2 * R, (1 + r) * g_err[h] / denom);
-        tol[i] += sr.lr * dr + 2 * u * std::fabs(model.params()[i]) + 6 * u * sr.lr * r;
-      }
-    }
+    budget.add_step(model, opt, s, sr.lr, clip, 2 * kRel);  // G_t = 2 kRel max |g_t| (above)
     lr_sum += sr.lr;
     decay_keep *= 1 - sr.lr * cfg.train.weight_decay;
   }

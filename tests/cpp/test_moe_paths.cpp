@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "model/model.h"
 #include "model/moe_layer.h"
+#include "model/token_dispatcher.h"
 #include "test_util.h"
 
 using namespace dsmoe;
@@ -23,8 +24,8 @@ struct Variant {
 
 class MoePaths : public ::testing::TestWithParam<Variant> {};
 
-TEST_P(MoePaths, TrainingAndInferenceDispatchAgree) {
-  const Variant v = GetParam();
+// One MoE layer (hidden 40, experts of 24) with `shared` + `experts` experts, top-k.
+ModelConfig one_moe_layer(int64_t shared, int64_t experts, int64_t k) {
   ModelConfig m;
   m.vocab_size = 97;
   m.hidden_size = 40;
@@ -32,12 +33,18 @@ TEST_P(MoePaths, TrainingAndInferenceDispatchAgree) {
   m.num_attention_heads = 4;
   m.num_key_value_heads = 4;
   m.moe_intermediate_size = 24;
-  m.n_shared_experts = v.shared;
-  m.n_routed_experts = v.experts;
-  m.num_experts_per_tok = v.k;
+  m.n_shared_experts = shared;
+  m.n_routed_experts = experts;
+  m.num_experts_per_tok = k;
+  m.max_position_embeddings = 64;
+  return m;
+}
+
+TEST_P(MoePaths, TrainingAndInferenceDispatchAgree) {
+  const Variant v = GetParam();
+  ModelConfig m = one_moe_layer(v.shared, v.experts, v.k);
   m.norm_topk_prob = v.norm;
   m.router_type = v.router;
-  m.max_position_embeddings = 64;
   Model model(m);
   Rng rng(test::test_seed());
   model.init_weights(rng, 0.2);  // large router weights: sharp, non-uniform routing
@@ -69,6 +76,47 @@ INSTANTIATE_TEST_SUITE_P(Variants, MoePaths,
                                            Variant{"switch", 0, 8, 1, false, RouterType::SoftmaxTopK},
                                            Variant{"hash", 0, 8, 1, false, RouterType::Hash}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// The all-to-all dispatcher over a one-rank group does the local dispatcher's arithmetic on the same
+// rows in the same order (its exchanges are copies and its regrouping the identity): forward output
+// and every gradient bit-identical. (Several ranks: test_parallel_training.)
+TEST(MoePaths, AllToAllDispatcherOnOneRankIsTheLocalOne) {
+  ModelConfig m = one_moe_layer(1, 16, 4);
+  m.aux_loss_alpha = 0.01;
+  Model model(m);
+  Rng rng(test::test_seed());
+  model.init_weights(rng, 0.2);
+  const LayerView& P = model.weights().layers[0];
+  Model grads_local(m), grads_a2a(m);
+  grads_local.zero_grads();
+  grads_a2a.zero_grads();
+  const int64_t B = 2, T = 19, N = B * T, H = m.hidden_size;
+  std::vector<float> x(N * H), dout(N * H);
+  for (auto& e : x) e = (float)rng.normal();
+  for (auto& e : dout) e = (float)rng.normal();
+  std::vector<int32_t> tokens(N);
+  for (auto& t : tokens) t = (int32_t)rng.below(m.vocab_size);
+  SingleProcessCommunicator alone;
+  AllToAllTokenDispatcher a2a(alone, m.n_routed_experts);
+  const MoeParallel par{&a2a, nullptr};
+  MoeActivations acts_local, acts_a2a;
+  MoeStats st_local, st_a2a;
+  MoeScratch scratch_local, scratch_a2a;
+  std::vector<float> y_local(N * H), y_a2a(N * H), dx_local(N * H, 0.0f), dx_a2a(N * H, 0.0f);
+  moe_forward(m, P, x.data(), tokens.data(), B, T, true, y_local.data(), acts_local, st_local);
+  moe_forward(m, P, x.data(), tokens.data(), B, T, true, y_a2a.data(), acts_a2a, st_a2a, RoutingOverride{}, par);
+  EXPECT_TRUE(test::all_close("output", y_a2a.data(), y_local.data(), N * H, {N, H}, 0, 0));
+  EXPECT_EQ(st_a2a.expert_aux, st_local.expert_aux);
+  const ModelView G_local = grads_local.layout().view(grads_local.grads().data());
+  const ModelView G_a2a = grads_a2a.layout().view(grads_a2a.grads().data());
+  moe_backward(m, P, G_local.layers[0], x.data(), dout.data(), B, T, true, dx_local.data(), acts_local,
+               scratch_local);
+  moe_backward(m, P, G_a2a.layers[0], x.data(), dout.data(), B, T, true, dx_a2a.data(), acts_a2a,
+               scratch_a2a, par);
+  EXPECT_TRUE(test::all_close("dx", dx_a2a.data(), dx_local.data(), N * H, {N, H}, 0, 0));
+  const int64_t n = (int64_t)grads_local.grads().size();
+  EXPECT_TRUE(test::all_close("parameter gradients", grads_a2a.grads().data(), grads_local.grads().data(), n, {n}, 0, 0));
+}
 
 // Model-level: a decode-sized inference forward (token-major) equals the logits of the same tokens
 // inside a training-style forward (expert-major), position by position.

@@ -12,7 +12,9 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/model.h"
 #include "train/data.h"
+#include "train/optimizer.h"
 
 namespace dsmoe::test {
 
@@ -203,6 +205,41 @@ Config tiny_byte_model_config(int64_t max_position_embeddings, int64_t seq_len) 
   c.train.seq_len = seq_len;
   validate(c, "tiny_byte_model_config");
   return c;
+}
+
+AdamTrajectoryBudget::AdamTrajectoryBudget(const Model& model, const TrainConfig& tc)
+    : tc_(tc), tol_(model.params().size(), 0.0), g_err_(model.layout().hf_tensors().size(), 0.0) {}
+
+double AdamTrajectoryBudget::loss_drift(const std::vector<float>& grads, double clip) const {
+  double drift = 0;
+  for (size_t i = 0; i < tol_.size(); ++i) drift += std::fabs(grads[i] / clip) * tol_[i];
+  return drift;
+}
+
+double clip_factor(const TrainConfig& tc, double norm) {
+  return tc.grad_clip > 0 && norm > tc.grad_clip ? tc.grad_clip / (norm + 1e-6) : 1.0;
+}
+
+void AdamTrajectoryBudget::add_step(Model& model, AdamW& adam, int64_t s, double lr, double clip,
+                                    double grad_rel) {
+  const double u = std::ldexp(1.0, -24), b1 = tc_.beta1, b2 = tc_.beta2, eps = tc_.eps;
+  const double bc1 = 1 - std::pow(b1, (double)s), bc2 = 1 - std::pow(b2, (double)s);
+  double ratio_sum = 0;
+  for (int64_t k = 0; k < s; ++k) ratio_sum += std::pow(b1 * b1 / b2, (double)k);
+  const double R = (1 - b1) / bc1 * std::sqrt(ratio_sum) * std::sqrt(bc2 / (1 - b2));
+  const auto& hf = model.layout().hf_tensors();
+  const std::vector<float>& g = model.grads();
+  for (size_t h = 0; h < hf.size(); ++h) {
+    double gmax = 0;
+    for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i)
+      gmax = std::max(gmax, std::fabs((double)g[i] / clip));
+    g_err_[h] = std::max(g_err_[h], grad_rel * gmax * clip);  // the error of the CLIPPED gradient Adam saw
+    for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i) {
+      const double denom = std::sqrt(adam.v()[i] / bc2) + eps, r = std::fabs(adam.m()[i] / bc1) / denom;
+      const double dr = adam.v()[i] == 0.0f ? 0.0 : std::min(2 * R, (1 + r) * g_err_[h] / denom);
+      tol_[i] += lr * dr + 2 * u * std::fabs(model.params()[i]) + 6 * u * lr * r;
+    }
+  }
 }
 
 }  // namespace dsmoe::test

@@ -12,7 +12,39 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 
+namespace dsmoe {
+class Model;
+class AdamW;
+}  // namespace dsmoe
+
 namespace dsmoe::test {
+
+// How far an AdamW trajectory may drift from another of the same model whose gradients differ, per
+// element, by at most grad_rel * max |g| of the element's Hugging Face tensor at every step (e.g. the
+// fp64 oracle's, or another fp32 run's with sums in another order). Derivation (test_model's
+// trajectory test): Adam's direction r = m^/(sqrt(v^) + eps) moves to first order by
+// |dr| <= (1 + |r|) G / (sqrt(v^) + eps), never more than 2 R_s (R_s = max |r| over all gradient
+// histories, by Cauchy-Schwarz); an element's weight error grows per step by lr_s |dr| plus the fp32
+// rounding of the update (2u |p| + 6u lr_s |r|). m and v average past gradients, so their errors are
+// bounded by the largest G so far. v == 0 (every gradient so far exactly 0: no token reached the
+// element) gives r = 0 exactly on both sides.
+class AdamTrajectoryBudget {
+ public:
+  explicit AdamTrajectoryBudget(const Model& model, const TrainConfig& tc);
+  // Bound on the change of a loss at the current weights from the budget so far, to first order:
+  // sum_i |dL/dp_i| tol_i, with grads the step's CLIPPED gradient and clip its clip factor.
+  double loss_drift(const std::vector<float>& grads, double clip) const;
+  // After optimizer step s (1-based) of the reference: model.grads() its clipped gradient (clip its
+  // factor), opt its moments after the update, lr the step's learning rate.
+  void add_step(Model& model, AdamW& opt, int64_t s, double lr, double clip, double grad_rel);
+  const std::vector<double>& tol() const { return tol_; }
+
+ private:
+  TrainConfig tc_;
+  std::vector<double> tol_, g_err_;
+};
+// The clip factor train_step applied to a gradient of norm `norm` (1 when not clipped).
+double clip_factor(const TrainConfig& tc, double norm);
 
 // Seed for the random inputs of this test run: $DSMOE_TEST_SEED if set, else fresh from the clock.
 // Printed so a failure can be replayed with DSMOE_TEST_SEED=<seed>.

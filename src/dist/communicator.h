@@ -1,0 +1,61 @@
+// The collective operations dsmoe's parallel training needs, behind one interface, so that the
+// training and MoE code never name a runtime: SingleProcessCommunicator (one process, the default),
+// MpiCommunicator (dist/mpi_communicator.h, Open MPI) and later an NCCL one for GPUs implement it.
+// Every call is collective over the communicator's ranks (all must call it, in the same order);
+// counts and displacements are in elements, not bytes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dsmoe {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: data[i] = sum over ranks of data[i]. The order of the sum is the runtime's, the same on
+  // every rank (so all ranks hold the same bits afterwards).
+  virtual void all_reduce_sum(float* data, int64_t n) = 0;
+  virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  virtual void all_reduce_sum(int64_t* data, int64_t n) = 0;
+  // send [size * per_rank]: block r goes to rank r; recv [size * per_rank]: block r came from rank r.
+  virtual void all_to_all(const int64_t* send, int64_t* recv, int64_t per_rank) = 0;
+  // Variable blocks: send_counts[r] floats from send + sum_{q<r} send_counts[q] go to rank r;
+  // recv_counts[r] floats from rank r land at recv + sum_{q<r} recv_counts[q]. recv_counts must be
+  // what the senders send (exchange them first with all_to_all).
+  virtual void all_to_allv(const float* send, const int64_t* send_counts, float* recv,
+                           const int64_t* recv_counts) = 0;
+  // root's `bytes` bytes at data into every rank's data.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  // recv [size * n] = every rank's n int64 values, in rank order.
+  virtual void all_gather(const int64_t* send, int64_t* recv, int64_t n) = 0;
+  virtual void barrier() = 0;
+  // The ranks that pass the same `color` form a new communicator, ordered by `key` (then by rank).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// The one-process communicator: size 1, every collective is a copy or nothing.
+class SingleProcessCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, int64_t) override {}
+  void all_reduce_sum(double*, int64_t) override {}
+  void all_reduce_sum(int64_t*, int64_t) override {}
+  void all_to_all(const int64_t* send, int64_t* recv, int64_t per_rank) override;
+  void all_to_allv(const float* send, const int64_t* send_counts, float* recv, const int64_t* recv_counts) override;
+  void broadcast(void*, int64_t, int) override {}
+  void all_gather(const int64_t* send, int64_t* recv, int64_t n) override;
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SingleProcessCommunicator>(); }
+};
+
+// Every rank passes its own `text` (e.g. its config as JSON); throws dsmoe::Error on every rank, naming
+// `what`, the first rank whose text differs from rank 0's and the first differing line, unless all agree.
+// Ranks that would train different models or data must not start (they would deadlock or diverge).
+void check_same_on_all_ranks(Communicator& comm, const std::string& text, const std::string& what);
+
+}  // namespace dsmoe

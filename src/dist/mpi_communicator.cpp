@@ -1,0 +1,134 @@
+#include "dist/mpi_communicator.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dsmoe {
+
+namespace {
+
+// MPI takes int counts and displacements: a count past INT_MAX is an error, not a silent wrap.
+int as_int(int64_t v, const char* what) {
+  if (v < 0 || v > INT_MAX) fail("MPI {}: {} elements is outside [0, {}] (MPI counts are int)", what, v, INT_MAX);
+  return (int)v;
+}
+
+void check(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fail("{} failed: {}", call, std::string(msg, (size_t)len));
+}
+
+// Initialised once, on first use; finalised when the process exits normally.
+void ensure_mpi() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) return;
+  int provided = 0;
+  // Only the main thread calls MPI (OpenMP workers and the HTTP server's threads never do).
+  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  // Errors come back as codes (then dsmoe::Error naming the call) instead of MPI's default abort.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  std::atexit([] {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  });
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(float* d, int64_t n) override { reduce(d, n, MPI_FLOAT); }
+  void all_reduce_sum(double* d, int64_t n) override { reduce(d, n, MPI_DOUBLE); }
+  void all_reduce_sum(int64_t* d, int64_t n) override { reduce(d, n, MPI_INT64_T); }
+  void all_to_all(const int64_t* send, int64_t* recv, int64_t per_rank) override {
+    check(MPI_Alltoall(send, as_int(per_rank, "all_to_all"), MPI_INT64_T, recv, (int)per_rank, MPI_INT64_T, comm_),
+          "MPI_Alltoall");
+  }
+  void all_to_allv(const float* send, const int64_t* send_counts, float* recv, const int64_t* recv_counts) override {
+    std::vector<int> sc((size_t)size_), sd((size_t)size_), rc((size_t)size_), rd((size_t)size_);
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < size_; ++r) {
+      sc[(size_t)r] = as_int(send_counts[r], "all_to_allv send count");
+      rc[(size_t)r] = as_int(recv_counts[r], "all_to_allv receive count");
+      sd[(size_t)r] = as_int(so, "all_to_allv send offset");
+      rd[(size_t)r] = as_int(ro, "all_to_allv receive offset");
+      so += send_counts[r];
+      ro += recv_counts[r];
+    }
+    check(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
+          "MPI_Alltoallv");
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    check(MPI_Bcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_), "MPI_Bcast");
+  }
+  void all_gather(const int64_t* send, int64_t* recv, int64_t n) override {
+    check(MPI_Allgather(send, as_int(n, "all_gather"), MPI_INT64_T, recv, (int)n, MPI_INT64_T, comm_),
+          "MPI_Allgather");
+  }
+  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub;
+    check(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split");
+    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+    return std::make_unique<MpiCommunicator>(sub, true);
+  }
+
+ private:
+  void reduce(void* d, int64_t n, MPI_Datatype t) {
+    // Large buffers go in pieces: MPI's count is an int.
+    const int64_t piece = int64_t(1) << 28;
+    int size = 0;
+    MPI_Type_size(t, &size);
+    for (int64_t o = 0; o < n; o += piece) {
+      const int cnt = (int)std::min(piece, n - o);
+      check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(d) + o * size, cnt, t, MPI_SUM, comm_), "MPI_Allreduce");
+    }
+  }
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+bool launched_by_mpi() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr;
+}
+
+std::unique_ptr<Communicator> world_communicator() {
+  if (!launched_by_mpi()) return std::make_unique<SingleProcessCommunicator>();
+  ensure_mpi();
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+}
+
+void abort_job_if_parallel(int code) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) return;
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+}  // namespace dsmoe

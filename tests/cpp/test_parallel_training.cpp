@@ -1,0 +1,262 @@
+// Training over several processes (`mpirun -np P dsmoe train`, data parallelism and expert
+// parallelism) against one process: the same global batches and seed, 10 AdamW steps with gradient
+// accumulation, clipping and warmup; per-step LM loss, both aux losses and gradient norm, and every
+// parameter of the checkpoint rank 0 writes, for a DeepSeekMoE config (1 shared + 8 fine-grained
+// routed experts, top-2, first layer dense, expert- and device-level balance losses with D = 2) with
+// sequence-level and batch-level balance statistics.
+//
+// The regime is chosen so that the comparison is well-posed, not to widen any tolerance:
+//  - lr 3e-3: the budget below is first order in the weights' differences, which holds while the
+//    trajectory is smooth. At lr 1e-2 this tiny model's gradient norm jumps 4x at step 8 on some data
+//    seeds, and there two fp32 runs drift apart faster than first order (seen between one process
+//    and two: 1e-8 relative at step 1, 1e-4 at step 7, 6e-3 at step 8; one-process runs at 1, 2 and
+//    3 threads stay bit-identical).
+//  - init_std 0.2 (as test_moe_paths): top-k routing is discontinuous. With init_std 0.02 the
+//    router's probabilities are nearly uniform, and the gap between a token's k-th and (k+1)-th
+//    expert is below the two runs' 1e-8 relative difference for about one of ~2500 decisions per
+//    run (seen: the expert aux loss jumps by one slot's share, 3e-5 relative, at step 9, and the two
+//    experts' weights leave their budget). Sharper routers make such near-ties ~100x rarer (0
+//    failures in 18 runs of every layout here, against ~1 in 12 before).
+//
+// The reference is this process: train_step on the one-process model (1 thread), which must equal
+// `dsmoe train` without mpirun bit for bit (checked). The tolerances: every multi-process gradient is
+// the same fp32 arithmetic as the reference's, with the sums over tokens split by rank and added by
+// the all-reduce (and, for expert parallelism, an expert's rows from several ranks): another order of
+// the same fp32 sums. Each of the two is within kRel (max |g| + |g|) of the exact gradient (the
+// budget test_model checks the one-process engine against the fp64 oracle with, ~60x its measured
+// error; a sum's fp32 error bound gamma_n sum |terms| holds for any order), so they differ by at most
+// 4 kRel max |g_t| per element of Hugging Face tensor t. test::AdamTrajectoryBudget carries that
+// through the AdamW steps into a per-element parameter budget, and the losses get 1e-5 relative per
+// side (their own fp32 evaluation, as test_model) plus the first-order drift of the weights' budget.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include "cli_runner.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "test_util.h"
+#include "train/data.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace dsmoe {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace test::cli;
+
+constexpr double kRel = 2e-5;  // test_model's gradient budget against the exact (fp64) gradient
+
+json parallel_config(bool seq_aux) {
+  return json{{"num_hidden_layers", 3},
+              {"seq_aux", seq_aux},
+              {"training",
+               {{"steps", 10},
+                {"warmup_steps", 2},
+                {"lr", 3e-3},
+                {"init_std", 0.2},
+                {"batch_size", 4},
+                {"seq_len", 16},
+                {"grad_accum", 2},
+                {"grad_clip", 0.5},
+                {"eval_batches", 2},
+                {"eval_interval", 0},
+                {"log_interval", 1}}}};
+}
+
+// The one-process trajectory, with its per-step results and the per-element budget.
+struct Reference {
+  std::vector<StepResult> steps;
+  std::vector<double> loss_drift;        // per step
+  std::vector<double> grad_norm_tol;     // per step: || the gradient's per-element budget ||
+  std::vector<float> params;             // after the last step
+  std::vector<double> tol;               // per parameter
+  std::vector<HfTensor> hf;
+};
+
+Reference reference_run(const Config& cfg, const std::string& data_dir) {
+  const TokenSplit train = load_split(data_dir, "train", cfg.model.vocab_size);
+  const TrainConfig& tc = cfg.train;
+  Model model(cfg.model);
+  Rng init(tc.seed);
+  model.init_weights(init, tc.init_std > 0 ? tc.init_std : cfg.model.initializer_range);
+  AdamW opt(model.layout(), tc);
+  BatchSampler sampler(train, tc.batch_size, tc.seq_len, data_sampler_seed(tc));
+  test::AdamTrajectoryBudget budget(model, tc);
+  Reference ref;
+  for (int64_t s = 1; s <= tc.steps; ++s) {
+    StepResult r = train_step(model, opt, tc, s, [&](int64_t, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+      sampler.next(x, y);
+    });
+    const double clip = test::clip_factor(tc, r.grad_norm);
+    ref.loss_drift.push_back(budget.loss_drift(model.grads(), clip));
+    // | ||g + dg|| - ||g|| | <= ||dg||, |dg_i| <= 2 kRel (max |g_t| + |g_i|) (unclipped, as the norm is).
+    double norm_tol_sq = 0;
+    for (const auto& t : model.layout().hf_tensors()) {
+      double gmax = 0;
+      for (int64_t i = t.offset; i < t.offset + t.numel; ++i) gmax = std::max(gmax, std::fabs(model.grads()[i] / clip));
+      for (int64_t i = t.offset; i < t.offset + t.numel; ++i) {
+        const double e = 2 * kRel * (gmax + std::fabs(model.grads()[i] / clip));
+        norm_tol_sq += e * e;
+      }
+    }
+    ref.grad_norm_tol.push_back(std::sqrt(norm_tol_sq));
+    budget.add_step(model, opt, s, r.lr, clip, 4 * kRel);
+    ref.steps.push_back(r);
+  }
+  ref.params = model.params();
+  ref.tol = budget.tol();
+  ref.hf = model.layout().hf_tensors();
+  return ref;
+}
+
+struct Layout {
+  int processes, expert_parallel;
+  bool seq_aux;
+};
+
+std::string layout_name(const Layout& l) {
+  return "P" + std::to_string(l.processes) + "_EP" + std::to_string(l.expert_parallel) +
+         (l.seq_aux ? "_seqaux" : "_batchaux");
+}
+
+class ParallelTraining : public ::testing::TestWithParam<Layout> {};
+
+// Shared by the layouts of one seq_aux setting: the data, the config and the reference run.
+struct Fixture {
+  std::string data, config_path;
+  Config cfg;
+  Reference ref;
+};
+
+const Fixture& fixture(bool seq_aux) {
+  static std::map<bool, Fixture> cache;
+  auto it = cache.find(seq_aux);
+  if (it != cache.end()) return it->second;
+  Fixture f;
+  // One folder per process: CTest runs each test of this file as its own process, side by side.
+  const std::string dir = test::tmp_path(std::string("parallel_training_") + (seq_aux ? "seq_" : "batch_") +
+                                         std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  f.data = make_dataset((fs::path(dir) / "data").string());
+  f.config_path = write_config(dir, "config.json", parallel_config(seq_aux));
+  f.cfg = load_config(f.config_path);
+  f.ref = reference_run(f.cfg, f.data);
+  return cache.emplace(seq_aux, std::move(f)).first->second;
+}
+
+void expect_run_matches(const Fixture& f, const std::string& run, const std::string& what) {
+  const auto rows = read_metrics(run);
+  const auto& ref = f.ref;
+  ASSERT_EQ(rows.size(), ref.steps.size()) << what << ": metrics.jsonl rows";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const StepResult& r = ref.steps[i];
+    const double drift = ref.loss_drift[i];
+    const std::string at = what + " step " + std::to_string(i + 1) + " (drift bound " + std::to_string(drift) + ")";
+    EXPECT_EQ(rows[i]["step"].get<int64_t>(), (int64_t)i + 1) << at;
+    EXPECT_NEAR(rows[i]["lm_loss"].get<double>(), r.lm_loss, 2e-5 * std::fabs(r.lm_loss) + drift) << at;
+    EXPECT_NEAR(rows[i]["expert_aux"].get<double>(), r.expert_aux, 2e-5 * std::fabs(r.expert_aux) + drift) << at;
+    EXPECT_NEAR(rows[i]["device_aux"].get<double>(), r.device_aux, 2e-5 * std::fabs(r.device_aux) + drift) << at;
+    EXPECT_NEAR(rows[i]["grad_norm"].get<double>(), r.grad_norm, ref.grad_norm_tol[i]) << at;
+    EXPECT_DOUBLE_EQ(rows[i]["lr"].get<double>(), r.lr) << at;
+  }
+  SafeTensorsFile ck((fs::path(run) / "checkpoint.safetensors").string());
+  double worst = 0;
+  for (const auto& t : ref.hf) {
+    const std::vector<float> got = ck.read_f32(t.name, t.shape);
+    for (int64_t i = 0; i < t.numel; ++i)
+      worst = std::max(worst, std::fabs((double)got[i] - ref.params[t.offset + i]) / ref.tol[t.offset + i]);
+    EXPECT_TRUE(test::all_close_each(what + " parameter after 10 steps " + t.name, got.data(),
+                                     ref.params.data() + t.offset, ref.tol.data() + t.offset, t.numel, t.shape));
+  }
+  std::printf("[ stats    ] %s: the worst parameter uses %.2g of its budget\n", what.c_str(), worst);
+}
+
+TEST_P(ParallelTraining, MatchesOneProcess) {
+  const Layout l = GetParam();
+  const Fixture& f = fixture(l.seq_aux);
+  const std::string run = scratch(layout_name(l));
+  std::vector<std::string> args = train_args(f.config_path, f.data, run);
+  if (l.expert_parallel > 1) args.insert(args.end(), {"--ep", std::to_string(l.expert_parallel)});
+  const Proc p = run_mpi(l.processes, args, 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  expect_run_matches(f, run, layout_name(l));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ParallelTraining,
+                         ::testing::Values(Layout{2, 1, true}, Layout{2, 1, false}, Layout{2, 2, true},
+                                           Layout{2, 2, false}, Layout{4, 2, true}, Layout{4, 2, false}),
+                         [](const auto& info) { return layout_name(info.param); });
+
+// One logical checkpoint: a run saved by 4 processes (expert-parallel 2 x data-parallel 2) resumes on 2
+// (expert-parallel 2), then on one process, and stays on the one-process trajectory.
+TEST(ParallelTrainingResume, SavedWithOneLayoutResumesWithAnother) {
+  const Fixture& f = fixture(false);
+  const std::string run = scratch("resume_across_layouts");
+  auto args = [&](std::vector<std::string> extra) {
+    auto a = train_args(f.config_path, f.data, run);
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  Proc p = run_mpi(4, args({"--ep", "2", "--stop-after", "4"}), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  p = run_mpi(2, args({"--ep", "2", "--stop-after", "7", "--resume"}), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  p = run_cli(args({"--resume"}), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  expect_run_matches(f, run, "P4_EP2 -> P2_EP2 -> P1");
+}
+
+// Without mpirun the binary is one process, and `dsmoe train` is exactly the reference's steps.
+TEST(ParallelTrainingReference, OneProcessCliIsTheReference) {
+  const Fixture& f = fixture(true);
+  const std::string run = scratch("one_process");
+  const Proc p = run_cli(train_args(f.config_path, f.data, run), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  const auto rows = read_metrics(run);
+  ASSERT_EQ(rows.size(), f.ref.steps.size());
+  for (size_t i = 0; i < rows.size(); ++i)
+    EXPECT_EQ(rows[i]["lm_loss"].get<double>(), f.ref.steps[i].lm_loss) << "step " << i + 1;
+  SafeTensorsFile ck((fs::path(run) / "checkpoint.safetensors").string());
+  for (const auto& t : f.ref.hf) {
+    const std::vector<float> got = ck.read_f32(t.name, t.shape);
+    EXPECT_TRUE(test::all_close(t.name, got.data(), f.ref.params.data() + t.offset, t.numel, t.shape, 0, 0));
+  }
+}
+
+// Bad layouts are refused before anything runs, naming the numbers.
+TEST(ParallelTrainingErrors, RefusesLayoutsThatDoNotSplit) {
+  const Fixture& f = fixture(true);
+  {  // E must divide the routed experts (8)
+    const Proc p = run_cli([&] {
+      auto a = train_args(f.config_path, f.data, scratch("ep3"));
+      a.insert(a.end(), {"--ep", "3"});
+      return a;
+    }());
+    EXPECT_EQ(p.exit_code, 2) << p.describe();
+    EXPECT_TRUE(contains(p.err, "--ep (3) must divide n_routed_experts (8)")) << p.err;
+  }
+  {  // E must divide the processes
+    auto a = train_args(f.config_path, f.data, scratch("ep4_of_2"));
+    a.insert(a.end(), {"--ep", "4"});
+    const Proc p = run_mpi(2, a);
+    EXPECT_FALSE(p.ok()) << p.describe();
+    EXPECT_TRUE(contains(p.err, "is 4, which does not divide the 2 processes")) << p.err;
+  }
+  {  // the batch must split into equal slices (4 sequences over 3 ranks)
+    const Proc p = run_mpi(3, train_args(f.config_path, f.data, scratch("batch_of_3")));
+    EXPECT_FALSE(p.ok()) << p.describe();
+    EXPECT_TRUE(contains(p.err, "training.batch_size (4) must be a multiple of the number of processes (3)")) << p.err;
+  }
+}
+
+}  // namespace
+}  // namespace dsmoe
