@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fmt/format.h>
 
@@ -36,6 +37,17 @@ CLI::Validator real_in(double lo, double hi, bool lo_open) {
         return "";
       },
       "NUMBER in " + range, "real_in");
+}
+
+void add_no_verify_flag(CLI::App* c, bool& no_verify) {
+  c->add_flag("--no-verify", no_verify,
+              "do not check the tensors' stored checksums (a file changed on purpose); everything else is checked");
+}
+
+Checksums checksums_of(bool no_verify, const std::string& what) {
+  if (!no_verify) return Checksums::Verify;
+  std::fprintf(stderr, "dsmoe: --no-verify: the tensor checksums of %s are not checked\n", what.c_str());
+  return Checksums::Skip;
 }
 
 }  // namespace dsmoe::cli

@@ -173,7 +173,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   po.show_rate = false;  // the line shows tokens/s itself
   Progress progress("step", tc.steps, "", po);
   if (start == RunStart::Resume) {
-    load_checkpoint(opt.out_dir, model, &optimizer, &st);
+    load_checkpoint(opt.out_dir, model, &optimizer, &st, false, opt.checksums);
     sampler.set_state(st.data_rng);
     drop_metrics_after(metrics_path, st.step);
     // Said even with --quiet: which state the run continues from is part of its result.
