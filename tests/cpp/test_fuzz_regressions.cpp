@@ -13,6 +13,7 @@
 #include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "serve/api_request.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -50,6 +51,33 @@ TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
 TEST(FuzzRegressions, SuiteNameNotString) {
   const std::string path = std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_suite/name_not_string.json";
   EXPECT_THROW(dsmoe::experiment::load_suite(path, false), dsmoe::Error);
+}
+
+// parse_api_request caught json::parse_error only: a number past the range of a double (nlohmann's
+// out_of_range 406) escaped to cpp-httplib's exception handler, which answered the client's bad
+// request with a 500 internal_error. Now a 400 invalid_json.
+TEST(FuzzRegressions, ApiRequestNumberOverflowIsABadRequest) {
+  const std::string body = reproducer("fuzz_api_request", "number_overflow.json");
+  try {
+    dsmoe::serve::parse_api_request(body, false);
+    ADD_FAILURE() << "accepted " << body;
+  } catch (const dsmoe::serve::ApiError& e) {
+    EXPECT_EQ(e.status, 400) << e.what();
+    EXPECT_EQ(e.code, "invalid_json") << e.what();
+  }
+}
+
+// A chat content part's "type" was read with json::value("type", ""), which throws nlohmann's
+// type_error for a non-string value: a 500 again, instead of the 400 naming the part.
+TEST(FuzzRegressions, ApiRequestContentPartTypeNotString) {
+  const std::string body = reproducer("fuzz_api_request", "content_part_type_number.json");
+  try {
+    dsmoe::serve::parse_api_request(body, true);
+    ADD_FAILURE() << "accepted " << body;
+  } catch (const dsmoe::serve::ApiError& e) {
+    EXPECT_EQ(e.status, 400) << e.what();
+    EXPECT_EQ(e.param, "messages[0].content[0]") << e.what();
+  }
 }
 
 }  // namespace
