@@ -56,28 +56,30 @@ TEST(FuzzRegressions, SuiteNameNotString) {
 // parse_api_request caught json::parse_error only: a number past the range of a double (nlohmann's
 // out_of_range 406) escaped to cpp-httplib's exception handler, which answered the client's bad
 // request with a 500 internal_error. Now a 400 invalid_json.
-TEST(FuzzRegressions, ApiRequestNumberOverflowIsABadRequest) {
-  const std::string body = reproducer("fuzz_api_request", "number_overflow.json");
+// The ApiError a reproducer's body is refused with (a failure if it is accepted).
+dsmoe::serve::ApiError api_error_of(const std::string& name, bool chat) {
+  const std::string body = reproducer("fuzz_api_request", name);
   try {
-    dsmoe::serve::parse_api_request(body, false);
-    ADD_FAILURE() << "accepted " << body;
+    dsmoe::serve::parse_api_request(body, chat);
   } catch (const dsmoe::serve::ApiError& e) {
-    EXPECT_EQ(e.status, 400) << e.what();
-    EXPECT_EQ(e.code, "invalid_json") << e.what();
+    return e;
   }
+  ADD_FAILURE() << "accepted " << body;
+  return dsmoe::serve::ApiError(0, "accepted");
+}
+
+TEST(FuzzRegressions, ApiRequestNumberOverflowIsABadRequest) {
+  const auto e = api_error_of("number_overflow.json", false);
+  EXPECT_EQ(e.status, 400) << e.what();
+  EXPECT_EQ(e.code, "invalid_json") << e.what();
 }
 
 // A chat content part's "type" was read with json::value("type", ""), which throws nlohmann's
 // type_error for a non-string value: a 500 again, instead of the 400 naming the part.
 TEST(FuzzRegressions, ApiRequestContentPartTypeNotString) {
-  const std::string body = reproducer("fuzz_api_request", "content_part_type_number.json");
-  try {
-    dsmoe::serve::parse_api_request(body, true);
-    ADD_FAILURE() << "accepted " << body;
-  } catch (const dsmoe::serve::ApiError& e) {
-    EXPECT_EQ(e.status, 400) << e.what();
-    EXPECT_EQ(e.param, "messages[0].content[0]") << e.what();
-  }
+  const auto e = api_error_of("content_part_type_number.json", true);
+  EXPECT_EQ(e.status, 400) << e.what();
+  EXPECT_EQ(e.param, "messages[0].content[0]") << e.what();
 }
 
 }  // namespace
