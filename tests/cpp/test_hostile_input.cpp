@@ -139,7 +139,14 @@ TEST(HostileConfig, ParameterCountsOfAnUnvalidatedConfigAreChecked) {
 TEST(HostileConfig, ModelTooLargeForMemoryIsAnError) {
   // Within every bound, but 4096 experts x 3 x 2^20 x 65536 floats = 12 PiB, past any address space
   // (so malloc fails whatever the overcommit policy): a clear Error, not std::bad_alloc.
-#if defined(__SANITIZE_ADDRESS__) || (defined(__has_feature) && __has_feature(address_sanitizer))
+#if defined(__has_feature)  // clang
+#if __has_feature(address_sanitizer)
+#define DSMOE_TEST_UNDER_ASAN 1
+#endif
+#elif defined(__SANITIZE_ADDRESS__)  // gcc
+#define DSMOE_TEST_UNDER_ASAN 1
+#endif
+#ifdef DSMOE_TEST_UNDER_ASAN
   // AddressSanitizer's operator new aborts on a request past its 1 TiB limit instead of throwing
   // std::bad_alloc (allocator_may_return_null covers malloc only), so the behaviour under test
   // cannot happen in a sanitized build.
