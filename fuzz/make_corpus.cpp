@@ -12,8 +12,10 @@
 #include "core/rng.h"
 #include "fuzz_support.h"
 #include "infer/gguf_checkpoint.h"
+#include "small_tokenizer.h"
 #include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
+#include "io/token_ids.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "tokenizer/bpe_trainer.h"
@@ -233,6 +235,35 @@ void chat_template_seeds() {
        "{% if tools %}{{ raise_exception('no tools') }}{% endif %}");
 }
 
+// Ids files as `tokenize` writes them (append_ids_jsonl of the small tokenizer's encodings: some
+// ids past 256, the small vocabulary fuzz_ids_jsonl also checks against), and an id list.
+void ids_seeds() {
+  std::string jsonl;
+  for (const auto& t : texts()) append_ids_jsonl(jsonl, fuzz::small_tokenizer().encode(t));
+  append_ids_jsonl(jsonl, {});
+  seed("fuzz_ids_jsonl", "tokenized.jsonl", jsonl + "\n");
+  seed("fuzz_ids_jsonl", "id-list", "[1, 2,3 4]");
+}
+
+// Request bodies with every field the server reads, in both of their spellings where there are two.
+void api_request_seeds() {
+  using json = nlohmann::json;
+  seed("fuzz_api_request", "completion.json",
+       json{{"model", "m"}, {"prompt", "Hello"}, {"max_tokens", 8}, {"temperature", 0.7}, {"top_p", 0.9}, {"top_k", 40},
+            {"seed", 1}, {"stop", {"\n", "."}}, {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"n", 1},
+            {"user", nullptr}}
+           .dump());
+  seed("fuzz_api_request", "chat.json",
+       json{{"messages",
+             {{{"role", "system"}, {"content", "Be brief."}},
+              {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}}}},
+              {{"role", "assistant"}, {"content", nullptr}},
+              {{"role", "user"}, {"content", "Again"}}}},
+            {"max_completion_tokens", 4}, {"stop", "x"}, {"seed", -1}}
+           .dump());
+  seed("fuzz_api_request", "prompt-list.json", json{{"prompt", {"one"}}, {"max_tokens", nullptr}}.dump());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -251,6 +282,8 @@ int main(int argc, char** argv) {
     split_seeds();
     suite_seeds();
     chat_template_seeds();
+    ids_seeds();
+    api_request_seeds();
   } catch (const std::exception& e) {
     std::cerr << "make_corpus: " << e.what() << "\n";
     return 1;

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 all=(fuzz_safetensors fuzz_config fuzz_hf_folder fuzz_quant_config fuzz_tokenizer_json
-     fuzz_tokenizer_encode fuzz_tokenizer_decode fuzz_data_split fuzz_suite fuzz_chat_template fuzz_gguf)
+     fuzz_tokenizer_encode fuzz_tokenizer_decode fuzz_data_split fuzz_suite fuzz_chat_template fuzz_gguf
+     fuzz_ids_jsonl fuzz_api_request)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 

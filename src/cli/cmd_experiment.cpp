@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "core/error.h"
 #include "experiment/report.h"
 #include "experiment/runner.h"
@@ -21,12 +22,14 @@ void add_experiment_commands(CLI::App& app) {
   auto quick = std::make_shared<bool>(false);
   auto report_only = std::make_shared<bool>(false);
   auto quiet = std::make_shared<bool>(false);
+  auto no_verify = std::make_shared<bool>(false);
   c->add_option("--suite", *suite, "suite JSON (models, seeds, analyses)")->capture_default_str();
   c->add_option("--out", *out, "output folder: runs/, results.json, report.md and its images")->required();
   c->add_option("--data", *data, "prepared data folder (overrides the suite's \"data\")");
   c->add_flag("--quick", *quick, "the suite's quick variant: tiny models, a few steps (a smoke run)");
   c->add_flag("--report-only", *report_only, "redraw the report from OUT/results.json without training");
   c->add_flag("--quiet", *quiet, "no progress lines");
+  add_no_verify_flag(c, *no_verify);
   c->callback([=] {
     namespace fs = std::filesystem;
     nlohmann::json results;
@@ -42,6 +45,7 @@ void add_experiment_commands(CLI::App& app) {
       experiment::RunOptions o;
       o.out_dir = *out;
       o.progress = !*quiet;
+      o.checksums = checksums_of(*no_verify, "the suite's run checkpoints");
       results = experiment::run_suite(s, o);
     }
     const std::string report = experiment::write_report(results, *out);

@@ -31,6 +31,7 @@
 #include "cli/options.h"
 #include "core/progress.h"
 #include "io/safetensors.h"
+#include "io/token_ids.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsmoe::cli {
@@ -39,30 +40,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-// "1,2,3", "[1, 2, 3]" or "1 2 3".
-std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
-  std::vector<int32_t> ids;
-  std::string cur;
-  auto flush = [&] {
-    if (cur.empty()) return;
-    try {
-      size_t used = 0;
-      long long v = std::stoll(cur, &used);
-      if (used != cur.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(cur);
-      ids.push_back((int32_t)v);
-    } catch (...) {
-      fail("{}: '{}' is not a token id (expected non-negative integers like 1,2,3)", what, cur);
-    }
-    cur.clear();
-  };
-  for (char c : s) {
-    if (c == ',' || c == ' ' || c == '[' || c == ']' || c == '\t' || c == '\n' || c == '\r') flush();
-    else cur += c;
-  }
-  flush();
-  return ids;
-}
 
 int64_t parse_size(const std::string& s) {
   size_t used = 0;
@@ -129,12 +106,13 @@ double now_s() {
 // dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
 // checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading). compute: --compute
 // (infer/compute_mode.h), said on stderr with the storage.
-InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, const std::string& compute) {
+InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, const std::string& compute,
+                                  bool no_verify) {
   const double t0 = now_s();
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
   TensorProgressLine progress{"load"};
-  InferenceModel im = load_inference_model(dir, type, progress.callback());
+  InferenceModel im = load_inference_model(dir, type, progress.callback(), checksums_of(no_verify, dir));
   // Always said: which weights (and, by the caller, which tokenizer) produced the output.
   std::fprintf(stderr,
                  "dsmoe: loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
@@ -155,12 +133,12 @@ struct GenerateArgs {
   std::string dir, tokenizer, dtype = "auto", compute = "auto";
   std::vector<std::string> prompts, prompt_ids;
   std::string prompts_file;
-  bool json_out = false, verbose = false, no_special = false;
+  bool json_out = false, verbose = false, no_special = false, no_verify = false;
   SamplingArgs s;
 };
 
 void cmd_generate(const GenerateArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
@@ -180,7 +158,7 @@ void cmd_generate(const GenerateArgs& a) {
     }
   }
   for (const auto& p : a.prompt_ids) {
-    prompts.push_back(parse_ids(p, "--prompt-ids"));
+    prompts.push_back(parse_id_list(p, "--prompt-ids", m.vocab_size));
     prompt_text.push_back(io.decode(prompts.back()));
   }
   if (prompts.empty()) {  // the historical default
@@ -239,6 +217,7 @@ void cmd_generate(const GenerateArgs& a) {
 struct ChatArgs {
   std::string dir, tokenizer, system, dtype = "auto", compute = "auto";
   int64_t ctx = 0;
+  bool no_verify = false;
   SamplingArgs s;
 };
 
@@ -246,7 +225,7 @@ struct ChatArgs {
 // (tokenizer_config.json), else the DeepSeek format, and trimmed from the oldest turn when the
 // context fills (infer/chat_session.h).
 void cmd_chat(const ChatArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
@@ -295,12 +274,12 @@ void cmd_chat(const ChatArgs& a) {
 struct ScoreArgs {
   std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto", compute = "auto";
   int64_t ctx = 0;
-  bool summary = false, no_special = false;
+  bool summary = false, no_special = false, no_verify = false;
 };
 
 void cmd_score(const ScoreArgs& a) {
   if (a.text_file.empty() == a.ids_jsonl.empty()) usage_error("score: give exactly one of --text-file or --ids-jsonl");
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute);
+  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
   const ModelConfig& m = lm.config.model;
   if (a.ctx > m.max_position_embeddings)
     usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", a.ctx, m.max_position_embeddings);
@@ -310,27 +289,7 @@ void cmd_score(const ScoreArgs& a) {
     std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
     seqs.push_back(io.encode(read_text_file(a.text_file), !a.no_special));
   } else {
-    std::istringstream in(read_text_file(a.ids_jsonl));
-    std::string line;
-    int64_t lineno = 0;
-    while (std::getline(in, line)) {
-      ++lineno;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      json j;
-      try {
-        j = json::parse(line);
-      } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
-        fail("{}:{}: not valid JSON: {}", a.ids_jsonl, lineno, e.what());
-      }
-      if (!j.is_array()) fail("{}:{}: expected a JSON array of token ids", a.ids_jsonl, lineno);
-      std::vector<int32_t> ids;
-      for (const auto& v : j) {
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= m.vocab_size)
-          fail("{}:{}: {} is not a token id in [0, {})", a.ids_jsonl, lineno, v.dump(), m.vocab_size);
-        ids.push_back((int32_t)v.get<int64_t>());
-      }
-      seqs.push_back(std::move(ids));
-    }
+    seqs = parse_ids_jsonl(read_text_file(a.ids_jsonl), a.ids_jsonl, m.vocab_size);
   }
   int64_t to_score = 0;
   for (const auto& s : seqs) to_score += std::max<int64_t>(0, (int64_t)s.size() - 1);
@@ -374,7 +333,7 @@ void cmd_score(const ScoreArgs& a) {
 // --model, --out, --force, --shard-size, --tokenizer of the commands that write a model folder.
 struct ModelOutArgs {
   std::string dir, out, shard = "2GiB", tokenizer;
-  bool force = false;
+  bool force = false, no_verify = false;
   OutputRequest request(const std::string& command) const {
     OutputRequest r;
     r.dir = out;
@@ -396,6 +355,7 @@ void add_model_out_options(CLI::App* c, ModelOutArgs& a, const std::string& mode
   c->add_option("--shard-size", a.shard, "largest shard, e.g. 2GiB, 500MB")->capture_default_str();
   c->add_option("--tokenizer", a.tokenizer,
                 "tokenizer.json to write beside the weights (default: the model folder's; needed when it has none)");
+  add_no_verify_flag(c, a.no_verify);
 }
 
 // export --format gguf. --out FILE.gguf: one file, written atomically; an existing one is replaced
@@ -475,6 +435,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_flag("--verbose", a->verbose, "load and speed statistics on stderr");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
+    add_no_verify_flag(c, a->no_verify);
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_generate(*a); });
   }
@@ -493,6 +454,7 @@ void add_infer_commands(CLI::App& app) {
         ->check(int_in(2, kMaxTokens));
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
+    add_no_verify_flag(c, a->no_verify);
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_chat(*a); });
   }
@@ -510,6 +472,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
+    add_no_verify_flag(c, a->no_verify);
     c->callback([a] { cmd_score(*a); });
   }
   // quantize
@@ -529,7 +492,7 @@ void add_infer_commands(CLI::App& app) {
       o.progress = write.callback();
       StagedOutput out(a->request("quantize"));
       const double t0 = now_s();
-      InferenceModel im = load_for_inference(a->dir, *type, "f32");
+      InferenceModel im = load_for_inference(a->dir, *type, "f32", a->no_verify);
       // The text files come from the model folder (or --tokenizer): a folder without them could not be
       // used for text, so a model that needs a tokenizer and has none is refused here.
       const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, im.config.model);
@@ -572,7 +535,7 @@ void add_infer_commands(CLI::App& app) {
       TensorProgressLine read{"load"}, write{"write"};
       o.progress = write.callback();
       StagedOutput out(a->request("export"));
-      LoadedModel lm = load_model_dir(a->dir, read.callback());
+      LoadedModel lm = load_model_dir(a->dir, read.callback(), checksums_of(a->no_verify, a->dir));
       // The text files come from the model folder (or --tokenizer): a folder without them could not be
       // used for text, so a model that needs a tokenizer and has none is refused here.
       const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, lm.config.model);

@@ -346,6 +346,7 @@ void add_model_commands(CLI::App& app) {
     auto quiet = std::make_shared<bool>(false);
     auto sample = std::make_shared<int64_t>(300);
     auto init_from = std::make_shared<std::string>();
+    auto no_verify = std::make_shared<bool>(false);
     c->add_option("--config", *cfg, "config JSON (HF DeepseekConfig keys + \"training\")")->required();
     c->add_option("--data", opt->data_dir, "prepared data folder (dsmoe prepare)")->required();
     c->add_option("--out", opt->out_dir, "run folder: checkpoint, config.json, metrics.jsonl (new or empty)")->required();
@@ -363,6 +364,7 @@ void add_model_commands(CLI::App& app) {
     c->add_option("--stop-after", opt->stop_after, "stop after this step (checkpointed), e.g. to test resume")
         ->check(int_in(1, 1000000000));
     c->add_flag("--quiet", *quiet, "no progress output");
+    add_no_verify_flag(c, *no_verify);
     c->add_option("--sample-tokens", *sample, "tokens of text to sample at the end (0 = none)")
         ->check(int_in(0, 100000))
         ->capture_default_str();
@@ -391,7 +393,11 @@ void add_model_commands(CLI::App& app) {
       o.world = world.get();
       o.progress = !*quiet;
       o.init_from = *init_from;
-      if (!init_from->empty()) o.init = [dir = *init_from](Model& m) { load_hf_weights(dir, m); };
+      if (o.resume) o.checksums = checksums_of(*no_verify, o.out_dir);
+      if (!init_from->empty()) {
+        const Checksums checksums = checksums_of(*no_verify, *init_from);
+        o.init = [dir = *init_from, checksums](Model& m) { load_hf_weights(dir, m, checksums); };
+      }
       auto s = train(config, o);
       if (!root) return;  // rank 0 reports for the job
       std::printf("trained %lld steps | train lm loss %.4f | val loss %.4f (ppl %.2f) | unigram baseline %.4f", (long long)s.steps_done,
@@ -403,7 +409,7 @@ void add_model_commands(CLI::App& app) {
       if (*sample > 0) {
         const TokenSplit val = load_split(o.data_dir, "val");
         Model model(config.model);
-        load_checkpoint(o.out_dir, model, nullptr, nullptr);
+        load_checkpoint(o.out_dir, model, nullptr, nullptr, false, o.checksums);
         print_sample(model, val, *sample, config.train.seed);
       }
     });
@@ -433,6 +439,8 @@ void add_model_commands(CLI::App& app) {
     auto allow_nonfinite = std::make_shared<bool>(false);
     c->add_flag("--allow-nonfinite", *allow_nonfinite,
                 "load a checkpoint whose weights hold NaN/Inf (forensics on a diverged run; refused otherwise)");
+    auto no_verify = std::make_shared<bool>(false);
+    add_no_verify_flag(c, *no_verify);
     c->add_option("--routing-stats", *stats_file,
                   "write per-layer routing statistics (load, entropy, co-occurrence, locality) to this JSON file");
     auto domain_file = std::make_shared<std::string>();
@@ -455,7 +463,7 @@ void add_model_commands(CLI::App& app) {
         usage_error("--per-domain-charts and --no-expert-outputs need --per-domain FILE");
       Config config = load_checkpoint_config(*dir);
       Model model(config.model);
-      load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite);
+      load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite, checksums_of(*no_verify, *dir));
       std::fprintf(stderr, "dsmoe: loaded %s: %lld parameters (f32 weights)\n", dir->c_str(),
                    (long long)model.layout().total());
       model.set_routing_override(*ovr);

@@ -31,6 +31,7 @@ namespace {
 struct ServeArgs {
   std::string dir, tokenizer, dtype = "auto", compute = "auto", host = "127.0.0.1", api_key, model_name;
   int64_t port = 8080, parallel = 4, ctx = 0, prefill_chunk = 128, queue = 64;
+  bool no_verify = false;
 };
 
 // The model id clients send: --model-name, else the folder's name.
@@ -48,7 +49,7 @@ void cmd_serve(const ServeArgs& a) {
   InterruptGuard interrupt;
   std::optional<ops::WType> type;
   if (a.dtype != "auto") type = ops::parse_wtype(a.dtype, "--dtype (auto, f32, bf16, q8 or q4)");
-  InferenceModel lm = load_inference_model(a.dir, type);
+  InferenceModel lm = load_inference_model(a.dir, type, {}, checksums_of(a.no_verify, a.dir));
   const ModelConfig& m = lm.config.model;
   std::fprintf(stderr, "dsmoe: loaded %s: %lld tensors, %.3f GB %s weights\n", a.dir.c_str(),
                (long long)lm.report.tensors, lm.weights->bytes() / 1e9, ops::wtype_name(lm.weights->type()));
@@ -110,6 +111,7 @@ void add_serve_commands(CLI::App& app) {
   add_compute_option(c, a->compute);
   c->add_option("--api-key", a->api_key, "require 'Authorization: Bearer KEY' on /v1 and /metrics requests");
   c->add_option("--model-name", a->model_name, "the model id clients use (default: the model folder's name)");
+  add_no_verify_flag(c, a->no_verify);
   c->callback([a] { cmd_serve(*a); });
 }
 

@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
+#include "io/token_ids.h"
 #include "tokenizer/bpe_trainer.h"
 #include "tokenizer/tokenizer.h"
 #include "train/data.h"
@@ -69,15 +70,6 @@ std::vector<std::string> read_inputs(const std::vector<std::string>& files, bool
   return out;
 }
 
-void write_ids(std::string& buf, const std::vector<int32_t>& ids) {
-  buf += '[';
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i) buf += ',';
-    buf += std::to_string(ids[i]);
-  }
-  buf += "]\n";
-}
-
 }  // namespace
 
 void add_tokenizer_commands(CLI::App& app) {
@@ -130,7 +122,7 @@ void add_tokenizer_commands(CLI::App& app) {
           buf += arr.dump();
           buf += '\n';
         } else {
-          write_ids(buf, ids);
+          append_ids_jsonl(buf, ids);
         }
         if (buf.size() > (1 << 20)) {
           std::fwrite(buf.data(), 1, buf.size(), stdout);
@@ -159,23 +151,8 @@ void add_tokenizer_commands(CLI::App& app) {
       std::string buf;
       for (const auto& path : paths) {
         std::string data = slurp(path);
-        std::istringstream in(data);
-        std::string line;
-        size_t lineno = 0;
-        while (std::getline(in, line)) {
-          ++lineno;
-          if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-          std::vector<int32_t> ids;
-          try {
-            json j = json::parse(line);
-            if (!j.is_array()) throw std::runtime_error("not an array");
-            for (const auto& x : j) {
-              if (!x.is_number_integer()) throw std::runtime_error("not an integer");
-              ids.push_back(x.get<int32_t>());
-            }
-          } catch (const std::exception&) {
-            fail("{}:{}: expected a JSON array of integer token ids", path == "-" ? "<stdin>" : path, lineno);
-          }
+        // Ids past the vocabulary are skipped by decode (as HF's); ids no int32 holds are refused.
+        for (const auto& ids : parse_ids_jsonl(data, path == "-" ? "<stdin>" : path, kAnyTokenId)) {
           std::string text = tok.decode(ids, o->skip_special);
           if (o->jsonl) buf += json(text).dump(-1, ' ', false, json::error_handler_t::replace);
           else buf += text;

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fmt/format.h>
 
@@ -40,10 +41,21 @@ CLI::Validator real_in(double lo, double hi, bool lo_open) {
 
 void add_compute_option(CLI::App* c, std::string& compute) {
   c->add_option("--compute", compute,
-                "activation precision of prefill products: auto (bf16 for bf16 weights on an AVX512_BF16 CPU, else "
-                "f32), f32 (exact), bf16 (bf16 weights only)")
+                "operand precision of prefill products: auto (bf16 for bf16/q8/q4 weights on an AVX512_BF16 CPU, "
+                "else f32), f32 (exact), bf16 (bf16, q8 or q4 weights)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+}
+
+void add_no_verify_flag(CLI::App* c, bool& no_verify) {
+  c->add_flag("--no-verify", no_verify,
+              "do not check the tensors' stored checksums (a file changed on purpose); everything else is checked");
+}
+
+Checksums checksums_of(bool no_verify, const std::string& what) {
+  if (!no_verify) return Checksums::Verify;
+  std::fprintf(stderr, "dsmoe: --no-verify: the tensor checksums of %s are not checked\n", what.c_str());
+  return Checksums::Skip;
 }
 
 }  // namespace dsmoe::cli

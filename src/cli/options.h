@@ -6,12 +6,21 @@
 #include <cstdint>
 #include <string>
 
+#include "io/safetensors.h"
+
 namespace dsmoe::cli {
 
 // A whole decimal integer in [lo, hi]; a value past int64 is out of range, not clamped.
 CLI::Validator int_in(int64_t lo, int64_t hi);
 // A finite real in [lo, hi] (or (lo, hi] with lo_open); nan and inf are refused.
 CLI::Validator real_in(double lo, double hi, bool lo_open = false);
+
+// --no-verify, for every command that loads a checkpoint or a model folder: the tensors' stored
+// checksums are not checked (the format, shapes, dtypes and finite values still are).
+void add_no_verify_flag(CLI::App* c, bool& no_verify);
+// The Checksums of a --no-verify flag. Skipping is said on stderr, naming what is loaded unverified:
+// results from a file that may have changed must not look like verified ones.
+Checksums checksums_of(bool no_verify, const std::string& what);
 
 // The largest --max-new-tokens / --ctx / token counts accepted anywhere (16M tokens).
 inline constexpr int64_t kMaxTokens = int64_t(1) << 24;

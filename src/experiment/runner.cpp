@@ -242,6 +242,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     to.resume = resume;
     to.force = !resume;  // a run folder of this suite whose config changed: the suite retrains it
     to.progress = opt.progress;
+    to.checksums = opt.checksums;
     const auto t_run = Clock::now();
     const TrainSummary sum = train(cfg, to);
     double train_s = seconds_since(t_run);
@@ -254,7 +255,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     run["train_s"] = train_s;
 
     Model model(cfg.model);
-    load_checkpoint(dir, model, nullptr, nullptr);
+    load_checkpoint(dir, model, nullptr, nullptr, false, opt.checksums);
     const auto t_an = Clock::now();
     analyse(s, sm, seed == sm.seeds.front(), model, val, run);
     run["analysis_s"] = seconds_since(t_an);

@@ -9,12 +9,14 @@
 #include <string>
 
 #include "experiment/suite.h"
+#include "io/safetensors.h"
 
 namespace dsmoe::experiment {
 
 struct RunOptions {
   std::string out_dir;
   bool progress = true;  // the trainer's progress line and one line per run
+  Checksums checksums = Checksums::Verify;  // of the run checkpoints reused or resumed (Skip: --no-verify)
 };
 
 // Returns the results JSON (also written atomically to OUT/results.json):

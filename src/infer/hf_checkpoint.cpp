@@ -306,7 +306,8 @@ void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::
 
 }  // namespace
 
-LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress) {
+LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress,
+                             Checksums checksums) {
   const ParamLayout layout(w.config());
   const std::optional<ops::WType> q = stored_quantization(dir);
   std::set<std::string> scale_names;
@@ -322,7 +323,7 @@ LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const 
   const int64_t total = (int64_t)layout.hf_tensors().size();
   int64_t done = 0;
   for (const std::string& file : plan.order) {
-    SafeTensorsFile f(file);  // validates the header and that every byte range lies inside the file
+    SafeTensorsFile f(file, checksums);  // validates the header and that every byte range lies inside the file
     std::set<std::string> mine;
     for (const HfTensor* t : plan.tensors.at(file)) {
       mine.insert(t->name);
@@ -347,14 +348,14 @@ LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const 
   return rep;
 }
 
-LoadReport load_hf_weights(const std::string& dir, Model& model) {
+LoadReport load_hf_weights(const std::string& dir, Model& model, Checksums checksums) {
   InferenceWeights w = InferenceWeights::view(model);
-  return load_weights_into(dir, w);
+  return load_weights_into(dir, w, {}, checksums);
 }
 
 InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type,
-                                    const TensorProgress& progress) {
-  if (is_gguf_file(dir)) return load_gguf_inference_model(dir, type, progress);
+                                    const TensorProgress& progress, Checksums checksums) {
+  if (is_gguf_file(dir)) return load_gguf_inference_model(dir, type, progress);  // GGUF has no checksums
   InferenceModel im;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   im.config = load_hf_config(dir);
@@ -368,23 +369,23 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<ops::W
     for (const auto& [file, ts] : plan.tensors)
       for (const HfTensor* h : ts)
         if (h->name == "lm_head.weight") {
-          SafeTensorsFile f(file);
+          SafeTensorsFile f(file, checksums);
           if (f.has(h->name) && f.get(h->name).dtype == DType::BF16) t = ops::WType::BF16;
         }
   }
   im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t));
-  im.report = load_weights_into(dir, *im.weights, progress);
+  im.report = load_weights_into(dir, *im.weights, progress, checksums);
   return im;
 }
 
-LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress) {
-  if (is_gguf_file(dir)) return load_gguf_model(dir, progress);
+LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress, Checksums checksums) {
+  if (is_gguf_file(dir)) return load_gguf_model(dir, progress);  // GGUF has no checksums
   LoadedModel lm;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   lm.config = load_hf_config(dir);
   lm.model = std::make_unique<Model>(lm.config.model);
   InferenceWeights view = InferenceWeights::view(*lm.model);
-  lm.report = load_weights_into(dir, view, progress);
+  lm.report = load_weights_into(dir, view, progress, checksums);
   return lm;
 }
 

@@ -70,12 +70,14 @@ struct LoadReport {
 std::optional<ops::WType> stored_quantization(const std::string& dir);
 
 // Loads the weights of DIR into `w` (built for the folder's config), converting every tensor into
-// the storage of its slot. Plain or quantized folders; all checks above.
-LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress = {});
+// the storage of its slot. Plain or quantized folders; all checks above, and each tensor's stored
+// checksum (a dsmoe-written file's) unless checksums = Skip (--no-verify).
+LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress = {},
+                             Checksums checksums = Checksums::Verify);
 
 // Loads the weights of DIR into `model` (whose config must be the folder's), fp32 (a quantized
 // folder is dequantized). All checks above.
-LoadReport load_hf_weights(const std::string& dir, Model& model);
+LoadReport load_hf_weights(const std::string& dir, Model& model, Checksums checksums = Checksums::Verify);
 
 // config + weights in one call.
 struct LoadedModel {
@@ -83,7 +85,8 @@ struct LoadedModel {
   std::unique_ptr<Model> model;
   LoadReport report;
 };
-LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress = {});
+LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progress = {},
+                           Checksums checksums = Checksums::Verify);
 
 // A model for inference, weights in the storage `type`; none = the folder's own: a quantized folder
 // its q8 / q4, a BF16 checkpoint bf16 (a plain copy), anything else f32.
@@ -93,7 +96,7 @@ struct InferenceModel {
   LoadReport report;
 };
 InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type = std::nullopt,
-                                    const TensorProgress& progress = {});
+                                    const TensorProgress& progress = {}, Checksums checksums = Checksums::Verify);
 
 struct ExportOptions {
   DType dtype = DType::F32;                       // F32, BF16 or F16 (F16 not yet: F32 / BF16)

@@ -68,7 +68,7 @@ static std::string shape_str(const std::vector<int64_t>& s) {
   return r + "]";
 }
 
-SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
+SafeTensorsFile::SafeTensorsFile(const std::string& path, Checksums checksums) : path_(path), checksums_(checksums) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) fail("{}: cannot open safetensors file: {}", path, std::strerror(errno));
   struct stat st {};
@@ -194,7 +194,9 @@ void SafeTensorsFile::parse_header() {
   if (at != data_size)
     fail("{}: the tensors cover {} of the {} data bytes: {} bytes after the last tensor (trailing data)", path, at,
          data_size, data_size - at);
-  read_checksums();
+  // Skip ignores the checksum metadata altogether: a file edited on purpose may have stale or
+  // missing entries, which is what --no-verify is for.
+  if (checksums_ == Checksums::Verify) read_checksums();
 }
 
 static std::string hex64(uint64_t h) { return fmt::format("{:016x}", h); }

@@ -22,6 +22,11 @@ size_t dtype_size(DType d);
 // model; files without the key (Hugging Face downloads, other writers) load as before.
 inline constexpr const char* kChecksumKey = "dsmoe.xxh3_64";
 
+// Whether a reader checks the stored checksums. Skip is `--no-verify` (reading a file whose
+// checksums are known stale, e.g. one edited on purpose); the format, shapes, dtypes and finite
+// values are checked either way.
+enum class Checksums { Verify, Skip };
+
 struct TensorInfo {
   std::string name;
   DType dtype;
@@ -41,7 +46,7 @@ class SafeTensorsFile {
  public:
   // The reference implementation's bound on the header (100 MB): a larger length is corruption.
   static constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-  explicit SafeTensorsFile(const std::string& path);
+  explicit SafeTensorsFile(const std::string& path, Checksums checksums = Checksums::Verify);
   ~SafeTensorsFile();
   SafeTensorsFile(const SafeTensorsFile&) = delete;
   SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
@@ -63,8 +68,8 @@ class SafeTensorsFile {
   std::vector<int32_t> read_i32(const std::string& name, const std::vector<int64_t>& expect = {}) const;
   // Raw bytes of a tensor that must have exactly this dtype (used for optimizer/RNG state).
   std::vector<uint8_t> read_bytes(const std::string& name, DType dtype) const;
-  // Checks a tensor's bytes against its stored checksum (nothing to check without one); throws
-  // naming the file, the tensor and both hashes. The read_* functions call it; callers that use
+  // Checks a tensor's bytes against its stored checksum (nothing to check without one; with
+  // Checksums::Skip no tensor has one); throws naming the file, the tensor and both hashes. The read_* functions call it; callers that use
   // TensorInfo::data directly must call it themselves.
   void verify(const TensorInfo& t) const;
 
@@ -72,6 +77,7 @@ class SafeTensorsFile {
   void parse_header();
   void read_checksums();
   std::string path_;
+  Checksums checksums_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
   std::map<std::string, TensorInfo> tensors_;

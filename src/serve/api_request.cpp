@@ -65,7 +65,9 @@ std::vector<ChatMessage> parse_messages(const json& v) {
         for (size_t k = 0; k < c->size(); ++k) {
           const json& part = (*c)[k];
           const std::string pn = fmt::format("{}.content[{}]", name, k);
-          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          // part["type"] compared as JSON: a non-string type is just not "text" (value() would throw).
+          if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+              !part["text"].is_string())
             bad(pn, fmt::format("'{}' must be a {{\"type\": \"text\", \"text\": ...}} part (only text is supported)", pn));
           msg.content += part["text"].get<std::string>();
         }
@@ -84,7 +86,7 @@ ApiRequest parse_api_request(const std::string& body, bool chat) {
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()), "", "invalid_json");
   }
   if (!j.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");

@@ -54,10 +54,11 @@ static int64_t meta_int(const SafeTensorsFile& f, const std::string& key) {
   }
 }
 
-void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite) {
+void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite,
+                     Checksums checksums) {
   const std::string path = ckpt_path(dir);
   if (!fs::exists(path)) fail("{}: no checkpoint here", path);
-  SafeTensorsFile f(path);
+  SafeTensorsFile f(path, checksums);
   auto fmt_it = f.metadata().find("format");
   if (fmt_it == f.metadata().end() || fmt_it->second != kFormat)
     fail("{}: not a dsmoe checkpoint (metadata 'format' should be '{}')", path, kFormat);

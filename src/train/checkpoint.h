@@ -8,6 +8,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "io/safetensors.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 
@@ -28,6 +29,9 @@ Config load_checkpoint_config(const std::string& dir);
 // Errors name the file and the tensor that is missing, mis-shaped or holds NaN / Inf (weights and
 // optimizer moments; allow_nonfinite loads them anyway, for forensics on a diverged run), and the
 // state that no run can have: a step outside [0, training.steps], an all-zero data-sampler RNG.
-void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite = false);
+// Every tensor's checksum is verified first (a changed byte names the tensor) unless
+// checksums = Skip (--no-verify).
+void load_checkpoint(const std::string& dir, Model& model, AdamW* opt, TrainState* st, bool allow_nonfinite = false,
+                     Checksums checksums = Checksums::Verify);
 
 }  // namespace dsmoe

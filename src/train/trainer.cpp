@@ -263,11 +263,11 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   Progress progress("step", tc.steps, "", po);
   if (start == RunStart::Resume) {
     if (shard.all()) {
-      load_checkpoint(opt.out_dir, model, &optimizer, &st);
+      load_checkpoint(opt.out_dir, model, &optimizer, &st, false, opt.checksums);
     } else {  // the one logical checkpoint, whatever layout wrote it: this rank keeps its experts
       Model whole(mc);
       AdamW whole_opt(whole.layout(), tc);
-      load_checkpoint(opt.out_dir, whole, &whole_opt, &st);
+      load_checkpoint(opt.out_dir, whole, &whole_opt, &st, false, opt.checksums);
       take_expert_shard(whole.layout(), whole.params().data(), model.layout(), model.params().data());
       take_expert_shard(whole.layout(), whole_opt.m().data(), model.layout(), optimizer.m().data());
       take_expert_shard(whole.layout(), whole_opt.v().data(), model.layout(), optimizer.v().data());

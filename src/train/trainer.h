@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "model/config.h"
 #include "train/data.h"
 
@@ -44,6 +45,7 @@ struct TrainOptions {
   std::string data_dir;
   std::string out_dir;      // the run folder; what may exist there: train/run_dir.h
   bool resume = false;      // continue from out_dir/checkpoint.safetensors (an error when there is none)
+  Checksums checksums = Checksums::Verify;  // of the checkpoint resumed from (Skip: --no-verify)
   bool force = false;       // replace a previous run in out_dir
   int64_t stop_after = 0;   // stop (with a checkpoint) after this step; 0 = run to the end
   bool progress = true;     // progress on stderr (core/progress.h)

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -396,4 +397,74 @@ TEST(CliSafety, InitFromStartsFromTheFoldersWeightsAndRefusesModelChanges) {
                       dir + "/hf", "--quiet"});
   EXPECT_EQ(bad.exit_code, 2) << bad.describe();
   EXPECT_TRUE(contains(bad.err, "'hidden_size' is 64")) << bad.describe();
+}
+
+// ---------------------------------------------------------------- --no-verify
+
+// A finite change to one weight byte (the kind no format check sees): every command that loads the
+// run folder refuses it naming the file and the tensor; with --no-verify each loads it, says so on
+// stderr, and still checks the rest (a NaN planted beside the change is refused).
+TEST(CliSafety, NoVerifySkipsOnlyTheChecksumsOnEveryCommandThatLoadsWeights) {
+  const std::string dir = scratch("no_verify");
+  const std::string data = make_dataset(dir + "/data");
+  const std::string cfg = write_config(dir, "config.json");
+  const std::string run = dir + "/run";
+  ASSERT_TRUE(run_cli(train_args(cfg, data, run)).ok());
+  const std::string file = run + "/checkpoint.safetensors";
+  const std::string tensor = "model.layers.1.mlp.experts.3.up_proj.weight";
+  test::flip_tensor_byte(file, tensor);
+  write_text(dir + "/ids.jsonl", "[1, 2, 3, 4]\n");
+  write_text(dir + "/tune.json", json{{"training", {{"steps", 2}, {"warmup_steps", 1}, {"batch_size", 2}, {"seq_len", 32},
+                                                    {"eval_batches", 1}}}}.dump());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> commands = {
+      {{"eval", "--model", run, "--data", data, "--batches", "1"}, ""},
+      {{"generate", "--model", run, "--prompt-ids", "1,2,3", "--max-new-tokens", "2"}, ""},
+      {{"score", "--model", run, "--ids-jsonl", dir + "/ids.jsonl", "--summary"}, ""},
+      {{"chat", "--model", run, "--max-new-tokens", "2"}, "hello\n"},
+      {{"export", "--model", run, "--out", dir + "/hf"}, ""},
+      {{"quantize", "--model", run, "--out", dir + "/q8", "--type", "q8"}, ""},
+      // --force: the refused attempt leaves its marked --out behind.
+      {{"train", "--config", dir + "/tune.json", "--data", data, "--out", dir + "/ft", "--init-from", run, "--quiet",
+        "--sample-tokens", "0", "--force"},
+       ""},
+      // Last: resuming the finished run may write its checkpoint again (with new checksums).
+      {{"train", "--config", cfg, "--data", data, "--out", run, "--quiet", "--resume", "--sample-tokens", "20"}, ""},
+  };
+  // serve: refused at load; with --no-verify it loads and listens.
+  const std::vector<std::string> serve = {"serve", "--model", run, "--host", "127.0.0.1", "--port", "0"};
+  Proc serve_refused = run_cli(serve, 60);
+  EXPECT_EQ(serve_refused.exit_code, 1) << serve_refused.describe();
+  EXPECT_TRUE(contains(serve_refused.err, "tensor '" + tensor + "' fails its checksum")) << serve_refused.describe();
+  const std::string out = dir + "/serve.out", err = dir + "/serve.err";
+  const pid_t pid = spawn(with(serve, {"--no-verify"}), out, err);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!contains(slurp(err), "listening on") && waitpid(pid, nullptr, WNOHANG) == 0 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGTERM);
+  Proc served = finish(pid, quote_args(serve) + " --no-verify", out, err, 30);
+  EXPECT_TRUE(contains(served.err, "listening on") && contains(served.err, "--no-verify")) << served.describe();
+  for (const auto& [args, stdin_text] : commands) {
+    Proc refused = run_cli(args, 120, stdin_text);
+    EXPECT_EQ(refused.exit_code, 1) << refused.describe();
+    EXPECT_TRUE(contains(refused.err, file) && contains(refused.err, "tensor '" + tensor + "' fails its checksum"))
+        << refused.describe();
+    Proc loaded = run_cli(with(args, {"--no-verify"}), 120, stdin_text);
+    EXPECT_TRUE(loaded.ok()) << loaded.describe();
+    EXPECT_TRUE(contains(loaded.err, "--no-verify: the tensor checksums of")) << loaded.describe();
+  }
+  // Everything but the checksum is still checked: a NaN in a weight is refused with --no-verify too.
+  {
+    std::fstream f(file, std::ios::binary | std::ios::in | std::ios::out);
+    uint64_t hlen = 0;
+    f.read((char*)&hlen, 8);
+    std::string header(hlen, '\0');
+    f.read(header.data(), (std::streamsize)hlen);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    f.seekp(8 + (std::streamoff)hlen + json::parse(header)["model.norm.weight"]["data_offsets"][0].get<std::streamoff>());
+    f.write((const char*)&nan, 4);
+  }
+  Proc nan = run_cli({"eval", "--model", run, "--data", data, "--batches", "1", "--no-verify"});
+  EXPECT_EQ(nan.exit_code, 1) << nan.describe();
+  EXPECT_TRUE(contains(nan.err, "'model.norm.weight' holds a non-finite value")) << nan.describe();
 }

@@ -15,6 +15,7 @@
 #include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "serve/api_request.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -59,6 +60,35 @@ TEST(FuzzRegressions, SuiteNameNotString) {
 TEST(FuzzRegressions, GgufTokenNotUtf8) {
   const dsmoe::GgufFile f(std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_gguf/invalid_utf8_token.gguf");
   EXPECT_TRUE(dsmoe::test::error_mentions([&] { dsmoe::gguf_tokenizer_json(f); }, {"not valid UTF-8"}));
+}
+
+// parse_api_request caught json::parse_error only: a number past the range of a double (nlohmann's
+// out_of_range 406) escaped to cpp-httplib's exception handler, which answered the client's bad
+// request with a 500 internal_error. Now a 400 invalid_json.
+// The ApiError a reproducer's body is refused with (a failure if it is accepted).
+dsmoe::serve::ApiError api_error_of(const std::string& name, bool chat) {
+  const std::string body = reproducer("fuzz_api_request", name);
+  try {
+    dsmoe::serve::parse_api_request(body, chat);
+  } catch (const dsmoe::serve::ApiError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "accepted " << body;
+  return dsmoe::serve::ApiError(0, "accepted");
+}
+
+TEST(FuzzRegressions, ApiRequestNumberOverflowIsABadRequest) {
+  const auto e = api_error_of("number_overflow.json", false);
+  EXPECT_EQ(e.status, 400) << e.what();
+  EXPECT_EQ(e.code, "invalid_json") << e.what();
+}
+
+// A chat content part's "type" was read with json::value("type", ""), which throws nlohmann's
+// type_error for a non-string value: a 500 again, instead of the 400 naming the part.
+TEST(FuzzRegressions, ApiRequestContentPartTypeNotString) {
+  const auto e = api_error_of("content_part_type_number.json", true);
+  EXPECT_EQ(e.status, 400) << e.what();
+  EXPECT_EQ(e.param, "messages[0].content[0]") << e.what();
 }
 
 }  // namespace
