@@ -339,28 +339,34 @@ void gemv(float* y, const float* x, const WeightMat& w, int64_t n) {
   }
 }
 
-// Many activation rows: dequantize kTileRows rows of W at a time (per thread, into L2) and let SGEMM
-// do the arithmetic; OpenBLAS runs single-threaded inside the parallel region, one tile per thread.
+// Many activation rows: W is converted kTileRows rows at a time (per thread, into L2) and each tile
+// multiplied on its thread (OpenBLAS and oneDNN run single-threaded inside the parallel region):
+// fn(tile, r0, nr) for every tile, with a per-thread scratch of T kept across calls (megabytes: a
+// fresh one per call cost page faults every time).
 constexpr int64_t kTileRows = 128;
-void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
+template <class T, class Fn>
+void for_each_weight_tile(const WeightMat& w, Fn&& fn) {
   const int64_t R = w.rows, K = w.cols, tiles = (R + kTileRows - 1) / kTileRows;
 #pragma omp parallel
   {
-    // Per-thread tile kept across calls (megabytes: a fresh one per call cost page faults every time).
-    thread_local std::vector<float> tile;
+    thread_local std::vector<T> tile;
     if (tile.size() < (size_t)(std::min(kTileRows, R) * K)) tile.resize((size_t)(std::min(kTileRows, R) * K));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, R - r0);
-      dequantize_rows(tile.data(), w, r0, nr);
-      gemm(false, true, n, nr, K, 1.0f, x, K, tile.data(), K, 0.0f, y + r0, R);
-    }
+    for (int64_t t = 0; t < tiles; ++t) fn(tile.data(), t * kTileRows, std::min(kTileRows, R - t * kTileRows));
   }
 }
 
-// Compute BF16: the activations rounded to bf16 once (per-thread scratch kept across calls, as the
-// tiles above); bf16 weights are read as stored, q8 / q4 ones decoded to bf16 kTileRows rows at a
-// time (per thread, in L2) and each tile multiplied by the bf16 kernel on its thread.
+// Compute F32: tiles dequantized to fp32, SGEMM does the arithmetic.
+void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
+  const int64_t R = w.rows, K = w.cols;
+  for_each_weight_tile<float>(w, [&](float* tile, int64_t r0, int64_t nr) {
+    dequantize_rows(tile, w, r0, nr);
+    gemm(false, true, n, nr, K, 1.0f, x, K, tile, K, 0.0f, y + r0, R);
+  });
+}
+
+// Compute BF16: the activations rounded to bf16 once (per-thread scratch kept across calls); bf16
+// weights are read as stored, q8 / q4 tiles decoded to bf16, each multiplied by the bf16 kernel.
 void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
   const int64_t R = w.rows, K = w.cols;
   thread_local std::vector<uint16_t> xb;
@@ -368,18 +374,10 @@ void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
   round_to_bf16(xb.data(), x, n * K);
   if (w.type == WType::BF16) return bf16_gemm(y, R, xb.data(), (const uint16_t*)w.data, n, R, K);
   const uint16_t* xs = xb.data();
-  const int64_t tiles = (R + kTileRows - 1) / kTileRows;
-#pragma omp parallel
-  {
-    thread_local std::vector<uint16_t> tile;
-    if (tile.size() < (size_t)(std::min(kTileRows, R) * K)) tile.resize((size_t)(std::min(kTileRows, R) * K));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, R - r0);
-      dequantize_rows_bf16(tile.data(), w, r0, nr);
-      bf16_gemm(y + r0, R, xs, tile.data(), n, nr, K);
-    }
-  }
+  for_each_weight_tile<uint16_t>(w, [&](uint16_t* tile, int64_t r0, int64_t nr) {
+    dequantize_rows_bf16(tile, w, r0, nr);
+    bf16_gemm(y + r0, R, xs, tile, n, nr, K);
+  });
 }
 
 }  // namespace
