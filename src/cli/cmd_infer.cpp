@@ -121,9 +121,7 @@ InferenceModel load_for_inference(const std::string& dir, const std::string& dty
                  (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
                  im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
                  now_s() - t0);
-  const ComputeChoice cc = choose_compute(compute, im.weights->type());
-  im.weights->set_compute(cc.compute);
-  std::fprintf(stderr, "dsmoe: compute: %s\n", cc.note.c_str());
+  std::fprintf(stderr, "dsmoe: compute: %s\n", apply_compute(*im.weights, compute).note.c_str());
   return im;
 }
 

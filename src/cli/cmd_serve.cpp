@@ -53,9 +53,7 @@ void cmd_serve(const ServeArgs& a) {
   const ModelConfig& m = lm.config.model;
   std::fprintf(stderr, "dsmoe: loaded %s: %lld tensors, %.3f GB %s weights\n", a.dir.c_str(),
                (long long)lm.report.tensors, lm.weights->bytes() / 1e9, ops::wtype_name(lm.weights->type()));
-  const ComputeChoice cc = choose_compute(a.compute, lm.weights->type());
-  lm.weights->set_compute(cc.compute);
-  std::fprintf(stderr, "dsmoe: compute: %s\n", cc.note.c_str());
+  std::fprintf(stderr, "dsmoe: compute: %s\n", apply_compute(*lm.weights, a.compute).note.c_str());
   const TextCodec codec = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", codec.describe().c_str());
   const ChatFormat format = ChatFormat::load(a.dir);

@@ -28,4 +28,10 @@ ComputeChoice choose_compute(const std::string& flag, ops::WType storage) {
                                         " weights in prefill (" + impl + "), f32 in decode"};
 }
 
+ComputeChoice apply_compute(InferenceWeights& w, const std::string& flag) {
+  ComputeChoice c = choose_compute(flag, w.type());
+  w.set_compute(c.compute);
+  return c;
+}
+
 }  // namespace dsmoe

@@ -5,6 +5,7 @@
 #pragma once
 #include <string>
 
+#include "infer/infer_weights.h"
 #include "ops/qlinear.h"
 
 namespace dsmoe {
@@ -17,5 +18,8 @@ struct ComputeChoice {
 // flag: "auto" | "f32" | "bf16". Throws UsageError naming --compute for an unknown value or for
 // bf16 with f32 weights (their bf16 storage is --dtype bf16).
 ComputeChoice choose_compute(const std::string& flag, ops::WType storage);
+// choose_compute for w's storage, applied to w (InferenceWeights::set_compute); the choice returned
+// for the caller to say.
+ComputeChoice apply_compute(InferenceWeights& w, const std::string& flag);
 
 }  // namespace dsmoe
