@@ -10,5 +10,6 @@ void add_infer_commands(CLI::App& app);      // cmd_infer.cpp: generate, chat, s
 void add_plot_commands(CLI::App& app);       // cmd_plot.cpp: plot
 void add_experiment_commands(CLI::App& app); // cmd_experiment.cpp: experiment
 void add_serve_commands(CLI::App& app);      // cmd_serve.cpp: serve
+void add_scaling_commands(CLI::App& app);    // cmd_scaling.cpp: scaling
 
 }  // namespace dsmoe::cli

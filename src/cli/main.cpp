@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   dsmoe::cli::add_plot_commands(app);
   dsmoe::cli::add_experiment_commands(app);
   dsmoe::cli::add_serve_commands(app);
+  dsmoe::cli::add_scaling_commands(app);
   auto* help = app.add_subcommand("help", "list the commands, or show one command's options (dsmoe help train)");
   std::string help_on;
   help->add_option("command", help_on, "a command");
