@@ -642,6 +642,31 @@ std::string write_report(const json& results, const std::string& out_dir) {
     }
   }
 
+  // When the routers leave uniform: the training curves' routing entropy (metrics.jsonl), mean over
+  // the MoE layers and the seeds.
+  {
+    LineChart c;
+    c.title = "routing entropy over training (mean over MoE layers and seeds)";
+    c.x_label = "tokens";
+    c.y_label = "routing entropy / ln(routed experts) (1 = uniform)";
+    c.x_integer = true;
+    for (const auto& m : R.models) {
+      const std::string id = m.at("id");
+      if (!R.has(id)) continue;
+      const json& curve = R.runs.at(id).front().at("curve");
+      if (!curve.contains("routing_entropy")) continue;  // results.json of an older dsmoe
+      bool any = false;
+      for (const auto& v : curve["routing_entropy"]) any = any || v.is_number();
+      if (any) c.series.push_back(mean_curve(R.runs.at(id), R.label(id), "tokens", "routing_entropy"));
+    }
+    if (!c.series.empty()) {
+      save(out_dir, "routing_entropy.svg", report::to_svg(c), images);
+      md += "\n## Routing entropy over training\n\nHow far each learned router is from uniform while it trains (1 = "
+            "uniform over the routed experts, 0 = one expert per token), from the runs' metrics.jsonl: specialisation "
+            "can only show once it falls.\n\n![routing entropy over training](routing_entropy.svg)\n\n";
+    }
+  }
+
   // How far the learned routers are from uniform: specialization analyses mean little if they are not.
   std::string router_note;
   for (const auto& m : R.models) {

@@ -50,7 +50,8 @@ std::string fmt_secs(double s) {
 // The run's curves from its metrics.jsonl (written by the trainer).
 json read_curve(const std::string& metrics_path, double* elapsed_s) {
   json c = {{"steps", json::array()}, {"tokens", json::array()}, {"train_loss", json::array()},
-            {"val_steps", json::array()}, {"val_tokens", json::array()}, {"val_loss", json::array()}};
+            {"val_steps", json::array()}, {"val_tokens", json::array()}, {"val_loss", json::array()},
+            {"routing_entropy", json::array()}};
   std::ifstream in(metrics_path);
   if (!in) fail("{}: cannot read the run's metrics", metrics_path);
   std::string line;
@@ -64,6 +65,13 @@ json read_curve(const std::string& metrics_path, double* elapsed_s) {
     c["steps"].push_back(r["step"]);
     c["tokens"].push_back(r["tokens"]);
     c["train_loss"].push_back(r.value("lm_loss", NAN));
+    // The mean over MoE layers of the normalised routing entropy (null: no learned router).
+    double h = 0;
+    int64_t layers = 0;
+    if (r.contains("routing_entropy") && r["routing_entropy"].is_array())
+      for (const auto& v : r["routing_entropy"])
+        if (v.is_number()) h += v.get<double>(), ++layers;
+    c["routing_entropy"].push_back(layers ? json(h / (double)layers) : json(nullptr));
     if (r.contains("val_loss")) {
       c["val_steps"].push_back(r["step"]);
       c["val_tokens"].push_back(r["tokens"]);

@@ -83,6 +83,13 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
   }
   stats.load.assign(E, 0);
   for (int64_t i = 0; i < N * k; ++i) stats.load[a.ids[i]]++;
+  // How far the router is from uniform over training (metrics.jsonl "routing_entropy").
+  stats.entropy_sum = 0;
+  stats.entropy_tokens = 0;
+  if (learned && compute_aux) {
+    stats.entropy_sum = ops::routing_entropy_sum(a.probs.data(), N, E);
+    stats.entropy_tokens = N;
+  }
   // --- Balance losses (on all top-k choices, as the official code) ---
   stats.expert_aux = stats.device_aux = 0;
   if (learned && compute_aux && (m.aux_loss_alpha > 0 || m.device_aux_alpha > 0)) {

@@ -35,6 +35,10 @@ struct MoeStats {
   double expert_aux = 0, device_aux = 0;
   std::vector<int64_t> load;   // [E] selections per expert (before capacity drops)
   int64_t dropped = 0;         // slots dropped by the capacity limit
+  // Training forwards (compute_aux) with a learned router: the routing distribution's entropy summed
+  // over the tokens (nats) and their count; 0 and 0 otherwise (evaluation has RoutingStats).
+  double entropy_sum = 0;
+  int64_t entropy_tokens = 0;
 };
 
 // Evaluation-time change of the routing, for the paper's expert-specialization analyses (section 4.5).

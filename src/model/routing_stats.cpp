@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "ops/router.h"
 
 namespace dsmoe {
 
@@ -46,15 +47,7 @@ void RoutingStats::accumulate(int64_t layer, const int32_t* ids, const float* pr
       }
     }
   }
-  if (probs) {
-    double h = 0;
-    for (int64_t t = 0; t < N; ++t) {
-      const float* p = probs + t * E;
-      for (int64_t e = 0; e < E; ++e)
-        if (p[e] > 0) h -= (double)p[e] * std::log((double)p[e]);  // 0 ln 0 = 0
-    }
-    s.entropy_sum += h;
-  }
+  if (probs) s.entropy_sum += ops::routing_entropy_sum(probs, N, E);
   // Locality along each sequence (pairs never straddle two sequences).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 1; t < T; ++t) {

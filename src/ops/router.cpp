@@ -24,6 +24,26 @@ void softmax_forward(float* probs, const float* logits, int64_t n, int64_t E) {
   }
 }
 
+double routing_entropy_sum(const float* probs, int64_t n, int64_t E) {
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> part((size_t)blocks, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    double h = 0;
+    const int64_t end = std::min(n, (b + 1) * kBlock);
+    for (int64_t t = b * kBlock; t < end; ++t) {
+      const float* p = probs + t * E;
+      for (int64_t e = 0; e < E; ++e)
+        if (p[e] > 0) h -= (double)p[e] * std::log((double)p[e]);
+    }
+    part[(size_t)b] = h;
+  }
+  double sum = 0;
+  for (double h : part) sum += h;
+  return sum;
+}
+
 void softmax_backward(float* dlogits, const float* dprobs, const float* probs, int64_t n, int64_t E) {
   if (!dlogits) return;
 #pragma omp parallel for schedule(static)

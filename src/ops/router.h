@@ -10,6 +10,11 @@ void softmax_forward(float* probs, const float* logits, int64_t n, int64_t E);
 // dlogits += probs * (dprobs - sum(dprobs * probs))
 void softmax_backward(float* dlogits, const float* dprobs, const float* probs, int64_t n, int64_t E);
 
+// Sum over the n rows of the routing distribution's entropy -sum_e p_e ln p_e, nats (0 ln 0 = 0), in
+// fp64. Fixed blocks of rows are summed in parallel, then the blocks in order: the same bits at any
+// thread count.
+double routing_entropy_sum(const float* probs, int64_t n, int64_t E);
+
 // For each row the k largest probs, in descending order; equal values are ordered by the LOWER expert
 // id first (deterministic tie-break). ids [n, k] are original expert ids in [0, E); vals [n, k].
 // skip > 0 (evaluation only: the paper's "disable the top routed experts", Fig. 4) first excludes the

@@ -1,5 +1,6 @@
 #include "report/run_charts.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -48,6 +49,16 @@ LineChart line_chart(const std::string& title, const std::string& x_label, const
   return c;
 }
 
+std::vector<double> number_list(const json& v, const char* key, const std::string& path, size_t line) {
+  if (!v.is_array()) fail("{}:{}: '{}' must be an array of numbers (one per MoE layer)", path, line, key);
+  std::vector<double> out;
+  for (const auto& x : v) {
+    if (!x.is_number() && !x.is_null()) fail("{}:{}: '{}' holds a non-number {}", path, line, key, x.dump());
+    out.push_back(x.is_null() ? NAN : x.get<double>());
+  }
+  return out;
+}
+
 }  // namespace
 
 MetricsLog read_metrics(const std::string& path) {
@@ -87,6 +98,11 @@ MetricsLog read_metrics(const std::string& path) {
     if (row.contains("expert_load")) {
       m.expert_load = load_matrix(row["expert_load"], path, line);
       m.load_step = (int64_t)step;
+    }
+    if (row.contains("routing_entropy")) {
+      m.entropy_step.push_back(step);
+      m.entropy_tokens.push_back(tokens);
+      m.routing_entropy.push_back(number_list(row["routing_entropy"], "routing_entropy", path, line));
     }
   }
   return m;
@@ -146,6 +162,20 @@ std::vector<std::string> write_run_charts(const MetricsLog& m, const std::string
       h.row_labels.push_back((size_t)h.rows == o.moe_layer_ids.size() ? std::to_string(o.moe_layer_ids[l])
                                                                        : fmt::format("MoE {}", l));
     save("expert_load.svg", to_svg(h));
+  }
+  if (!m.routing_entropy.empty()) {
+    LineChart ent = line_chart("routing entropy over training" + suffix, x_label,
+                               "routing entropy / ln(routed experts) (1 = uniform)");
+    size_t layers = 0;
+    for (const auto& row : m.routing_entropy) layers = std::max(layers, row.size());
+    for (size_t l = 0; l < layers; ++l) {
+      Series s;
+      s.name = layers == o.moe_layer_ids.size() ? fmt::format("layer {}", o.moe_layer_ids[l]) : fmt::format("MoE {}", l);
+      s.x = o.x_tokens ? m.entropy_tokens : m.entropy_step;
+      for (const auto& row : m.routing_entropy) s.y.push_back(l < row.size() ? row[l] : NAN);
+      ent.series.push_back(std::move(s));
+    }
+    save("routing_entropy.svg", to_svg(ent));
   }
   return written;
 }

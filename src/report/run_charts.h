@@ -1,6 +1,7 @@
 // The charts of a training run, drawn from its metrics.jsonl: loss.svg (train and validation loss),
-// lr.svg, and for MoE runs expert_load.svg (layers x experts at the last logged step) and
-// load_balance.svg (max/mean expert load over training). Used by `dsmoe plot` and by the trainer.
+// lr.svg, and for MoE runs expert_load.svg (layers x experts at the last logged step),
+// load_balance.svg (max/mean expert load over training) and, for learned routers,
+// routing_entropy.svg (each MoE layer's normalised routing entropy over training). Used by `dsmoe plot` and by the trainer.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -18,6 +19,8 @@ struct MetricsLog {
   std::vector<double> val_step, val_tokens, val_loss;       // rows that carry "val_loss"
   int64_t load_step = -1;                                   // last row with "expert_load" (-1: none)
   std::vector<std::vector<double>> expert_load;             // its per-MoE-layer load / mean load
+  std::vector<double> entropy_step, entropy_tokens;         // rows that carry "routing_entropy"
+  std::vector<std::vector<double>> routing_entropy;         // [row][MoE layer]: entropy / ln(experts)
 };
 
 // Reads metrics.jsonl as the trainer writes it. Throws dsmoe::Error naming the file (missing) or the

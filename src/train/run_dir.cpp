@@ -16,7 +16,7 @@ namespace {
 bool written_by_training(const std::string& name) {
   static const char* kFiles[] = {"checkpoint.safetensors", "config.json", "metrics.jsonl", "tokenizer.json",
                                  "tokenizer_config.json", "loss.svg", "lr.svg", "load_balance.svg",
-                                 "expert_load.svg", kOutputMarker};
+                                 "expert_load.svg", "routing_entropy.svg", kOutputMarker};
   for (const char* f : kFiles)
     if (name == f) return true;
   // temporary files of atomic writes killed mid-way ("checkpoint.safetensors.tmp.1234")

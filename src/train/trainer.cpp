@@ -154,6 +154,12 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
         std::vector<double> rel;
         for (auto c : load) rel.push_back(mean > 0 ? std::round((double)c / mean * 1000) / 1000 : 0);
         r.expert_load.push_back(rel);
+        if (st.entropy_tokens > 0) {  // the same layers on every rank: the same config
+          double h[2] = {st.entropy_sum, (double)st.entropy_tokens};
+          if (world) world->all_reduce_sum(h, 2);
+          const double E = (double)st.load.size();
+          r.routing_entropy.push_back(E > 1 ? h[0] / h[1] / std::log(E) : NAN);
+        }
       }
     }
   }
@@ -397,6 +403,11 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                             {"elapsed_s", elapsed},
                             {"max_load", imbalance}};
       if (!layer_load.empty()) rec["expert_load"] = layer_load;
+      if (!r.routing_entropy.empty()) {
+        std::vector<double> h;
+        for (double v : r.routing_entropy) h.push_back(std::round(v * 1e5) / 1e5);
+        rec["routing_entropy"] = h;
+      }
       if (do_eval) rec["val_loss"] = val;
       if (root) {
         metrics << rec.dump() << "\n";

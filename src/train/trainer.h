@@ -24,6 +24,9 @@ struct StepResult {
   double lr = 0;
   double max_load = 0;                                 // max over MoE layers of max/mean expert load
   std::vector<std::vector<double>> expert_load;        // per MoE layer, load / mean load (first micro-batch)
+  // Per MoE layer with a learned router: the mean routing entropy over the first micro-batch's tokens
+  // (all ranks), divided by ln(routed experts): 1 = uniform routing, 0 = one expert per token.
+  std::vector<double> routing_entropy;
 };
 
 // Fills inputs/targets [batch, seq] for micro-batch `micro` of the current step.

@@ -437,6 +437,33 @@ TEST(ReportMetrics, ReadsTheTrainerColumnsAndLastExpertLoad) {
   parse_files(files, dir);
 }
 
+TEST(ReportMetrics, ReadsRoutingEntropyRows) {
+  const std::string dir = test_dir();
+  const std::string path = dir + "/metrics.jsonl";
+  std::ofstream(path) << R"({"step":1,"tokens":64,"routing_entropy":[0.99,null]})" "\n"
+                      << R"({"step":2,"tokens":128})" "\n"
+                      << R"({"step":3,"tokens":192,"routing_entropy":[0.9,0.8]})" "\n"
+                      << R"({"step":4,"tokens":256,"routing_entropy":[0.85,0.7]})" "\n";
+  MetricsLog m = read_metrics(path);
+  EXPECT_EQ(m.entropy_step, (std::vector<double>{1, 3, 4}));
+  EXPECT_EQ(m.entropy_tokens, (std::vector<double>{64, 192, 256}));
+  ASSERT_EQ(m.routing_entropy.size(), 3u);
+  EXPECT_TRUE(std::isnan(m.routing_entropy[0][1]));
+  EXPECT_EQ(m.routing_entropy[1], (std::vector<double>{0.9, 0.8}));
+  RunChartOptions o;
+  o.moe_layer_ids = {1, 3};
+  auto files = write_run_charts(m, dir + "/charts", o);
+  ASSERT_EQ(files.size(), 3u);  // loss, lr, routing entropy (no expert load logged)
+  auto parsed = parse_files({files[2]}, dir);
+  auto series = find(parsed[0], "path", "series");
+  ASSERT_EQ(series.size(), 2u);
+  EXPECT_EQ(series[0]["attrib"]["data-series"], "layer 1");
+  EXPECT_EQ(series[1]["attrib"]["data-series"], "layer 3");
+  std::ofstream(path, std::ios::trunc) << R"({"step":1,"routing_entropy":0.5})" "\n";
+  const std::string e = error_of([&] { read_metrics(path); });
+  EXPECT_NE(e.find(path + ":1: 'routing_entropy' must be an array"), std::string::npos) << e;
+}
+
 TEST(ReportMetrics, BadFilesNameTheFileAndLine) {
   const std::string dir = test_dir();
   const std::string missing = dir + "/nope/metrics.jsonl";
@@ -501,18 +528,39 @@ TEST(ReportCli, TrainWritesChartsAndPlotRedrawsThem) {
   CliRun t = run_dsmoe("train --config " + dir + "/config.json --data " + dir + "/data --out " + run +
                     " --quiet --sample-tokens 0");
   ASSERT_EQ(t.exit_code, 0) << t.output;
-  for (const char* f : {"loss.svg", "lr.svg", "expert_load.svg", "load_balance.svg"})
+  for (const char* f : {"loss.svg", "lr.svg", "expert_load.svg", "load_balance.svg", "routing_entropy.svg"})
     EXPECT_TRUE(fs::exists(run + "/" + f)) << "train should leave " << f << " in the run folder";
+  // Every logged step carries the one MoE layer's routing entropy; a freshly initialised router
+  // (weights of std 0.02 on 32 inputs: logits of ~0.1) is close to uniform, and it cannot exceed 1.
+  {
+    std::ifstream in(run + "/metrics.jsonl");
+    std::string line;
+    int rows = 0;
+    while (std::getline(in, line)) {
+      const json r = json::parse(line);
+      ASSERT_TRUE(r.contains("routing_entropy")) << line;
+      ASSERT_EQ(r["routing_entropy"].size(), 1u) << line;
+      const double h = r["routing_entropy"][0].get<double>();
+      EXPECT_GT(h, 0.95) << line;
+      EXPECT_LE(h, 1.0) << line;
+      ++rows;
+    }
+    EXPECT_EQ(rows, 3);
+  }
 
   CliRun p = run_dsmoe("plot --run " + run + " --out " + dir + "/charts --x tokens");
   ASSERT_EQ(p.exit_code, 0) << p.output;
   std::vector<std::string> files;
-  for (const char* f : {"loss.svg", "lr.svg", "load_balance.svg", "expert_load.svg"}) {
+  for (const char* f : {"loss.svg", "lr.svg", "load_balance.svg", "expert_load.svg", "routing_entropy.svg"}) {
     files.push_back(dir + "/charts/" + f);
     EXPECT_NE(p.output.find(files.back()), std::string::npos) << p.output;
   }
   auto parsed = parse_files(files, dir);
-  ASSERT_EQ(parsed.size(), 4u);
+  ASSERT_EQ(parsed.size(), 5u);
+  // One line: the one MoE layer, named by its model layer.
+  auto entropy = find(parsed[4], "path", "series");
+  ASSERT_EQ(entropy.size(), 1u);
+  EXPECT_EQ(entropy[0]["attrib"]["data-series"], "layer 1");
   // Train loss: a line with a dot per step (sparse); validation (one evaluation): a dot.
   auto series = find(parsed[0], "path", "series");
   ASSERT_EQ(series.size(), 1u);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -19,6 +20,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "model/routing_stats.h"
+#include "ops/router.h"
 #include "test_util.h"
 #include "train/data.h"
 
@@ -435,3 +437,32 @@ TEST(RoutingCli, EvalFlagsPrintTheOverrideAndWriteStats) {
 }
 
 }  // namespace
+
+// The routing entropy op: exact cases (uniform rows: ln E each; one-hot rows: 0, with 0 ln 0 = 0),
+// random rows against a plain fp64 sum, and the same bits at 1, 2 and 3 threads (fixed blocks).
+TEST(RoutingEntropy, ExactCasesAndThreadIndependence) {
+  const int64_t E = 16, n = 1000;
+  std::vector<float> uniform((size_t)(n * E), 1.0f / E), onehot((size_t)(n * E), 0.0f), rnd((size_t)(n * E));
+  for (int64_t t = 0; t < n; ++t) onehot[(size_t)(t * E + t % E)] = 1.0f;
+  // 1/16 is exact in fp32, so each row is exactly ln 16 up to fp64 rounding of the 16 terms.
+  EXPECT_NEAR(ops::routing_entropy_sum(uniform.data(), n, E), (double)n * std::log(16.0), 1e-9 * n);
+  EXPECT_EQ(ops::routing_entropy_sum(onehot.data(), n, E), 0.0);
+  Rng rng(3);
+  for (int64_t t = 0; t < n; ++t) {
+    double z = 0;
+    for (int64_t e = 0; e < E; ++e) z += rnd[(size_t)(t * E + e)] = (float)std::exp(3 * rng.normal());
+    for (int64_t e = 0; e < E; ++e) rnd[(size_t)(t * E + e)] = (float)(rnd[(size_t)(t * E + e)] / z);
+  }
+  double want = 0;
+  for (float p : rnd)
+    if (p > 0) want -= (double)p * std::log((double)p);
+  // fp64 sums of 16000 terms of size <= 1 in another order: well inside 1e-9 relative.
+  const double got = ops::routing_entropy_sum(rnd.data(), n, E);
+  EXPECT_NEAR(got, want, 1e-9 * std::abs(want));
+  const int was = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    EXPECT_EQ(ops::routing_entropy_sum(rnd.data(), n, E), got) << threads << " threads";
+  }
+  omp_set_num_threads(was);
+}
