@@ -112,7 +112,7 @@ TEST(Experiment, QuickSuiteTrainsEveryModelRunsEveryAnalysisAndWritesTheReport) 
   const std::string md = slurp(report);
   for (const char* section : {"## Which of the paper's claims hold at this scale", "## Models and held-out loss",
                               "## Disabling the top routed experts", "## Activating fewer routed experts",
-                              "## Routing statistics", "Quick mode"})
+                              "## Routing statistics", "## Routing entropy over training", "Quick mode"})
     EXPECT_NE(md.find(section), std::string::npos) << "missing section '" << section << "' in " << report;
   EXPECT_FALSE(std::regex_search(md, std::regex(R"(\b(nan|inf)\b)", std::regex::icase))) << report;
   std::regex img(R"(!\[[^\]]*\]\(([^)]+)\))");
