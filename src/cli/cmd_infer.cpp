@@ -141,7 +141,6 @@ ParallelInferenceModel load_for_inference(Communicator& world, const std::string
   for (int r = 0; r < world.size(); ++r)
     mem_note += fmt::format("{}rank {} {:.1f} MB (peak {:.1f} MB)", r ? ", " : "", r, all[(size_t)(2 * r)] / 1e6,
                             all[(size_t)(2 * r + 1)] / 1e6);
-  std::fprintf(stderr, "dsmoe: resident memory after loading: %s\n", mem_note.c_str());
   // Always said: which weights (and, by the caller, which tokenizer) produced the output.
   std::fprintf(stderr,
                  "dsmoe: loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
@@ -150,6 +149,7 @@ ParallelInferenceModel load_for_inference(Communicator& world, const std::string
                  (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
                  im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
                  now_s() - t0);
+  std::fprintf(stderr, "dsmoe: resident memory after loading: %s\n", mem_note.c_str());
   if (world.size() > 1) {
     const ExpertShard& sh = pm.layout.shard;
     std::fprintf(stderr, "dsmoe: %d processes: expert-parallel %lld x data-parallel %lld%s\n", world.size(),
