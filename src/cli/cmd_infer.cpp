@@ -25,6 +25,8 @@
 #include "infer/infer_weights.h"
 #include "infer/sampling.h"
 #include "infer/model_files.h"
+#include "infer/parallel_inference.h"
+#include "dist/mpi_communicator.h"
 #include "infer/text_codec.h"
 #include "infer/text_stream.h"
 #include "io/output_dir.h"
@@ -105,14 +107,40 @@ double now_s() {
 
 // dtype: "auto" (the folder's own storage: q8/q4 for a quantized folder, bf16 for a BF16
 // checkpoint, else f32) or f32 | bf16 | q8 | q4 (converted while loading). compute: --compute
-// (infer/compute_mode.h), said on stderr with the storage.
-InferenceModel load_for_inference(const std::string& dir, const std::string& dtype, const std::string& compute,
-                                  bool no_verify) {
+// (infer/compute_mode.h), said on stderr with the storage. Under mpirun, this rank's part of the
+// model (infer/parallel_inference.h), after every rank has been checked to run the same model,
+// settings and inputs; only rank 0 speaks.
+ParallelInferenceModel load_for_inference(Communicator& world, const std::string& dir, const std::string& dtype,
+                                          const std::string& compute, bool no_verify, const ParallelArgs& par,
+                                          const std::string& settings = "",
+                                          const std::vector<std::string>& inputs = {}) {
   const double t0 = now_s();
+  const bool root = world.rank() == 0;
   std::optional<ops::WType> type;
   if (dtype != "auto") type = ops::parse_wtype(dtype, "--dtype (auto, f32, bf16, q8 or q4)");
+  if (world.size() > 1)
+    check_same_on_all_ranks(world,
+                            inference_fingerprint(dir, fmt::format("dtype {}\ncompute {}\nep {}\n{}", dtype, compute,
+                                                                   par.ep, settings),
+                                                  inputs),
+                            "model, settings and input");
   TensorProgressLine progress{"load"};
-  InferenceModel im = load_inference_model(dir, type, progress.callback(), checksums_of(no_verify, dir));
+  const int64_t ep = checked_expert_parallel(inference_model_config(dir), world.size(), par.ep);
+  const Checksums checksums = root ? checksums_of(no_verify, dir) : no_verify ? Checksums::Skip : Checksums::Verify;
+  ParallelInferenceModel pm = load_parallel_inference_model(world, dir, ep, type,
+                                                            root ? progress.callback() : TensorProgress{}, checksums);
+  InferenceModel& im = pm.model;
+  const std::string note = apply_compute(*im.weights, compute).note;
+  // Each rank's memory after loading (what expert parallelism divides), said by rank 0.
+  const MemoryUse mem = memory_use();
+  const int64_t mine[2] = {mem.rss, mem.peak_rss};
+  std::vector<int64_t> all((size_t)(2 * world.size()));
+  world.all_gather(mine, all.data(), 2);
+  if (!root) return pm;
+  std::string mem_note;
+  for (int r = 0; r < world.size(); ++r)
+    mem_note += fmt::format("{}rank {} {:.1f} MB (peak {:.1f} MB)", r ? ", " : "", r, all[(size_t)(2 * r)] / 1e6,
+                            all[(size_t)(2 * r + 1)] / 1e6);
   // Always said: which weights (and, by the caller, which tokenizer) produced the output.
   std::fprintf(stderr,
                  "dsmoe: loaded %s: %lld tensors from %lld file(s) (%lld F32, %lld BF16, %lld F16, %lld quantized), %.2f GB on "
@@ -121,14 +149,28 @@ InferenceModel load_for_inference(const std::string& dir, const std::string& dty
                  (long long)im.report.bf16, (long long)im.report.f16, (long long)im.report.quantized,
                  im.report.bytes_read / 1e9, im.weights->bytes() / 1e9, ops::wtype_name(im.weights->type()),
                  now_s() - t0);
-  std::fprintf(stderr, "dsmoe: compute: %s\n", apply_compute(*im.weights, compute).note.c_str());
-  return im;
+  std::fprintf(stderr, "dsmoe: resident memory after loading: %s\n", mem_note.c_str());
+  if (world.size() > 1) {
+    const ExpertShard& sh = pm.layout.shard;
+    std::fprintf(stderr, "dsmoe: %d processes: expert-parallel %lld x data-parallel %lld%s\n", world.size(),
+                 (long long)pm.layout.expert_parallel(), (long long)pm.layout.groups.data_parallel(),
+                 sh.all() ? "" : fmt::format(" (rank 0 holds routed experts [{}, {}))", sh.first, sh.first + sh.count).c_str());
+  }
+  std::fprintf(stderr, "dsmoe: compute: %s\n", note.c_str());
+  return pm;
+}
+
+// Commands that run in one process only, started by mpirun with several.
+void refuse_under_mpirun(const char* command, const char* why) {
+  if (launched_by_mpi() && world_communicator()->size() > 1)
+    usage_error("{} runs in one process ({}): start it without mpirun", command, why);
 }
 
 // ---------------------------------------------------------------- generate
 
 struct GenerateArgs {
   std::string dir, tokenizer, dtype = "auto", compute = "auto";
+  ParallelArgs par;
   std::vector<std::string> prompts, prompt_ids;
   std::string prompts_file;
   bool json_out = false, verbose = false, no_special = false, no_verify = false;
@@ -136,10 +178,23 @@ struct GenerateArgs {
 };
 
 void cmd_generate(const GenerateArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
+  apply_comm_timeout(a.par);
+  const std::unique_ptr<Communicator> world = world_communicator();
+  const bool root = world->rank() == 0;
+  std::vector<std::string> inputs;
+  if (!a.prompts_file.empty()) inputs.push_back(a.prompts_file);
+  std::string settings = fmt::format("tokenizer {}\nmax_new_tokens {}\ntemperature {}\ntop_k {}\ntop_p {}\nseed {}\n"
+                                     "ignore_eos {}\nno_special {}",
+                                     a.tokenizer, a.s.o.max_new_tokens, a.s.o.temperature, a.s.o.top_k, a.s.o.top_p,
+                                     a.s.seed, a.s.ignore_eos, a.no_special);
+  for (const auto& p : a.prompts) settings += "\nprompt " + p;
+  for (const auto& p : a.prompt_ids) settings += "\nprompt ids " + p;
+  for (const auto& p : a.s.stops) settings += "\nstop " + p;
+  ParallelInferenceModel pm = load_for_inference(*world, a.dir, a.dtype, a.compute, a.no_verify, a.par, settings, inputs);
+  InferenceModel& lm = pm.model;
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
-  std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
+  if (root) std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_text;
   for (const auto& p : a.prompts) {
@@ -165,8 +220,10 @@ void cmd_generate(const GenerateArgs& a) {
   }
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
-  InferenceEngine eng(*lm.weights);
-  const bool stream = !a.json_out && prompts.size() == 1;
+  const std::unique_ptr<InferenceEngine> engine = pm.engine();
+  InferenceEngine& eng = *engine;
+  // Prompt 0 runs on rank 0 (generate_parallel), so a single prompt streams from there.
+  const bool stream = !a.json_out && prompts.size() == 1 && root;
   std::vector<TextStream> streams;
   for (size_t i = 0; i < prompts.size(); ++i) streams.emplace_back(io, a.s.stops);
   if (stream) {
@@ -176,7 +233,7 @@ void cmd_generate(const GenerateArgs& a) {
   const double t0 = now_s();
   int64_t produced = 0;
   GenerationStats gs;
-  auto res = generate_batch(eng, prompts, o, a.s.seed, [&](int64_t i, int32_t t) {
+  auto res = generate_parallel(eng, prompts, o, a.s.seed, world->size() > 1 ? world.get() : nullptr, [&](int64_t i, int32_t t) {
     ++produced;
     std::string piece;
     const bool go = streams[i].push(t, piece);
@@ -187,10 +244,15 @@ void cmd_generate(const GenerateArgs& a) {
     return go;
   }, &gs);
   const double dt = now_s() - t0;
+  if (!root) return;  // rank 0 prints for the job
   if (stream) {
     std::printf("%s\n", streams[0].flush().c_str());
   } else {
     for (size_t i = 0; i < prompts.size(); ++i) {
+      if (i % (size_t)world->size() != 0) {  // produced by another rank: its stream here saw no token yet
+        std::string piece;
+        for (int32_t t : res[i].tokens) streams[i].push(t, piece);
+      }
       streams[i].flush();
       if (a.json_out) {
         json j = {{"index", i}, {"prompt_ids", prompts[i]}, {"ids", res[i].tokens},
@@ -223,7 +285,10 @@ struct ChatArgs {
 // (tokenizer_config.json), else the DeepSeek format, and trimmed from the oldest turn when the
 // context fills (infer/chat_session.h).
 void cmd_chat(const ChatArgs& a) {
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
+  refuse_under_mpirun("chat", "it reads the conversation from stdin");
+  SingleProcessCommunicator alone;
+  ParallelInferenceModel pm = load_for_inference(alone, a.dir, a.dtype, a.compute, a.no_verify, ParallelArgs{});
+  InferenceModel& lm = pm.model;
   const ModelConfig& m = lm.config.model;
   const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
   std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
@@ -271,20 +336,28 @@ void cmd_chat(const ChatArgs& a) {
 
 struct ScoreArgs {
   std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto", compute = "auto";
+  ParallelArgs par;
   int64_t ctx = 0;
   bool summary = false, no_special = false, no_verify = false;
 };
 
 void cmd_score(const ScoreArgs& a) {
   if (a.text_file.empty() == a.ids_jsonl.empty()) usage_error("score: give exactly one of --text-file or --ids-jsonl");
-  InferenceModel lm = load_for_inference(a.dir, a.dtype, a.compute, a.no_verify);
+  apply_comm_timeout(a.par);
+  const std::unique_ptr<Communicator> world = world_communicator();
+  const bool root = world->rank() == 0;
+  ParallelInferenceModel pm = load_for_inference(
+      *world, a.dir, a.dtype, a.compute, a.no_verify, a.par,
+      fmt::format("tokenizer {}\nctx {}\nno_special {}", a.tokenizer, a.ctx, a.no_special),
+      {a.text_file.empty() ? a.ids_jsonl : a.text_file});
+  InferenceModel& lm = pm.model;
   const ModelConfig& m = lm.config.model;
   if (a.ctx > m.max_position_embeddings)
     usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", a.ctx, m.max_position_embeddings);
   std::vector<std::vector<int32_t>> seqs;
   if (!a.text_file.empty()) {
     const TextCodec io = TextCodec::for_model(a.dir, a.tokenizer, m);
-    std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
+    if (root) std::fprintf(stderr, "dsmoe: text: %s\n", io.describe().c_str());
     seqs.push_back(io.encode(read_text_file(a.text_file), !a.no_special));
   } else {
     seqs = parse_ids_jsonl(read_text_file(a.ids_jsonl), a.ids_jsonl, m.vocab_size);
@@ -295,15 +368,23 @@ void cmd_score(const ScoreArgs& a) {
   if (to_score == 0)
     fail("score: {} has no token to score (a sequence needs at least 2 tokens: each is scored given those before it)",
          a.text_file.empty() ? a.ids_jsonl : a.text_file);
-  InferenceEngine eng(*lm.weights);
+  const std::unique_ptr<InferenceEngine> engine = pm.engine();
   json out_seqs = json::array();
   double total = 0;
   int64_t n = 0;
   const double t0 = now_s();
-  Progress progress("score", to_score, "tok");
-  for (const auto& s : seqs) {
-    auto lp = score_tokens(eng, s, a.ctx);
-    progress.update(n + (int64_t)lp.size());
+  ProgressOptions po;
+  po.enabled = root;
+  Progress progress("score", world->size() > 1 ? 0 : to_score, "tok", po);  // a rank's share is not known up front
+  // Windows spread over the ranks (each its share; rank 0 shows its own progress), every rank
+  // receiving every log-prob.
+  const auto all = score_sequences(*engine, seqs, a.ctx, world->size() > 1 ? world.get() : nullptr,
+                                   [&](int64_t done) { progress.update(done); });
+  progress.finish();
+  if (!root) return;  // rank 0 prints for the job
+  for (size_t q = 0; q < seqs.size(); ++q) {
+    const auto& s = seqs[q];
+    const auto& lp = all[q];
     double sum = 0;
     for (double v : lp) sum += v;
     total += sum;
@@ -316,7 +397,6 @@ void cmd_score(const ScoreArgs& a) {
     }
     out_seqs.push_back(js);
   }
-  progress.finish();
   const double dt = now_s() - t0;
   const double nll = -total / (double)n;
   json j = {{"tokens_scored", n}, {"mean_nll", nll}, {"perplexity", std::exp(nll)},
@@ -435,6 +515,9 @@ void add_infer_commands(CLI::App& app) {
     add_compute_option(c, a->compute);
     add_no_verify_flag(c, a->no_verify);
     add_sampling_options(c, a->s);
+    add_parallel_options(c, a->par,
+                         "under mpirun: expert-parallel size (default: every rank, each holding 1/P of the routed "
+                         "experts); prompts are spread over the ranks");
     c->callback([a] { cmd_generate(*a); });
   }
   // chat
@@ -471,6 +554,9 @@ void add_infer_commands(CLI::App& app) {
     add_compute_option(c, a->compute);
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
     add_no_verify_flag(c, a->no_verify);
+    add_parallel_options(c, a->par,
+                         "under mpirun: expert-parallel size (default: every rank, each holding 1/P of the routed "
+                         "experts); the windows are spread over the ranks");
     c->callback([a] { cmd_score(*a); });
   }
   // quantize
@@ -483,6 +569,7 @@ void add_infer_commands(CLI::App& app) {
         ->required()
         ->check(CLI::IsMember({"q8", "q4"}));
     c->callback([=] {
+      refuse_under_mpirun("quantize", "it writes one folder");
       const ops::WType t = ops::parse_wtype(*type, "--type (q8 or q4)");
       ExportOptions o;
       o.max_shard_bytes = parse_size(a->shard);
@@ -490,7 +577,9 @@ void add_infer_commands(CLI::App& app) {
       o.progress = write.callback();
       StagedOutput out(a->request("quantize"));
       const double t0 = now_s();
-      InferenceModel im = load_for_inference(a->dir, *type, "f32", a->no_verify);
+      SingleProcessCommunicator alone;
+      ParallelInferenceModel pm = load_for_inference(alone, a->dir, *type, "f32", a->no_verify, ParallelArgs{});
+      InferenceModel& im = pm.model;
       // The text files come from the model folder (or --tokenizer): a folder without them could not be
       // used for text, so a model that needs a tokenizer and has none is refused here.
       const TextCodec text = TextCodec::for_model(a->dir, a->tokenizer, im.config.model);

@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "dist/mpi_communicator.h"
+#include "infer/parallel_inference.h"
+#include "model/expert_parallel_layout.h"
 #include "infer/engine.h"
 #include "infer/sampling.h"
 #include "infer/chat_format.h"
@@ -356,11 +358,11 @@ void add_model_commands(CLI::App& app) {
                   "start from the weights of a model folder (HF checkpoint, run folder, quantized folder): continued "
                   "pre-training or fine-tuning; --config may set only \"training\" and keys equal to the folder's");
     c->add_option("--steps", *steps, "override training.steps")->check(int_in(1, 1000000000));
-    auto ep = std::make_shared<int64_t>(0);
-    c->add_option("--ep", *ep,
-                  "expert-parallel size under mpirun (overrides parallel.expert_parallel_size): the routed experts of "
-                  "every MoE layer split over E ranks, P / E data-parallel replicas")
-        ->check(int_in(1, 4096));
+    auto par = std::make_shared<ParallelArgs>();
+    add_parallel_options(c, *par,
+                         "expert-parallel size under mpirun (overrides parallel.expert_parallel_size): the routed "
+                         "experts of every MoE layer split over E ranks, P / E data-parallel replicas");
+    auto ep = std::shared_ptr<int64_t>(par, &par->ep);
     c->add_option("--stop-after", opt->stop_after, "stop after this step (checkpointed), e.g. to test resume")
         ->check(int_in(1, 1000000000));
     c->add_flag("--quiet", *quiet, "no progress output");
@@ -387,6 +389,7 @@ void add_model_commands(CLI::App& app) {
         }
         config.parallel.expert_parallel_size = *ep;
       }
+      apply_comm_timeout(*par);
       const std::unique_ptr<Communicator> world = world_communicator();
       const bool root = world->rank() == 0;
       TrainOptions o = *opt;
@@ -458,29 +461,60 @@ void add_model_commands(CLI::App& app) {
         ->check(int_in(1, 1 << 20))
         ->capture_default_str();
     c->add_flag("--no-expert-outputs", *no_outputs, "with --per-domain: skip the output norms and similarities");
+    auto par = std::make_shared<ParallelArgs>();
+    add_parallel_options(c, *par,
+                         "under mpirun: expert-parallel size (default: every rank, each holding 1/P of the routed "
+                         "experts); every batch is split over the ranks");
     c->callback([=] {
       if (domain_file->empty() && (!domain_charts->empty() || *no_outputs))
         usage_error("--per-domain-charts and --no-expert-outputs need --per-domain FILE");
+      apply_comm_timeout(*par);
+      const std::unique_ptr<Communicator> world = world_communicator();
+      const bool root = world->rank() == 0, parallel = world->size() > 1;
+      if (parallel && (!stats_file->empty() || !domain_file->empty()))
+        usage_error("--routing-stats and --per-domain run in one process: start them without mpirun");
       Config config = load_checkpoint_config(*dir);
-      Model model(config.model);
-      load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite, checksums_of(*no_verify, *dir));
-      std::fprintf(stderr, "dsmoe: loaded %s: %lld parameters (f32 weights)\n", dir->c_str(),
-                   (long long)model.layout().total());
+      TokenSplit d = load_split(*data, *split, config.model.vocab_size);
+      if (parallel)
+        check_same_on_all_ranks(*world,
+                                inference_fingerprint(*dir, fmt::format("data {}\nsplit {}\nbatches {}\nep {}\n{}\n{}",
+                                                                        *data, *split, *batches, par->ep,
+                                                                        routing_override_json(config.model, *ovr).dump(),
+                                                                        split_fingerprint(d)),
+                                                      {}),
+                                "model, settings and data");
+      // Expert parallelism as in training: this rank holds and reads only its routed experts.
+      const ExpertParallelLayout layout = make_expert_parallel_layout(
+          *world, config.model, checked_expert_parallel(config.model, world->size(), par->ep));
+      Model model(config.model, layout.shard);
+      if (parallel) model.set_parallel(MoeParallel{layout.dispatcher.get(), world.get()});
+      load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite,
+                      root ? checksums_of(*no_verify, *dir) : *no_verify ? Checksums::Skip : Checksums::Verify);
+      if (root)
+        std::fprintf(stderr, "dsmoe: loaded %s: %lld parameters (f32 weights)%s\n", dir->c_str(),
+                     (long long)ParamLayout(config.model).total(),
+                     parallel ? fmt::format(", {} processes: expert-parallel {} x data-parallel {}, this rank holds "
+                                            "{} of them", world->size(), layout.expert_parallel(),
+                                            layout.groups.data_parallel(), model.layout().total())
+                                    .c_str()
+                              : "");
       model.set_routing_override(*ovr);
       RoutingStats stats;
       if (!stats_file->empty()) {
         if (!config.model.is_moe()) fail("--routing-stats: {} is a dense model (no routing)", *dir);
         model.set_routing_stats(&stats);
       }
-      TokenSplit d = load_split(*data, *split, config.model.vocab_size);
       if (!domain_file->empty() && !d.has_domains())
         fail("--per-domain: {} has no domain labels (prepare it with `dsmoe prepare --corpus mixed` or --manifest)",
              d.path);
       const int64_t nb = *batches > 0 ? *batches : config.train.eval_batches;
-      Progress progress("eval", nb, "batches");
+      ProgressOptions po;
+      po.enabled = root;
+      Progress progress("eval", nb, "batches", po);
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb,
-                             [&](int64_t i) { progress.update(i + 1); });
+                             [&](int64_t i) { progress.update(i + 1); }, parallel ? world.get() : nullptr);
       progress.finish();
+      if (!root) return;  // rank 0 prints for the job
       if (!std::isfinite(loss)) fail("{}: evaluation loss is {} (the checkpoint's weights are not finite?)", *dir, loss);
       nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
                           {"tokens", nb * config.train.batch_size * config.train.seq_len}};

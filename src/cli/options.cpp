@@ -6,6 +6,10 @@
 #include <cstdlib>
 #include <fmt/format.h>
 
+#include "core/error.h"
+#include "dist/communicator.h"
+#include "infer/parallel_inference.h"
+
 namespace dsmoe::cli {
 
 CLI::Validator int_in(int64_t lo, int64_t hi) {
@@ -37,6 +41,28 @@ CLI::Validator real_in(double lo, double hi, bool lo_open) {
         return "";
       },
       "NUMBER in " + range, "real_in");
+}
+
+void add_parallel_options(CLI::App* c, ParallelArgs& a, const std::string& ep_help) {
+  c->add_option("--ep", a.ep, ep_help)->check(int_in(1, 4096));
+  c->add_option("--comm-timeout", a.comm_timeout,
+                "under mpirun: seconds a collective waits for the other ranks before this rank gives up and ends the "
+                "job (a rank that died or hangs); 0 = wait forever. Must exceed the longest checkpoint save or "
+                "evaluation another rank may be busy with")
+      ->check(real_in(0, 86400))
+      ->capture_default_str();
+}
+
+void apply_comm_timeout(const ParallelArgs& a) { set_collective_timeout(a.comm_timeout); }
+
+int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t requested) {
+  try {
+    return inference_expert_parallel(m, processes, requested);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    usage_error("{}", e.what());
+  }
 }
 
 void add_compute_option(CLI::App* c, std::string& compute) {

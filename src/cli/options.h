@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <string>
 
+#include "dist/communicator.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 
 namespace dsmoe::cli {
 
@@ -24,6 +26,18 @@ Checksums checksums_of(bool no_verify, const std::string& what);
 
 // The largest --max-new-tokens / --ctx / token counts accepted anywhere (16M tokens).
 inline constexpr int64_t kMaxTokens = int64_t(1) << 24;
+
+// The layout flags of the commands that run under `mpirun -np P`: --ep E (expert-parallel size;
+// 0 = the command's default) and --comm-timeout SECONDS (dist/communicator.h's collective timeout,
+// applied by apply_comm_timeout).
+struct ParallelArgs {
+  int64_t ep = 0;
+  double comm_timeout = kDefaultCollectiveTimeout;
+};
+void add_parallel_options(CLI::App* c, ParallelArgs& a, const std::string& ep_help);
+void apply_comm_timeout(const ParallelArgs& a);
+// infer/parallel_inference.h's inference_expert_parallel, its refusal a usage error (exit 2).
+int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t requested);
 
 // --compute auto|f32|bf16 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);

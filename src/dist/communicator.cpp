@@ -23,6 +23,22 @@ void SingleProcessCommunicator::all_gather(const int64_t* send, int64_t* recv, i
   if (send != recv) std::memmove(recv, send, sizeof(int64_t) * (size_t)n);
 }
 
+namespace {
+double g_timeout = kDefaultCollectiveTimeout;
+CollectiveClock g_clock;
+}  // namespace
+
+void set_collective_timeout(double seconds) {
+  if (!(seconds >= 0 && seconds <= 1e6)) fail("collective timeout {} s is outside [0, 1e6] (0 = none)", seconds);
+  g_timeout = seconds;
+}
+double collective_timeout() { return g_timeout; }
+CollectiveClock collective_clock() { return g_clock; }
+void add_collective_time(double seconds) {
+  g_clock.seconds += seconds;
+  g_clock.calls++;
+}
+
 static std::vector<std::string> split_lines(const std::string& s) {
   std::vector<std::string> lines;
   std::istringstream in(s);
@@ -48,11 +64,21 @@ void check_same_on_all_ranks(Communicator& comm, const std::string& text, const 
   comm.all_gather(&line, lines.data(), 1);
   for (int r = 0; r < comm.size(); ++r) {
     if (lines[(size_t)r] < 0) continue;
-    const auto a = split_lines(root);
+    // The first rank that differs says its own line to everyone, so that every rank's message shows both.
     const int64_t l = lines[(size_t)r];
-    fail("the ranks disagree on {}: rank {}'s differs from rank 0's at line {} (rank 0 has '{}'); every rank must "
-         "be started with the same {}",
-         what, r, l + 1, l < (int64_t)a.size() ? a[(size_t)l] : std::string("<end>"), what);
+    std::string theirs;
+    if (comm.rank() == r) {
+      const auto b = split_lines(text);
+      theirs = l < (int64_t)b.size() ? b[(size_t)l] : std::string("<end>");
+    }
+    int64_t n = (int64_t)theirs.size();
+    comm.broadcast(&n, sizeof n, r);
+    theirs.resize((size_t)n);
+    comm.broadcast(theirs.data(), n, r);
+    const auto a = split_lines(root);
+    fail("the ranks disagree on {}: rank {}'s differs from rank 0's at line {} (rank 0 has '{}', rank {} has '{}'); "
+         "every rank must be started with the same {}",
+         what, r, l + 1, l < (int64_t)a.size() ? a[(size_t)l] : std::string("<end>"), r, theirs, what);
   }
 }
 

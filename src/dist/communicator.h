@@ -58,4 +58,21 @@ class SingleProcessCommunicator final : public Communicator {
 // Ranks that would train different models or data must not start (they would deadlock or diverge).
 void check_same_on_all_ranks(Communicator& comm, const std::string& text, const std::string& what);
 
+// How long one collective may wait for the other ranks before this rank gives up (dsmoe::Error naming
+// the call, the rank and the limit; the CLI then ends the job): a rank that died or hangs must not
+// hang the others forever. Seconds; 0 = wait forever. Process-wide, for every communicator
+// (`--comm-timeout`); the default is kDefaultCollectiveTimeout.
+inline constexpr double kDefaultCollectiveTimeout = 300;
+void set_collective_timeout(double seconds);
+double collective_timeout();
+
+// Wall time this process has spent inside collectives of every communicator, and how many it ran
+// (the communication share of a step is a difference of two readings). Implementations add to it.
+struct CollectiveClock {
+  double seconds = 0;
+  int64_t calls = 0;
+};
+CollectiveClock collective_clock();
+void add_collective_time(double seconds);
+
 }  // namespace dsmoe

@@ -2,7 +2,11 @@
 
 #include <mpi.h>
 
+#include <sched.h>
+#include <time.h>
+
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <vector>
@@ -61,8 +65,10 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_sum(double* d, int64_t n) override { reduce(d, n, MPI_DOUBLE); }
   void all_reduce_sum(int64_t* d, int64_t n) override { reduce(d, n, MPI_INT64_T); }
   void all_to_all(const int64_t* send, int64_t* recv, int64_t per_rank) override {
-    check(MPI_Alltoall(send, as_int(per_rank, "all_to_all"), MPI_INT64_T, recv, (int)per_rank, MPI_INT64_T, comm_),
-          "MPI_Alltoall");
+    const int c = as_int(per_rank, "all_to_all");
+    MPI_Request req;
+    check(MPI_Ialltoall(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, &req), "MPI_Ialltoall");
+    wait(req, "MPI_Alltoall");
   }
   void all_to_allv(const float* send, const int64_t* send_counts, float* recv, const int64_t* recv_counts) override {
     std::vector<int> sc((size_t)size_), sd((size_t)size_), rc((size_t)size_), rd((size_t)size_);
@@ -75,17 +81,27 @@ class MpiCommunicator final : public Communicator {
       so += send_counts[r];
       ro += recv_counts[r];
     }
-    check(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
-          "MPI_Alltoallv");
+    MPI_Request req;
+    check(MPI_Ialltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_, &req),
+          "MPI_Ialltoallv");
+    wait(req, "MPI_Alltoallv");
   }
   void broadcast(void* data, int64_t bytes, int root) override {
-    check(MPI_Bcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_), "MPI_Bcast");
+    MPI_Request req;
+    check(MPI_Ibcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &req), "MPI_Ibcast");
+    wait(req, "MPI_Bcast");
   }
   void all_gather(const int64_t* send, int64_t* recv, int64_t n) override {
-    check(MPI_Allgather(send, as_int(n, "all_gather"), MPI_INT64_T, recv, (int)n, MPI_INT64_T, comm_),
-          "MPI_Allgather");
+    const int c = as_int(n, "all_gather");
+    MPI_Request req;
+    check(MPI_Iallgather(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, &req), "MPI_Iallgather");
+    wait(req, "MPI_Allgather");
   }
-  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  void barrier() override {
+    MPI_Request req;
+    check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+    wait(req, "MPI_Barrier");
+  }
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm sub;
     check(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split");
@@ -94,6 +110,32 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // Every collective is started non-blocking and polled here, so that a rank whose peers died or
+  // hang gives up after collective_timeout() with an error instead of blocking forever (a blocking
+  // MPI call cannot be interrupted). Polling yields the core (ranks may outnumber cores) and, once a
+  // wait is long, sleeps between polls.
+  void wait(MPI_Request& req, const char* call) {
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    const double limit = collective_timeout();
+    int done = 0;
+    for (int64_t polls = 0;; ++polls) {
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call);
+      if (done) break;
+      const double waited = std::chrono::duration<double>(clock::now() - t0).count();
+      if (limit > 0 && waited > limit)
+        fail("rank {} of {}: {} did not complete within {} s (--comm-timeout): another rank died, hangs, or is busy "
+             "for longer than that (a long checkpoint save or evaluation needs a larger --comm-timeout)",
+             rank_, size_, call, limit);
+      if (waited > 0.01) {
+        const timespec nap{0, 100000};  // 0.1 ms: at most 1% of a wait this long
+        nanosleep(&nap, nullptr);
+      } else if (polls > 64) {
+        sched_yield();
+      }
+    }
+    add_collective_time(std::chrono::duration<double>(clock::now() - t0).count());
+  }
   void reduce(void* d, int64_t n, MPI_Datatype t) {
     // Large buffers go in pieces: MPI's count is an int.
     const int64_t piece = int64_t(1) << 28;
@@ -101,7 +143,10 @@ class MpiCommunicator final : public Communicator {
     MPI_Type_size(t, &size);
     for (int64_t o = 0; o < n; o += piece) {
       const int cnt = (int)std::min(piece, n - o);
-      check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(d) + o * size, cnt, t, MPI_SUM, comm_), "MPI_Allreduce");
+      MPI_Request req;
+      check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(d) + o * size, cnt, t, MPI_SUM, comm_, &req),
+            "MPI_Iallreduce");
+      wait(req, "MPI_Allreduce");
     }
   }
   MPI_Comm comm_;

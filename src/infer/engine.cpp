@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "core/checked.h"
 #include "core/error.h"
@@ -39,9 +40,23 @@ InferenceEngine::InferenceEngine(const Model& model)
   rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
 }
 
-InferenceEngine::InferenceEngine(const InferenceWeights& weights) : W_(&weights), cfg_(weights.config()) {
+InferenceEngine::InferenceEngine(const InferenceWeights& weights, TokenDispatcher* dispatcher, Communicator* group)
+    : W_(&weights), dispatcher_(dispatcher), group_(group), cfg_(weights.config()) {
   cfg_.capacity_factor = 0;
   rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
+  const ExpertShard& sh = weights.shard();
+  if (!sh.all())
+    DSMOE_ASSERT(dispatcher && dispatcher->first_expert() == sh.first && dispatcher->local_experts() == sh.count,
+                 "weights of routed experts [{}, {}) without a dispatcher that owns them", sh.first,
+                 sh.first + sh.count);
+  DSMOE_ASSERT(!dispatcher == !group, "a dispatcher without its group, or a group without a dispatcher");
+}
+
+bool InferenceEngine::any_rank_busy(bool mine) {
+  if (!parallel()) return mine;
+  int64_t busy = mine;
+  group_->all_reduce_sum(&busy, 1);
+  return busy > 0;
 }
 
 void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::vector<float>& logits) {
@@ -59,6 +74,14 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
     N += s.n;
   }
   if (N == 0) {
+    // Nothing here, but the other ranks' rows may need this rank's experts: every MoE layer's
+    // exchange, with no rows of its own.
+    if (dispatcher_)
+      for (int64_t l = 0; l < m.num_hidden_layers; ++l)
+        if (m.is_moe_layer(l)) {
+          MoeStats stats;
+          moe_infer(m, P.layer(l).moe, nullptr, nullptr, 0, nullptr, stats, moe_, MoeDispatch::Grouped, dispatcher_);
+        }
     logits.clear();
     return;
   }
@@ -102,7 +125,7 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
     const auto ffn = [&](float* out, const float* x) {
       if (m.is_moe_layer(l)) {
         MoeStats stats;
-        moe_infer(m, W.moe, x, tokens_.data(), N, out, stats, moe_);
+        moe_infer(m, W.moe, x, tokens_.data(), N, out, stats, moe_, MoeDispatch::Auto, dispatcher_);
       } else {
         grow(gu_, N * 2 * m.intermediate_size);
         grow(act_, N * m.intermediate_size);
@@ -153,7 +176,7 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
   const int64_t V = m.vocab_size, S = (int64_t)prompts.size(), max_pos = m.max_position_embeddings;
   std::vector<GenerationResult> res(S);
   if (o.max_new_tokens < 0) fail("generate: max_new_tokens must be >= 0, got {}", o.max_new_tokens);
-  if (S == 0) return res;
+  if (S == 0 && !eng.parallel()) return res;  // a parallel rank without prompts still serves its experts
   std::vector<KvCache> caches;
   caches.reserve(S);
   std::vector<Rng> rngs;
@@ -180,7 +203,8 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
   std::vector<int64_t> active(S);  // active[j] = sequence of logits row j
   for (int64_t i = 0; i < S; ++i) active[i] = i;
   std::vector<int32_t> next(S);
-  while (!active.empty()) {
+  // In parallel, the ranks step together until every rank's sequences have ended.
+  while (true) {
     std::vector<int64_t> still;
     for (size_t j = 0; j < active.size(); ++j) {
       const int64_t i = active[j];
@@ -197,7 +221,7 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
       }
     }
     active = still;
-    if (active.empty()) break;
+    if (!eng.any_rank_busy(!active.empty())) break;
     segs.clear();
     for (int64_t i : active) segs.push_back(Segment{&caches[i], &next[i], 1});
     eng.step(segs, false, logits);
@@ -247,26 +271,56 @@ GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const s
 }
 
 std::vector<double> score_tokens(InferenceEngine& eng, const std::vector<int32_t>& tokens, int64_t ctx) {
+  return score_sequences(eng, {tokens}, ctx).front();
+}
+
+std::vector<std::vector<double>> score_sequences(InferenceEngine& eng, const std::vector<std::vector<int32_t>>& seqs,
+                                                 int64_t ctx, Communicator* world,
+                                                 const std::function<void(int64_t)>& on_scored) {
   const ModelConfig& m = eng.config();
-  const int64_t V = m.vocab_size, n = (int64_t)tokens.size();
+  const int64_t V = m.vocab_size;
   if (ctx <= 0) ctx = m.max_position_embeddings;
   if (ctx < 2 || ctx > m.max_position_embeddings)
     fail("score: context {} must be between 2 and max_position_embeddings ({})", ctx, m.max_position_embeddings);
-  std::vector<double> out;
-  if (n < 2) return out;
-  out.reserve(n - 1);
-  KvCache cache(m, std::min(ctx, n));
-  std::vector<float> logits;
-  for (int64_t s = 0; s + 1 < n; s += ctx - 1) {
-    const int64_t e = std::min(n, s + ctx);
-    cache.clear();
-    Segment seg{&cache, tokens.data() + s, e - s};
-    eng.step(std::span<const Segment>(&seg, 1), true, logits);
-    for (int64_t i = s; i + 1 < e; ++i) {
-      const float* row = logits.data() + (i - s) * V;
-      out.push_back(log_softmax(row, V).logprob(row[tokens[i + 1]]));
-    }
+  struct Window {
+    int64_t seq, start, end;
+  };
+  std::vector<Window> windows;
+  std::vector<std::vector<double>> out(seqs.size());
+  int64_t longest = 0;
+  for (size_t q = 0; q < seqs.size(); ++q) {
+    const int64_t n = (int64_t)seqs[q].size();
+    if (n < 2) continue;
+    out[q].assign((size_t)(n - 1), 0.0);
+    longest = std::max(longest, n);
+    for (int64_t s = 0; s + 1 < n; s += ctx - 1) windows.push_back({(int64_t)q, s, std::min(n, s + ctx)});
   }
+  const int64_t P = world ? world->size() : 1, rank = world ? world->rank() : 0;
+  const int64_t W = (int64_t)windows.size(), rounds = (W + P - 1) / P;
+  std::optional<KvCache> cache;
+  if (longest >= 2) cache.emplace(m, std::min(ctx, longest));
+  std::vector<float> logits;
+  int64_t scored = 0;
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t w = round * P + rank;
+    if (w >= W) {
+      eng.step({}, true, logits);  // nothing left here; the other ranks may still need this rank's experts
+      continue;
+    }
+    const Window& win = windows[(size_t)w];
+    const std::vector<int32_t>& tokens = seqs[(size_t)win.seq];
+    cache->clear();
+    Segment seg{&*cache, tokens.data() + win.start, win.end - win.start};
+    eng.step(std::span<const Segment>(&seg, 1), true, logits);
+    for (int64_t i = win.start; i + 1 < win.end; ++i) {
+      const float* row = logits.data() + (i - win.start) * V;
+      out[(size_t)win.seq][(size_t)i] = log_softmax(row, V).logprob(row[tokens[i + 1]]);
+    }
+    scored += win.end - win.start - 1;
+    if (on_scored) on_scored(scored);
+  }
+  if (P > 1)
+    for (auto& o : out) world->all_reduce_sum(o.data(), (int64_t)o.size());
   return out;
 }
 

@@ -50,12 +50,23 @@ class InferenceEngine {
  public:
   // fp32, viewing the model's parameters (no copy); the model must outlive the engine.
   explicit InferenceEngine(const Model& model);
-  // Any storage; the weights must outlive the engine.
-  explicit InferenceEngine(const InferenceWeights& weights);
+  // Any storage; the weights must outlive the engine. Expert parallelism: the weights hold the
+  // dispatcher's routed experts only (InferenceWeights::shard), every MoE layer sends its rows to the
+  // experts' ranks (the training layer's dispatcher), and `group` (the dispatcher's expert-parallel
+  // communicator; both non-owning, outliving the engine) steps in lock-step: every rank of it must
+  // call step() the same number of times, with no segments when it has nothing to run.
+  explicit InferenceEngine(const InferenceWeights& weights, TokenDispatcher* dispatcher = nullptr,
+                           Communicator* group = nullptr);
   const ModelConfig& config() const { return cfg_; }
+  // True when several processes step together (expert parallelism).
+  bool parallel() const { return group_ != nullptr && group_->size() > 1; }
+  // Whether any rank stepping with this one still has work (`mine`: this rank has); `mine` alone in
+  // one process. Collective over the group when parallel().
+  bool any_rank_busy(bool mine);
   const InferenceWeights& weights() const { return *W_; }
 
-  // Runs the segments' tokens through the model and appends them to their caches. Logits rows
+  // Runs the segments' tokens through the model and appends them to their caches (no segments: only
+  // the parallel MoE layers' exchanges, for a rank with nothing to run). Logits rows
   // (fp32, [rows, V]) go to `logits`: the last new token of each segment, or every new token when
   // all_logits (segment order, token order within a segment).
   void step(std::span<const Segment> segs, bool all_logits, std::vector<float>& logits);
@@ -63,6 +74,8 @@ class InferenceEngine {
  private:
   std::unique_ptr<InferenceWeights> view_;  // the fp32 view when built from a Model
   const InferenceWeights* W_;
+  TokenDispatcher* dispatcher_ = nullptr;
+  Communicator* group_ = nullptr;
   ModelConfig cfg_;
   ops::RopeTable rope_;
   // scratch, grown as needed
@@ -107,5 +120,15 @@ GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const s
 // windows of at most `ctx` tokens (0 = max_position_embeddings) that overlap by one token, so every
 // token but the first is scored once; each window starts from an empty cache.
 std::vector<double> score_tokens(InferenceEngine& eng, const std::vector<int32_t>& tokens, int64_t ctx = 0);
+
+// score_tokens of several sequences, whose windows (in sequence order) are spread over the ranks of
+// `world` (null: this process alone): window w runs on rank w % P, one window per round on every
+// rank, and a rank with none left in a round takes an empty step (so that the expert-parallel
+// exchanges of its group stay in step). Every rank returns every sequence's log-probs, each value
+// computed by exactly one rank (then summed with zeros: exact). on_scored(n): this rank has scored n
+// tokens (for progress).
+std::vector<std::vector<double>> score_sequences(InferenceEngine& eng, const std::vector<std::vector<int32_t>>& seqs,
+                                                 int64_t ctx = 0, Communicator* world = nullptr,
+                                                 const std::function<void(int64_t)>& on_scored = {});
 
 }  // namespace dsmoe

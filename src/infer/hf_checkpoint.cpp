@@ -170,7 +170,10 @@ struct FilePlan {
   std::map<std::string, std::vector<const HfTensor*>> tensors;  // file -> expected tensors it must hold
 };
 
-FilePlan plan_files(const std::string& dir, const ParamLayout& layout, const std::set<std::string>& scale_names) {
+// `elsewhere`: tensors of the model that this process does not hold (other ranks' routed experts
+// under expert parallelism, and their scales): allowed in the folder, never read.
+FilePlan plan_files(const std::string& dir, const ParamLayout& layout, const std::set<std::string>& scale_names,
+                    const std::set<std::string>& elsewhere = {}) {
   FilePlan plan;
   plan.kind = model_dir_kind(dir);
   plan.index_path = join(dir, kIndex);
@@ -195,7 +198,7 @@ FilePlan plan_files(const std::string& dir, const ParamLayout& layout, const std
     const std::string f = it->get<std::string>();
     if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
       fail("{}: weight_map['{}'] = \"{}\" is not a file name in the checkpoint folder", index_path, it.key(), f);
-    if (!expected.count(it.key()) && !scale_names.count(it.key()) && !ignorable(it.key()))
+    if (!expected.count(it.key()) && !scale_names.count(it.key()) && !elsewhere.count(it.key()) && !ignorable(it.key()))
       fail("{}: unexpected tensor '{}' (not part of a DeepSeekMoE model with this config.json)", index_path, it.key());
   }
   for (const auto& t : layout.hf_tensors()) {
@@ -308,13 +311,26 @@ void fill_tensor(const SafeTensorsFile& f, const HfTensor& t, InferenceWeights::
 
 LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const TensorProgress& progress,
                              Checksums checksums) {
-  const ParamLayout layout(w.config());
+  const ParamLayout layout(w.config(), w.shard());
   const std::optional<ops::WType> q = stored_quantization(dir);
   std::set<std::string> scale_names;
   if (q)
     for (const auto& t : layout.hf_tensors())
       if (w.slot_at(t.offset).is_matrix) scale_names.insert(t.name + kScaleSuffix);
-  const FilePlan plan = plan_files(dir, layout, scale_names);
+  // Under expert parallelism the other ranks' experts are skipped: their bytes are never touched, so
+  // they never enter this process's memory (the files are mapped, not read).
+  std::set<std::string> elsewhere;
+  if (!w.shard().all()) {
+    std::set<std::string> mine;
+    for (const auto& t : layout.hf_tensors()) mine.insert(t.name);
+    const ParamLayout whole(w.config());
+    for (const auto& t : whole.hf_tensors())
+      if (!mine.count(t.name)) {
+        elsewhere.insert(t.name);
+        if (q) elsewhere.insert(t.name + kScaleSuffix);  // routed experts are matrices: quantized with a scale
+      }
+  }
+  const FilePlan plan = plan_files(dir, layout, scale_names, elsewhere);
   std::set<std::string> expected;
   for (const auto& t : layout.hf_tensors()) expected.insert(t.name);
   LoadReport rep;
@@ -330,7 +346,7 @@ LoadReport load_weights_into(const std::string& dir, InferenceWeights& w, const 
       if (scale_names.count(t->name + kScaleSuffix)) mine.insert(t->name + kScaleSuffix);
     }
     for (const auto& [name, ti] : f.tensors()) {
-      if (mine.count(name) || ignorable(name)) continue;
+      if (mine.count(name) || elsewhere.count(name) || ignorable(name)) continue;
       if (plan.kind == ModelDirKind::DsmoeRun && (name.rfind("optimizer.", 0) == 0 || name.rfind("train.", 0) == 0)) continue;
       if (expected.count(name) || scale_names.count(name))
         fail("{}: tensor '{}' is also stored here, but {} maps it to another shard", file, name, plan.index_path);
@@ -354,8 +370,13 @@ LoadReport load_hf_weights(const std::string& dir, Model& model, Checksums check
 }
 
 InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type,
-                                    const TensorProgress& progress, Checksums checksums) {
-  if (is_gguf_file(dir)) return load_gguf_inference_model(dir, type, progress);  // GGUF has no checksums
+                                    const TensorProgress& progress, Checksums checksums, ExpertShard shard) {
+  if (is_gguf_file(dir)) {
+    if (!shard.all())
+      fail("{}: expert parallelism over a GGUF file is not supported (it loads every expert); convert it to a model "
+           "folder first (`dsmoe export --model {} --out DIR`) or run it in one process", dir, dir);
+    return load_gguf_inference_model(dir, type, progress);  // GGUF has no checksums
+  }
   InferenceModel im;
   model_dir_kind(dir);  // a clear error before parsing anything when the folder holds no weights
   im.config = load_hf_config(dir);
@@ -373,7 +394,10 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<ops::W
           if (f.has(h->name) && f.get(h->name).dtype == DType::BF16) t = ops::WType::BF16;
         }
   }
-  im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t));
+  if (!shard.all())
+    validate_expert_parallel(im.config.model, im.config.model.n_routed_experts / shard.count, "expert-parallel size",
+                             dir);
+  im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t, shard));
   im.report = load_weights_into(dir, *im.weights, progress, checksums);
   return im;
 }

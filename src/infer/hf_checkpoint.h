@@ -89,14 +89,16 @@ LoadedModel load_model_dir(const std::string& dir, const TensorProgress& progres
                            Checksums checksums = Checksums::Verify);
 
 // A model for inference, weights in the storage `type`; none = the folder's own: a quantized folder
-// its q8 / q4, a BF16 checkpoint bf16 (a plain copy), anything else f32.
+// its q8 / q4, a BF16 checkpoint bf16 (a plain copy), anything else f32. With a shard, only its
+// routed experts are allocated and read (expert-parallel inference; not for GGUF files).
 struct InferenceModel {
   Config config;
   std::unique_ptr<InferenceWeights> weights;
   LoadReport report;
 };
 InferenceModel load_inference_model(const std::string& dir, std::optional<ops::WType> type = std::nullopt,
-                                    const TensorProgress& progress = {}, Checksums checksums = Checksums::Verify);
+                                    const TensorProgress& progress = {}, Checksums checksums = Checksums::Verify,
+                                    ExpertShard shard = {});
 
 struct ExportOptions {
   DType dtype = DType::F32;                       // F32, BF16 or F16 (F16 not yet: F32 / BF16)

@@ -17,11 +17,12 @@ bool InferenceWeights::is_matrix(const ParamTensor& t) {
 }
 
 // Slots with shapes and types but no storage yet.
-InferenceWeights InferenceWeights::layout_only(const ModelConfig& cfg, WType type) {
+InferenceWeights InferenceWeights::layout_only(const ModelConfig& cfg, WType type, ExpertShard shard) {
   InferenceWeights w;
   w.cfg_ = cfg;
+  w.shard_ = shard;
   w.type_ = type;
-  ParamLayout layout(cfg);
+  ParamLayout layout(cfg, shard);
   w.slots_.resize(layout.tensors().size());
   for (size_t i = 0; i < layout.tensors().size(); ++i) {
     Slot& s = w.slots_[i];
@@ -33,8 +34,8 @@ InferenceWeights InferenceWeights::layout_only(const ModelConfig& cfg, WType typ
   return w;
 }
 
-InferenceWeights InferenceWeights::allocate(const ModelConfig& cfg, WType type) {
-  InferenceWeights w = layout_only(cfg, type);
+InferenceWeights InferenceWeights::allocate(const ModelConfig& cfg, WType type, ExpertShard shard) {
+  InferenceWeights w = layout_only(cfg, type, shard);
   for (Slot& s : w.slots_) {
     s.data = HugeBuffer((size_t)(s.mat.rows * s.mat.row_bytes()));  // zero-filled
     s.mat.data = s.data.data();
@@ -48,14 +49,14 @@ InferenceWeights InferenceWeights::allocate(const ModelConfig& cfg, WType type) 
 }
 
 InferenceWeights InferenceWeights::view(Model& model) {
-  InferenceWeights w = layout_only(model.config(), WType::F32);
+  InferenceWeights w = layout_only(model.config(), WType::F32, model.layout().shard());
   for (Slot& s : w.slots_) s.mat.data = model.params().data() + s.t.offset;
   w.build_views();
   return w;
 }
 
 InferenceWeights InferenceWeights::convert(const Model& model, WType type) {
-  InferenceWeights w = allocate(model.config(), type);
+  InferenceWeights w = allocate(model.config(), type, model.layout().shard());
   for (Slot& s : w.slots_)
     ops::quantize_rows(s.mat.type, model.params().data() + s.t.offset, s.mat.rows, s.mat.cols, s.mutable_data(),
                        s.mutable_scales());

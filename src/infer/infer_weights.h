@@ -43,9 +43,11 @@ class InferenceWeights {
     MoeWeights moe;                        // MoE layers
   };
 
-  // Zero-filled storage for `cfg`, matrices in `type`.
-  static InferenceWeights allocate(const ModelConfig& cfg, ops::WType type);
-  // fp32 views of the model's parameters (no copy; the model must outlive the result). Writable
+  // Zero-filled storage for `cfg`, matrices in `type`. With a shard (expert parallelism), every MoE
+  // layer's routed-expert tensors hold only the shard's experts (ParamLayout's layout): the others
+  // are neither stored nor read.
+  static InferenceWeights allocate(const ModelConfig& cfg, ops::WType type, ExpertShard shard = {});
+  // fp32 views of the model's parameters (no copy; the model must outlive the result; its shard). Writable
   // through the slots (the checkpoint loader fills a Model this way).
   static InferenceWeights view(Model& model);
   static InferenceWeights view(const Model& model) { return view(const_cast<Model&>(model)); }
@@ -57,6 +59,7 @@ class InferenceWeights {
   InferenceWeights(const InferenceWeights&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
+  const ExpertShard& shard() const { return shard_; }
   ops::WType type() const { return type_; }
   // Activation precision of every matrix's prefill products (see ops::Compute; BF16 needs type()
   // BF16: checked by the caller's choice, infer/compute_mode.h).
@@ -77,9 +80,10 @@ class InferenceWeights {
 
  private:
   InferenceWeights() = default;
-  static InferenceWeights layout_only(const ModelConfig& cfg, ops::WType type);
+  static InferenceWeights layout_only(const ModelConfig& cfg, ops::WType type, ExpertShard shard);
   void build_views();
   ModelConfig cfg_;
+  ExpertShard shard_;
   ops::WType type_ = ops::WType::F32;
   ops::Compute compute_ = ops::Compute::F32;
   std::vector<Slot> slots_;

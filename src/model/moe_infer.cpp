@@ -31,7 +31,9 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
   // --- Router (the training layer's ops) ---
   grow(s.ids, N * k);
   grow(s.gates, N * k);
-  if (m.router_type == RouterType::SoftmaxTopK) {
+  if (N == 0) {
+    // No rows of this rank (expert parallelism: it still serves the other ranks' rows below).
+  } else if (m.router_type == RouterType::SoftmaxTopK) {
     grow(s.logits, N * E);
     grow(s.probs, N * E);
     grow(s.vals, N * k);
@@ -83,7 +85,7 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
     dispatch.combine(out, s.ys.data(), s.gates.data(), H, s.dispatch);
   }
   // --- Shared experts: one SwiGLU MLP over all tokens, added unweighted ---
-  if (m.n_shared_experts > 0) {
+  if (m.n_shared_experts > 0 && N > 0) {
     const int64_t Is = m.shared_inter();
     grow(s.shared, N * H);
     grow(s.gu, N * 2 * Is);

@@ -37,7 +37,8 @@ enum class MoeDispatch { Auto, TokenMajor, Grouped };  // Auto: token-major iff 
 
 // out [N, H] = shared(x) + sum_k g_k expert_k(x) for x [N, H] (overwritten); tokens [N] for the hash router.
 // `dispatcher` null: every expert is in W (LocalTokenDispatcher); otherwise W's routed experts are
-// the dispatcher's local ones and the grouped path is taken whatever `d` says.
+// the dispatcher's local ones and the grouped path is taken whatever `d` says; N may then be 0 (a
+// rank with no rows of its own still runs its experts on the rows the others send).
 void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const int32_t* tokens, int64_t N,
                float* out, MoeStats& stats, MoeInferScratch& s, MoeDispatch d = MoeDispatch::Auto,
                TokenDispatcher* dispatcher = nullptr);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -72,6 +73,12 @@ TokenSplit TokenSplit::domain_subset(int32_t d) const {
     r.tokens.insert(r.tokens.end(), tokens.begin() + begin, tokens.begin() + doc_ends[i]);
   }
   return r;
+}
+
+std::string split_fingerprint(const TokenSplit& s) {
+  return fmt::format("{}: {} tokens, XXH3 {:016x}, vocab {}, tokenizer {}, bos {}, eos {}, {} documents", s.path,
+                     s.tokens.size(), XXH3_64bits(s.tokens.data(), s.tokens.size() * sizeof(int32_t)), s.vocab_size,
+                     s.tokenizer, s.bos_id, s.eos_id, s.doc_ends.size());
 }
 
 TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size) {

@@ -44,6 +44,10 @@ inline constexpr size_t kMaxDomainNameBytes = 256;
 // doc_ends, doc_domains, domains without the others), of different lengths, with ends not strictly
 // increasing to the token count, a domain index outside [0, domains), or names empty, repeated,
 // over kMaxDomainNameBytes or with control characters.
+// One line that is the same for two splits iff they hold the same tokens (count and XXH3-64 of the
+// ids), vocabulary, tokenizer and document ids: what ranks compare before training or evaluating together.
+std::string split_fingerprint(const TokenSplit& s);
+
 TokenSplit load_split(const std::string& dir, const std::string& split, int64_t model_vocab_size = 0);
 void save_split(const std::string& dir, const std::string& split, const TokenSplit& s);
 

@@ -23,10 +23,12 @@
 #include "model/params.h"
 #include "report/run_charts.h"
 #include "dist/parallel_groups.h"
-#include "model/token_dispatcher.h"
+#include "model/dispatch_tally.h"
+#include "model/expert_parallel_layout.h"
 #include "train/checkpoint.h"
 #include "train/expert_shards.h"
 #include "train/gradient_sync.h"
+#include "train/replica_check.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 
@@ -209,6 +211,47 @@ static Config config_for_layout(Config cfg, int64_t P) {
   return cfg;
 }
 
+// The per-rank fields of a metrics row of a multi-process run, gathered from every rank (a
+// collective: every rank calls it for the same rows): "comm_s" and "step_s" (seconds inside
+// collectives / in training steps since the previous row), and with expert parallelism
+// "rows_sent"[r][s] / "rows_received"[s][r] (rows of the MoE layers' forward dispatches from rank r
+// to rank s, itself included; zero between ranks of different expert-parallel groups) and
+// "expert_rows"[s] (rows rank s's experts computed). Returns the mean over ranks of comm_s / step_s.
+static double add_rank_metrics(nlohmann::json& rec, Communicator& world, const std::vector<int64_t>& sent,
+                               const std::vector<int64_t>& received, double comm_s, double step_s, bool traffic) {
+  const int64_t P = world.size();
+  std::vector<int64_t> mine(sent);
+  mine.insert(mine.end(), received.begin(), received.end());
+  mine.push_back((int64_t)std::llround(comm_s * 1e9));
+  mine.push_back((int64_t)std::llround(step_s * 1e9));
+  const int64_t per = 2 * P + 2;
+  std::vector<int64_t> all((size_t)(per * P));
+  world.all_gather(mine.data(), all.data(), per);
+  nlohmann::json comm = nlohmann::json::array(), steps = nlohmann::json::array(), tx = nlohmann::json::array(),
+                 rx = nlohmann::json::array(), rows = nlohmann::json::array();
+  double share = 0;
+  for (int64_t r = 0; r < P; ++r) {
+    const int64_t* a = all.data() + r * per;
+    const double c = (double)a[2 * P] / 1e9, t = (double)a[2 * P + 1] / 1e9;
+    comm.push_back(c);
+    steps.push_back(t);
+    share += t > 0 ? c / t / (double)P : 0;
+    tx.push_back(std::vector<int64_t>(a, a + P));
+    rx.push_back(std::vector<int64_t>(a + P, a + 2 * P));
+    int64_t computed = 0;
+    for (int64_t q = 0; q < P; ++q) computed += a[P + q];
+    rows.push_back(computed);
+  }
+  rec["comm_s"] = comm;
+  rec["step_s"] = steps;
+  if (traffic) {
+    rec["rows_sent"] = tx;
+    rec["rows_received"] = rx;
+    rec["expert_rows"] = rows;
+  }
+  return share;
+}
+
 TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   SingleProcessCommunicator alone;
   Communicator& world = opt.world ? *opt.world : alone;
@@ -224,16 +267,15 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
          opt.data_dir, train_data.vocab_size, train_data.tokenizer, mc.vocab_size);
   // Ranks that would train different things must not start (they would deadlock or diverge).
   check_same_on_all_ranks(world,
-                          fmt::format("{}\nexpert_parallel_size {}\ndata {}: {} train and {} val tokens\nout {}{}{}\n",
+                          fmt::format("{}\nexpert_parallel_size {}\ndata {}\ntrain {}\nval {}\nout {}{}{}\n",
                                       to_json(cfg).dump(2), cfg.parallel.expert_parallel_size, opt.data_dir,
-                                      train_data.tokens.size(), val_data.tokens.size(), opt.out_dir,
+                                      split_fingerprint(train_data), split_fingerprint(val_data), opt.out_dir,
                                       opt.resume ? " --resume" : "", opt.force ? " --force" : ""),
                           "config, layout, data and run folder");
-  ParallelGroups groups = make_parallel_groups(world, cfg.parallel.expert_parallel_size);
+  ExpertParallelLayout layout = make_expert_parallel_layout(world, mc, cfg.parallel.expert_parallel_size);
+  ParallelGroups& groups = layout.groups;
   const int64_t ep = groups.expert_parallel;
-  const ExpertShard shard = ep > 1 ? ExpertShard{groups.experts->rank() * (mc.n_routed_experts / ep),
-                                                 mc.n_routed_experts / ep}
-                                   : ExpertShard{};
+  const ExpertShard shard = layout.shard;
 
   // Rank 0 prepares the run folder; the others learn how it starts (or end with it when it refuses).
   int64_t start_code = 0;
@@ -241,9 +283,10 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   world.broadcast(&start_code, sizeof start_code, 0);
   const RunStart start = start_code ? RunStart::Resume : RunStart::Fresh;
   Model model(mc, shard);
-  std::unique_ptr<AllToAllTokenDispatcher> dispatcher;
-  if (ep > 1) dispatcher = std::make_unique<AllToAllTokenDispatcher>(*groups.experts, mc.n_routed_experts);
-  if (P > 1) model.set_parallel(MoeParallel{dispatcher.get(), &world});
+  // The expert-parallel traffic of each step, for metrics.jsonl (rows per rank of the group).
+  std::unique_ptr<TallyingTokenDispatcher> tally;
+  if (layout.dispatcher) tally = std::make_unique<TallyingTokenDispatcher>(*layout.dispatcher, ep);
+  if (P > 1) model.set_parallel(MoeParallel{tally.get(), &world});
   if (opt.init && start == RunStart::Fresh) {
     if (shard.all()) {
       opt.init(model);
@@ -317,6 +360,11 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   bool charts_warned = false;
   auto save = [&] {
     const auto t0 = Clock::now();
+    if (P > 1) {
+      check_replicas_identical(model.layout(), model.params().data(), groups, "parameters");
+      check_replicas_identical(model.layout(), optimizer.m().data(), groups, "AdamW first moments");
+      check_replicas_identical(model.layout(), optimizer.v().data(), groups, "AdamW second moments");
+    }
     st.data_rng = sampler.state();
     if (shard.all()) {
       if (root) save_checkpoint(opt.out_dir, cfg, model, &optimizer, st);
@@ -341,10 +389,26 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
     side_s_since_log += dt;
   };
 
+  // Since the last metrics row, this rank's: rows sent to / received from each world rank by the
+  // MoE layers' forward dispatches, seconds inside collectives and seconds of training steps.
+  std::vector<int64_t> rows_sent((size_t)P, 0), rows_received((size_t)P, 0);
+  double comm_s_since_log = 0, step_s_since_log = 0;
   for (int64_t step = first_step; step <= last_step; ++step) {
+    if (tally) tally->reset();
+    const CollectiveClock comm0 = collective_clock();
+    const auto step_t0 = Clock::now();
     StepResult r = train_step(
         model, optimizer, tc, step,
         [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) { sampler.next(xi, yi); }, &groups);
+    step_s_since_log += seconds_since(step_t0);
+    comm_s_since_log += collective_clock().seconds - comm0.seconds;
+    if (tally) {
+      const int64_t group_start = world.rank() / ep * ep;  // world rank of expert-parallel rank 0 of this group
+      for (int64_t j = 0; j < ep; ++j) {
+        rows_sent[(size_t)(group_start + j)] += tally->sent()[(size_t)j];
+        rows_received[(size_t)(group_start + j)] += tally->received()[(size_t)j];
+      }
+    }
     const double lm = r.lm_loss, aux = r.expert_aux, dev = r.device_aux, gnorm = r.grad_norm, lr = r.lr;
     const double imbalance = r.max_load;
     const auto& layer_load = r.expert_load;
@@ -409,6 +473,14 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
         rec["routing_entropy"] = h;
       }
       if (do_eval) rec["val_loss"] = val;
+      double comm_share = -1;
+      if (P > 1) {
+        comm_share = add_rank_metrics(rec, world, rows_sent, rows_received, comm_s_since_log, step_s_since_log,
+                                      tally != nullptr);
+        std::fill(rows_sent.begin(), rows_sent.end(), 0);
+        std::fill(rows_received.begin(), rows_received.end(), 0);
+        comm_s_since_log = step_s_since_log = 0;
+      }
       if (root) {
         metrics << rec.dump() << "\n";
         metrics.flush();
@@ -419,6 +491,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
         detail += fmt::format(" | aux {:.4f} dev {:.4f} | load max/mean {:.2f}", aux_acc / steps_since_log,
                               dev_acc / steps_since_log, imbalance);
       if (do_eval) detail += fmt::format(" | val {:.4f}", val);
+      if (comm_share >= 0) detail += fmt::format(" | comm {:.0f}%", 100 * comm_share);
       progress.update(step, detail, /*force=*/true);
       sum.final_lm_loss = lm_acc / steps_since_log;
       lm_acc = aux_acc = dev_acc = side_s_since_log = 0;
