@@ -58,6 +58,10 @@ TINY_VARIANTS = {
     "tiny device aux (seq)": {"n_device_groups": 2, "device_aux_alpha": 0.2},
     "tiny device aux (tok)": {"n_device_groups": 2, "device_aux_alpha": 0.2, "seq_aux": False,
                               "aux_loss_alpha": 0.0},
+    "tiny group-limited + comm aux (seq)": {"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1,
+                                            "n_device_groups": 2, "comm_aux_alpha": 0.3},
+    "tiny device capacity + comm aux (tok, norm)": {"seq_aux": False, "norm_topk_prob": True, "n_device_groups": 2,
+                                                    "capacity_factor": 0.6, "comm_aux_alpha": 0.2},
     "tiny switch top-1": {"num_experts_per_tok": 1, "n_shared_experts": None},
     "tiny hash": {"router_type": "hash", "num_experts_per_tok": 1, "n_shared_experts": None},
     "tiny dense": {"n_routed_experts": None},
@@ -91,6 +95,9 @@ def total_objective(model, params, tokens):
                 tot = tot + ea
             if da is not None:
                 tot = tot + da
+        for ca in model.comm_losses().values():
+            if ca is not None:
+                tot = tot + ca
         return tot
     finally:
         model.set_inject_aux(True)
@@ -501,7 +508,7 @@ def check_accum_equivalence():
     m2, _ = build(cfg, 4)
     h1 = mo.train_trajectory(m1, tc, traj_tokens=toks)
     h2 = mo.train_trajectory(m2, tc, traj_tokens=toks.reshape(4, 1, 6, 6))
-    ok = np.allclose(h1[0], h2[0], rtol=1e-12) and np.allclose(h1[4], h2[4], rtol=1e-12) and all(
+    ok = np.allclose(h1[0], h2[0], rtol=1e-12) and np.allclose(h1[5], h2[5], rtol=1e-12) and all(
         torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(m1.parameters(), m2.parameters()))
     check("dense: accum 2 x batch 3 == accum 1 x batch 6 (trajectory)", ok)
     # MoE with aux: the aux gradient is NOT divided by A (official): the aux grads add up per micro-batch.
