@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
+#include <utility>
 #include <set>
 #include <vector>
 
@@ -101,6 +103,24 @@ struct Reader {
       out = v->get<std::string>();
     }
   }
+  // A string key naming one of `choices`; any other string is refused, listing them.
+  template <class Enum>
+  void get_choice(const char* key, Enum& out, std::initializer_list<std::pair<const char*, Enum>> choices) const {
+    if (!find(key)) return;
+    std::string name;
+    get(key, name);
+    std::string names;
+    size_t i = 0;
+    for (const auto& [n, e] : choices) {
+      if (name == n) {
+        out = e;
+        return;
+      }
+      names += fmt::format("{}\"{}\"", i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ", n);
+      ++i;
+    }
+    fail("{}: key '{}{}' must be {}, got \"{}\"", source, prefix, key, names, name);
+  }
 };
 
 // HF / transformers keys that may appear in a config.json and that dsmoe accepts without using.
@@ -164,19 +184,12 @@ Config parse_config(const json& j, const std::string& source) {
   r.get("rope_theta", m.rope_theta);
   r.get("bos_token_id", m.bos_token_id);
   r.get("eos_token_id", m.eos_token_id);
-  std::string router = router_type_name(m.router_type);
-  r.get("router_type", router);
-  if (router == "softmax_topk") m.router_type = RouterType::SoftmaxTopK;
-  else if (router == "hash") m.router_type = RouterType::Hash;
-  else fail("{}: key 'router_type' must be \"softmax_topk\" or \"hash\", got \"{}\"", source, router);
+  r.get_choice("router_type", m.router_type, {{"softmax_topk", RouterType::SoftmaxTopK}, {"hash", RouterType::Hash}});
   r.get("capacity_factor", m.capacity_factor);
   r.get("n_device_groups", m.n_device_groups);
   r.get("device_aux_alpha", m.device_aux_alpha);
-  std::string topk_method = topk_method_name(m.topk_method);
-  r.get("topk_method", topk_method);
-  if (topk_method == "greedy") m.topk_method = TopkMethod::Greedy;
-  else if (topk_method == "group_limited_greedy") m.topk_method = TopkMethod::GroupLimitedGreedy;
-  else fail("{}: key 'topk_method' must be \"greedy\" or \"group_limited_greedy\", got \"{}\"", source, topk_method);
+  r.get_choice("topk_method", m.topk_method,
+               {{"greedy", TopkMethod::Greedy}, {"group_limited_greedy", TopkMethod::GroupLimitedGreedy}});
   r.get("n_group", m.n_group);
   r.get("topk_group", m.topk_group);
   r.get("comm_aux_alpha", m.comm_aux_alpha);
@@ -204,12 +217,8 @@ Config parse_config(const json& j, const std::string& source) {
     tr.get("min_lr", T.min_lr);
     tr.get("warmup_steps", T.warmup_steps);
     tr.get("steps", T.steps);
-    std::string sched = schedule_name(T.schedule);
-    tr.get("schedule", sched);
-    if (sched == "step") T.schedule = Schedule::Step;
-    else if (sched == "cosine") T.schedule = Schedule::Cosine;
-    else if (sched == "constant") T.schedule = Schedule::Constant;
-    else fail("{}: key 'training.schedule' must be \"step\", \"cosine\" or \"constant\", got \"{}\"", source, sched);
+    tr.get_choice("schedule", T.schedule,
+                  {{"step", Schedule::Step}, {"cosine", Schedule::Cosine}, {"constant", Schedule::Constant}});
     tr.get("beta1", T.beta1);
     tr.get("beta2", T.beta2);
     tr.get("eps", T.eps);

@@ -287,7 +287,8 @@ def check_dispatch_parity():
             continue
         # A capacity drops slots in training only (never at evaluation): the two forwards then differ
         # by design, so the dispatch paths are compared dropless.
-        cfg = dict(TINY, **over, hidden_size=16, n_routed_experts=8, capacity_factor=0.0)
+        cfg = dict(TINY, **over)
+        cfg.update(hidden_size=16, n_routed_experts=8, capacity_factor=0.0)
         model, g = build(cfg, 5)
         tokens = torch.randint(0, 16, (3, 9), generator=g)
         with torch.no_grad():
