@@ -269,6 +269,9 @@ void check_gguf_exportable(const ModelConfig& m) {
     if (m.router_type != RouterType::SoftmaxTopK)
       fail("export --format gguf: router_type \"{}\" is not expressible: {} (softmax top-k gates only)",
            router_type_name(m.router_type), why);
+    if (m.group_limited())
+      fail("export --format gguf: topk_method \"group_limited_greedy\" (device-limited routing): {} (plain top-k "
+           "over all routed experts only); use the HF format", why);
     if (m.scoring_func != "softmax")
       fail("export --format gguf: scoring_func \"{}\": {} (softmax gates only)", m.scoring_func, why);
     if (m.moe_layer_freq != 1)

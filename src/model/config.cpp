@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <algorithm>
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <utility>
 #include <set>
 #include <vector>
 
@@ -16,6 +19,31 @@ namespace dsmoe {
 using json = nlohmann::json;
 
 const char* router_type_name(RouterType r) { return r == RouterType::Hash ? "hash" : "softmax_topk"; }
+const char* topk_method_name(TopkMethod t) {
+  return t == TopkMethod::GroupLimitedGreedy ? "group_limited_greedy" : "greedy";
+}
+
+// Experts lie in contiguous groups (routing) and contiguous devices (the D of the losses); a token's
+// experts are in at most topk_group groups, and group g's experts span devices
+// [g*per_group/per_device, ((g+1)*per_group - 1)/per_device]. M is bounded by k, by D and by the
+// topk_group widest spans together (exact when groups and devices nest, as in DeepSeek-V2: one group
+// per device).
+int64_t ModelConfig::comm_device_limit() const {
+  const int64_t D = n_device_groups, E = n_routed_experts;
+  int64_t M = std::min(num_experts_per_tok, D);
+  if (group_limited() && E > 0) {
+    const int64_t per_group = E / n_group, per_device = E / D;
+    std::vector<int64_t> span((size_t)n_group);
+    for (int64_t g = 0; g < n_group; ++g)
+      span[(size_t)g] = ((g + 1) * per_group - 1) / per_device - (g * per_group) / per_device + 1;
+    std::sort(span.begin(), span.end(), std::greater<int64_t>());
+    int64_t widest = 0;
+    for (int64_t g = 0; g < topk_group; ++g) widest += span[(size_t)g];
+    M = std::min(M, widest);
+  }
+  return std::max<int64_t>(M, 1);
+}
+
 const char* schedule_name(Schedule s) {
   switch (s) {
     case Schedule::Step: return "step";
@@ -75,6 +103,24 @@ struct Reader {
       out = v->get<std::string>();
     }
   }
+  // A string key naming one of `choices`; any other string is refused, listing them.
+  template <class Enum>
+  void get_choice(const char* key, Enum& out, std::initializer_list<std::pair<const char*, Enum>> choices) const {
+    if (!find(key)) return;
+    std::string name;
+    get(key, name);
+    std::string names;
+    size_t i = 0;
+    for (const auto& [n, e] : choices) {
+      if (name == n) {
+        out = e;
+        return;
+      }
+      names += fmt::format("{}\"{}\"", i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ", n);
+      ++i;
+    }
+    fail("{}: key '{}{}' must be {}, got \"{}\"", source, prefix, key, names, name);
+  }
 };
 
 // HF / transformers keys that may appear in a config.json and that dsmoe accepts without using.
@@ -98,7 +144,7 @@ Config parse_config(const json& j, const std::string& source) {
       "num_experts_per_tok", "moe_layer_freq", "first_k_dense_replace", "norm_topk_prob", "scoring_func",
       "aux_loss_alpha", "seq_aux", "hidden_act", "max_position_embeddings", "rms_norm_eps",
       "tie_word_embeddings", "rope_theta", "bos_token_id", "eos_token_id", "router_type", "capacity_factor",
-      "n_device_groups", "device_aux_alpha"};
+      "n_device_groups", "device_aux_alpha", "topk_method", "n_group", "topk_group", "comm_aux_alpha"};
   std::set<std::string> known(std::begin(model_keys), std::end(model_keys));
   // Unknown keys: a near-miss of a key we read is almost surely a typo that would silently change
   // the model (e.g. a dense model instead of an MoE one), so it is an error; anything else (other
@@ -138,14 +184,15 @@ Config parse_config(const json& j, const std::string& source) {
   r.get("rope_theta", m.rope_theta);
   r.get("bos_token_id", m.bos_token_id);
   r.get("eos_token_id", m.eos_token_id);
-  std::string router = router_type_name(m.router_type);
-  r.get("router_type", router);
-  if (router == "softmax_topk") m.router_type = RouterType::SoftmaxTopK;
-  else if (router == "hash") m.router_type = RouterType::Hash;
-  else fail("{}: key 'router_type' must be \"softmax_topk\" or \"hash\", got \"{}\"", source, router);
+  r.get_choice("router_type", m.router_type, {{"softmax_topk", RouterType::SoftmaxTopK}, {"hash", RouterType::Hash}});
   r.get("capacity_factor", m.capacity_factor);
   r.get("n_device_groups", m.n_device_groups);
   r.get("device_aux_alpha", m.device_aux_alpha);
+  r.get_choice("topk_method", m.topk_method,
+               {{"greedy", TopkMethod::Greedy}, {"group_limited_greedy", TopkMethod::GroupLimitedGreedy}});
+  r.get("n_group", m.n_group);
+  r.get("topk_group", m.topk_group);
+  r.get("comm_aux_alpha", m.comm_aux_alpha);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     fail("{}: key 'rope_scaling' is not supported (expected null)", source);
   // Through the Reader: json::value() would throw nlohmann's type_error for a non-boolean value.
@@ -170,12 +217,8 @@ Config parse_config(const json& j, const std::string& source) {
     tr.get("min_lr", T.min_lr);
     tr.get("warmup_steps", T.warmup_steps);
     tr.get("steps", T.steps);
-    std::string sched = schedule_name(T.schedule);
-    tr.get("schedule", sched);
-    if (sched == "step") T.schedule = Schedule::Step;
-    else if (sched == "cosine") T.schedule = Schedule::Cosine;
-    else if (sched == "constant") T.schedule = Schedule::Constant;
-    else fail("{}: key 'training.schedule' must be \"step\", \"cosine\" or \"constant\", got \"{}\"", source, sched);
+    tr.get_choice("schedule", T.schedule,
+                  {{"step", Schedule::Step}, {"cosine", Schedule::Cosine}, {"constant", Schedule::Constant}});
     tr.get("beta1", T.beta1);
     tr.get("beta2", T.beta2);
     tr.get("eps", T.eps);
@@ -228,6 +271,8 @@ void validate(const Config& c, const std::string& source) {
   range(m.first_k_dense_replace, "first_k_dense_replace", 0, kMaxLayers);
   range(m.max_position_embeddings, "max_position_embeddings", 1, kMaxPositions);
   range(m.n_device_groups, "n_device_groups", 1, kMaxExperts);
+  range(m.n_group, "n_group", 1, kMaxExperts);
+  range(m.topk_group, "topk_group", 1, m.n_group);
   // Token ids: HF configs carry them even when the tokenizer has other ids, so only the range of an
   // id is checked (-1 = none), not membership in the vocabulary.
   range(m.bos_token_id, "bos_token_id", -1, kMaxVocabSize - 1);
@@ -257,6 +302,18 @@ void validate(const Config& c, const std::string& source) {
     need(m.n_routed_experts % m.n_device_groups == 0, "n_device_groups",
          fmt::format("({}) must divide n_routed_experts ({})", m.n_device_groups, m.n_routed_experts));
     need(m.device_aux_alpha >= 0, "device_aux_alpha", "must be >= 0");
+    need(m.comm_aux_alpha >= 0, "comm_aux_alpha", fmt::format("must be >= 0, got {}", m.comm_aux_alpha));
+    if (m.group_limited()) {
+      need(m.router_type == RouterType::SoftmaxTopK, "topk_method",
+           "\"group_limited_greedy\" needs router_type \"softmax_topk\" (a hash router has no scores to rank groups by)");
+      need(m.n_routed_experts % m.n_group == 0, "n_group",
+           fmt::format("({}) must divide n_routed_experts ({}) with topk_method \"group_limited_greedy\"", m.n_group,
+                       m.n_routed_experts));
+      const int64_t per_group = m.n_routed_experts / m.n_group;
+      need(m.topk_group * per_group >= m.num_experts_per_tok, "topk_group",
+           fmt::format("({}) times the {} experts of a group must be at least num_experts_per_tok ({})", m.topk_group,
+                       per_group, m.num_experts_per_tok));
+    }
   }
   const TrainConfig& t = c.train;
   range(t.steps, "training.steps", 1, kMaxSteps);
@@ -356,7 +413,11 @@ json to_json(const Config& c) {
             {"router_type", router_type_name(m.router_type)},
             {"capacity_factor", m.capacity_factor},
             {"n_device_groups", m.n_device_groups},
-            {"device_aux_alpha", m.device_aux_alpha}};
+            {"device_aux_alpha", m.device_aux_alpha},
+            {"topk_method", topk_method_name(m.topk_method)},
+            {"n_group", m.n_group},
+            {"topk_group", m.topk_group},
+            {"comm_aux_alpha", m.comm_aux_alpha}};
   const TrainConfig& t = c.train;
   j["training"] = {{"lr", t.lr}, {"min_lr", t.min_lr}, {"warmup_steps", t.warmup_steps}, {"steps", t.steps},
                    {"schedule", schedule_name(t.schedule)}, {"beta1", t.beta1}, {"beta2", t.beta2}, {"eps", t.eps},

@@ -10,6 +10,10 @@
 namespace dsmoe {
 
 enum class RouterType { SoftmaxTopK, Hash };
+// DeepSeek-V2's `topk_method`: plain top-k over all routed experts, or device-limited routing
+// (experts in n_group contiguous groups; keep the topk_group groups whose best expert scores
+// highest, then top-k among the kept groups' experts only).
+enum class TopkMethod { Greedy, GroupLimitedGreedy };
 
 // Upper bounds of the config keys: each is far above what a real model needs (DeepSeek-V3: hidden
 // 7168, 61 layers, 256 experts, vocab 129280, 163840 positions) and low enough that every size
@@ -59,6 +63,11 @@ struct ModelConfig {
   double capacity_factor = 0.0;    // 0 = dropless; > 0: each expert keeps ceil(cf * N * k / E) slots
   int64_t n_device_groups = 1;     // D of the device-level balance loss
   double device_aux_alpha = 0.0;   // alpha2 of the device-level balance loss
+  // --- DeepSeek-V2 keys (HF DeepseekV2Config names): device-limited routing, communication loss ---
+  TopkMethod topk_method = TopkMethod::Greedy;  // "topk_method": "greedy" | "group_limited_greedy"
+  int64_t n_group = 1;             // groups of contiguous routed experts (the devices M is counted in)
+  int64_t topk_group = 1;          // M: groups a token's experts may lie in
+  double comm_aux_alpha = 0.0;     // alpha3 of the communication balance loss (over the D devices)
 
   bool is_moe() const { return n_routed_experts > 0; }
   bool is_moe_layer(int64_t i) const {
@@ -67,6 +76,13 @@ struct ModelConfig {
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   int64_t shared_inter() const { return moe_intermediate_size * n_shared_experts; }
   bool has_router_weights() const { return router_type == RouterType::SoftmaxTopK; }
+  // The (n_group, topk_group) routing applies: {1, 1} (every expert in one group) for greedy.
+  bool group_limited() const { return topk_method == TopkMethod::GroupLimitedGreedy; }
+  int64_t routing_groups() const { return group_limited() ? n_group : 1; }
+  int64_t routing_topk_groups() const { return group_limited() ? topk_group : 1; }
+  // M of the communication loss for the D = n_device_groups devices: the most devices one token's
+  // experts can lie on (ops/balance_loss.h comm_device_limit).
+  int64_t comm_device_limit() const;
 };
 
 struct TrainConfig {
@@ -118,6 +134,7 @@ void validate_expert_parallel(const ModelConfig& m, int64_t ep, const std::strin
 nlohmann::json to_json(const Config& c);
 
 const char* router_type_name(RouterType r);
+const char* topk_method_name(TopkMethod t);
 const char* schedule_name(Schedule s);
 
 // Learning rate for 1-based optimizer step s.

@@ -128,7 +128,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     };
     const auto ffn = [&](float* ffn_out, const float* ln2) {
       if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
-          cfg_.capacity_factor == 0 && !override_.active() && !routing_stats_ &&
+          !override_.active() && !routing_stats_ &&
           !expert_output_stats_ && !parallel_.dispatcher) {
         // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
         // expert buys nothing; run each token's experts directly.
@@ -144,6 +144,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
         }
         r.expert_aux += moe_stats_[l].expert_aux;
         r.device_aux += moe_stats_[l].device_aux;
+        r.comm_aux += moe_stats_[l].comm_aux;
       } else {
         const int64_t all[2] = {0, N};
         ops::experts_forward(ffn_out, a.gu.data(), a.act.data(), ln2, W.mlp_gate_up, W.mlp_down,

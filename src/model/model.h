@@ -24,6 +24,7 @@ struct ForwardResult {
   int64_t n_targets = 0;
   double expert_aux = 0;     // summed over MoE layers
   double device_aux = 0;
+  double comm_aux = 0;
   bool aux_computed = false;  // the forward had compute_aux: a backward may then take the aux gradients
 };
 
@@ -76,6 +77,11 @@ class Model {
 
   const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
   const std::vector<MoeStats>& moe_stats() const { return moe_stats_; }  // per layer (empty for dense)
+  // The routing the last grouped forward of MoE layer `layer` saved (ids, gates, keep, ...), for tests
+  // and analyses; null for a dense layer.
+  const MoeActivations* moe_activations(int64_t layer) const {
+    return cfg_.is_moe_layer(layer) ? &acts_.at((size_t)layer).moe : nullptr;
+  }
 
  private:
   struct LayerActs {

@@ -39,7 +39,8 @@ void moe_infer(const ModelConfig& m, const MoeWeights& W, const float* x, const 
     grow(s.vals, N * k);
     ops::linear_forward(s.logits.data(), x, W.router, N, H, E);
     ops::softmax_forward(s.probs.data(), s.logits.data(), N, E);
-    ops::topk_forward(s.ids.data(), s.vals.data(), s.probs.data(), N, E, k);
+    ops::topk_forward(s.ids.data(), s.vals.data(), s.probs.data(), N, E, k, 0, m.routing_groups(),
+                      m.routing_topk_groups());
     ops::gate_norm_forward(s.gates.data(), s.vals.data(), N, k, m.norm_topk_prob && k > 1);
   } else {
     ops::hash_route(s.ids.data(), s.gates.data(), tokens, N, E);

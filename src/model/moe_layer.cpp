@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/buffers.h"
+#include "core/checked.h"
 #include "core/error.h"
 #include "model/moe_infer.h"
 #include "ops/balance_loss.h"
@@ -32,6 +33,13 @@ void validate_routing_override(const ModelConfig& m, const RoutingOverride& o) {
   if (o.disable_top + o.k(m) > m.n_routed_experts)
     fail("routing override: disable_top ({}) + top_k ({}) must be <= n_routed_experts ({})", o.disable_top, o.k(m),
          m.n_routed_experts);
+  if (m.group_limited() && o.disable_top != 0)
+    fail("routing override: disable_top needs plain top-k routing; topk_method \"group_limited_greedy\" ranks experts "
+         "within the kept groups (disabling the best experts would also change which groups are kept), got disable_top {}",
+         o.disable_top);
+  if (m.group_limited() && o.k(m) > m.topk_group * (m.n_routed_experts / m.n_group))
+    fail("routing override: top_k ({}) must be <= topk_group ({}) x the {} experts of a group with topk_method "
+         "\"group_limited_greedy\"", o.k(m), m.topk_group, m.n_routed_experts / m.n_group);
   if (o.drop_shared && m.n_shared_experts <= 0)
     fail("routing override: drop_shared, but the model has no shared experts (n_shared_experts is 0)");
 }
@@ -40,23 +48,88 @@ nlohmann::json routing_override_json(const ModelConfig& m, const RoutingOverride
   return {{"disable_top", o.disable_top}, {"top_k", m.is_moe() ? o.k(m) : 0}, {"drop_shared", o.drop_shared}};
 }
 
-// Batch-level balance statistics over every rank's slice of the batch: the selection counts and the
-// probability sums, added over ranks, give each rank the single-process f and P.
+// The aux losses enabled by the config, on the group-level f (and f'') in `a` and the mean probs P.
+static void balance_losses(const ModelConfig& m, const MoeActivations& a, const double* P, int64_t groups,
+                           MoeStats& stats) {
+  const int64_t E = m.n_routed_experts;
+  if (m.aux_loss_alpha > 0)
+    stats.expert_aux = ops::expert_balance_loss(a.freq.data(), P, groups, E, (float)m.aux_loss_alpha);
+  if (m.device_aux_alpha > 0)
+    stats.device_aux =
+        ops::device_balance_loss(a.freq.data(), P, groups, E, m.n_device_groups, (float)m.device_aux_alpha);
+  if (m.comm_aux_alpha > 0)
+    stats.comm_aux = ops::comm_balance_loss(a.comm_freq.data(), P, groups, E, m.n_device_groups, (float)m.comm_aux_alpha);
+}
+
+// Balance statistics of this process's tokens: per sequence (seq_aux) or of the whole batch.
+static void local_balance(const ModelConfig& m, const ops::BalanceShape& bs, MoeActivations& a, MoeStats& stats) {
+  const int64_t E = m.n_routed_experts, D = m.n_device_groups;
+  fit(a.freq, bs.groups() * E);
+  ops::balance_frequencies(a.freq.data(), a.ids.data(), bs);
+  if (m.comm_aux_alpha > 0) {
+    std::vector<int64_t> sent((size_t)(bs.groups() * D));
+    ops::comm_sent_counts(sent.data(), a.ids.data(), bs, D);
+    fit(a.comm_freq, bs.groups() * D);
+    ops::comm_frequencies(a.comm_freq.data(), sent.data(), bs.groups(), D, m.comm_device_limit(), bs.group_tokens());
+  }
+  balance_losses(m, a, ops::balance_prob_means(a.probs.data(), bs).data(), bs.groups(), stats);
+}
+
+// Batch-level balance statistics over every rank's slice of the batch: the selection counts, the
+// tokens sent per device and the probability sums, added over ranks, give each rank the
+// single-process f, f'' and P.
 static void batch_balance_over_ranks(const ModelConfig& m, const ops::BalanceShape& bs, Communicator& batch,
-                                     const MoeStats& stats, MoeActivations& a, double& expert_aux, double& device_aux) {
-  const int64_t E = m.n_routed_experts, n = bs.group_tokens(), total = n * batch.size();
+                                     MoeActivations& a, MoeStats& stats) {
+  const int64_t E = m.n_routed_experts, D = m.n_device_groups, n = bs.group_tokens(), total = n * batch.size();
   std::vector<int64_t> counts = stats.load;  // all top-k choices, as balance_frequencies counts them
   batch.all_reduce_sum(counts.data(), E);
   fit(a.freq, E);
   ops::balance_frequencies_from_counts(a.freq.data(), counts.data(), E, m.num_experts_per_tok, total);
+  if (m.comm_aux_alpha > 0) {
+    std::vector<int64_t> sent((size_t)D);
+    ops::comm_sent_counts(sent.data(), a.ids.data(), bs, D);
+    batch.all_reduce_sum(sent.data(), D);
+    fit(a.comm_freq, D);
+    ops::comm_frequencies(a.comm_freq.data(), sent.data(), 1, D, m.comm_device_limit(), total);
+  }
   std::vector<double> P = ops::balance_prob_means(a.probs.data(), bs);
   for (auto& p : P) p *= (double)n;
   batch.all_reduce_sum(P.data(), E);
   for (auto& p : P) p /= (double)total;
-  if (m.aux_loss_alpha > 0)
-    expert_aux = ops::expert_balance_loss(a.freq.data(), P.data(), 1, E, (float)m.aux_loss_alpha);
-  if (m.device_aux_alpha > 0)
-    device_aux = ops::device_balance_loss(a.freq.data(), P.data(), 1, E, m.n_device_groups, (float)m.device_aux_alpha);
+  balance_losses(m, a, P.data(), 1, stats);
+}
+
+void capacity_keep_mask_for_batch(const ModelConfig& m, const int32_t* ids, const float* scores, int64_t N, int64_t k,
+                                  Communicator* batch, std::vector<uint8_t>& keep) {
+  const int64_t R = batch ? batch->size() : 1, rank = batch ? batch->rank() : 0;
+  const int64_t slots = checked_mul(N, k, "routed slots"), total = checked_mul(slots, R, "routed slots");
+  std::vector<int32_t> all_ids(ids, ids + slots);
+  std::vector<float> all_scores(scores, scores + slots);
+  if (R > 1) {  // every rank's (expert id, affinity bits), exactly, in rank order
+    std::vector<int64_t> packed((size_t)slots), gathered((size_t)total);
+    for (int64_t s = 0; s < slots; ++s) {
+      uint32_t bits;
+      std::memcpy(&bits, &scores[s], sizeof bits);
+      packed[(size_t)s] = (int64_t)(((uint64_t)(uint32_t)ids[s] << 32) | bits);
+    }
+    batch->all_gather(packed.data(), gathered.data(), slots);
+    all_ids.resize((size_t)total);
+    all_scores.resize((size_t)total);
+    for (int64_t s = 0; s < total; ++s) {
+      const uint64_t v = (uint64_t)gathered[(size_t)s];
+      const uint32_t bits = (uint32_t)(v & 0xffffffffu);
+      all_ids[(size_t)s] = (int32_t)(v >> 32);
+      std::memcpy(&all_scores[(size_t)s], &bits, sizeof bits);
+    }
+  }
+  const int64_t E = m.n_routed_experts, D = m.n_device_groups;
+  const int64_t units = D > 1 ? D : E;  // the capacity's unit: a device, or (one device) an expert
+  if (D > 1)
+    for (auto& id : all_ids) id = (int32_t)(id / (E / D));
+  const int64_t capacity = (int64_t)std::ceil(m.capacity_factor * (double)total / (double)units);
+  std::vector<uint8_t> all_keep((size_t)total);
+  ops::capacity_keep_mask(all_keep.data(), all_ids.data(), all_scores.data(), N * R, k, units, capacity);
+  keep.assign(all_keep.begin() + rank * slots, all_keep.begin() + (rank + 1) * slots);
 }
 
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
@@ -76,7 +149,8 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     fit(a.vals, N * k);
     ops::linear_forward(a.router_logits.data(), x, P.router, N, H, E);
     ops::softmax_forward(a.probs.data(), a.router_logits.data(), N, E);
-    ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k, ovr.disable_top);
+    ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k, ovr.disable_top, m.routing_groups(),
+                      m.routing_topk_groups());
     ops::gate_norm_forward(a.gates.data(), a.vals.data(), N, k, m.norm_topk_prob && k > 1);
   } else {
     ops::hash_route(a.ids.data(), a.gates.data(), tokens, N, E);
@@ -91,29 +165,17 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     stats.entropy_tokens = N;
   }
   // --- Balance losses (on all top-k choices, as the official code) ---
-  stats.expert_aux = stats.device_aux = 0;
-  if (learned && compute_aux && (m.aux_loss_alpha > 0 || m.device_aux_alpha > 0)) {
+  stats.expert_aux = stats.device_aux = stats.comm_aux = 0;
+  if (learned && compute_aux && (m.aux_loss_alpha > 0 || m.device_aux_alpha > 0 || m.comm_aux_alpha > 0)) {
     const auto bs = balance_shape(m, B, T);
-    if (par.batch_ranks() > 1 && !m.seq_aux) {
-      batch_balance_over_ranks(m, bs, *par.batch, stats, a, stats.expert_aux, stats.device_aux);
-    } else {
-      fit(a.freq, bs.groups() * E);
-      ops::balance_frequencies(a.freq.data(), a.ids.data(), bs);
-      if (m.aux_loss_alpha > 0)
-        stats.expert_aux = ops::expert_balance_forward(a.freq.data(), a.probs.data(), bs, (float)m.aux_loss_alpha);
-      if (m.device_aux_alpha > 0)
-        stats.device_aux = ops::device_balance_forward(a.freq.data(), a.probs.data(), bs, m.n_device_groups,
-                                                       (float)m.device_aux_alpha);
-    }
+    if (par.batch_ranks() > 1 && !m.seq_aux) batch_balance_over_ranks(m, bs, *par.batch, a, stats);
+    else local_balance(m, bs, a, stats);
   }
   // --- Dispatcher ---
   const uint8_t* keep = nullptr;
   stats.dropped = 0;
-  if (m.capacity_factor > 0) {
-    DSMOE_ASSERT(par.batch_ranks() == 1, "capacity factor over {} ranks", par.batch_ranks());
-    const int64_t capacity = (int64_t)std::ceil(m.capacity_factor * (double)(N * k) / (double)E);
-    fit(a.keep, N * k);
-    ops::capacity_keep_mask(a.keep.data(), a.ids.data(), learned ? a.vals.data() : a.gates.data(), N, k, E, capacity);
+  if (m.capacity_factor > 0 && compute_aux) {
+    capacity_keep_mask_for_batch(m, a.ids.data(), learned ? a.vals.data() : a.gates.data(), N, k, par.batch, a.keep);
     keep = a.keep.data();
     for (auto b : a.keep) stats.dropped += !b;
   }
@@ -192,6 +254,9 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
     if (m.device_aux_alpha > 0)
       ops::device_balance_backward(s.dprobs.data(), a.freq.data(), bs, m.n_device_groups,
                                    (float)m.device_aux_alpha, share);
+    if (m.comm_aux_alpha > 0)
+      ops::comm_balance_backward(s.dprobs.data(), a.comm_freq.data(), bs, m.n_device_groups, (float)m.comm_aux_alpha,
+                                 share);
   }
   zero(s.dlogits, N * E);
   ops::softmax_backward(s.dlogits.data(), s.dprobs.data(), a.probs.data(), N, E);

@@ -28,13 +28,14 @@ struct MoeActivations {
   std::vector<float> shared_gu, shared_act;  // [N, 2Is], [N, Is]
   std::vector<float> shared_out;             // [N, H], kept between steps: a fresh one page-faulted every forward
   std::vector<float> freq;                   // balance-loss frequencies f [groups, E]
+  std::vector<float> comm_freq;              // communication-loss frequencies f'' [groups, D]
 };
 
 // Routing statistics of one forward, for logs and analysis.
 struct MoeStats {
-  double expert_aux = 0, device_aux = 0;
+  double expert_aux = 0, device_aux = 0, comm_aux = 0;
   std::vector<int64_t> load;   // [E] selections per expert (before capacity drops)
-  int64_t dropped = 0;         // slots dropped by the capacity limit
+  int64_t dropped = 0;         // this rank's slots dropped by the capacity limit
   // Training forwards (compute_aux) with a learned router: the routing distribution's entropy summed
   // over the tokens (nats) and their count; 0 and 0 otherwise (evaluation has RoutingStats).
   double entropy_sum = 0;
@@ -88,8 +89,11 @@ struct MoeScratch {
 // (used by the hash router). out [N, H] = shared(x) + sum_k g_k expert_k(x) (overwritten).
 // `ovr` (evaluation only, validated by the caller; must be inactive when compute_aux) changes the
 // routing; a.ids/a.gates are then [N, ovr.k(m)] and backward must not be called on the result.
-// With par.batch, expert_aux / device_aux are this rank's: the loss itself when batch-level, the mean
-// over its own sequences when sequence-level (the loss is then the mean over ranks).
+// With par.batch, expert_aux / device_aux / comm_aux are this rank's: the loss itself when batch-level,
+// the mean over its own sequences when sequence-level (the loss is then the mean over ranks).
+// Capacity drops (m.capacity_factor > 0) apply only with compute_aux (training), never at evaluation:
+// see capacity_keep_mask_for_batch.
+
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
                  const RoutingOverride& ovr = RoutingOverride{}, const MoeParallel& par = MoeParallel{});
@@ -99,6 +103,20 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
 // Capacity limits do not apply.
 void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens,
                              int64_t N, float* out, MoeStats& stats);
+
+// The slots that survive the capacity limit (keep [N*k] = 1/0) of this rank's tokens, whose routed ids
+// [N, k] and affinities `scores` [N, k] (the softmax probs of the chosen experts; the gates for hash)
+// are given; `batch` (null = one) holds equal contiguous slices of the micro-batch in rank order.
+// The ranking is over the WHOLE micro-batch of Ng = N * batch ranks tokens (every rank's slots are
+// gathered), so the dropped set does not depend on the layout:
+//   D = 1 device (n_device_groups 1, one process or data parallelism only): each expert keeps its
+//     ceil(cf * Ng * k / E) highest-affinity slots (GShard / Switch expert capacity);
+//   D > 1 devices (n_device_groups, or --ep E): each device (n_routed_experts / D contiguous experts)
+//     keeps ceil(cf * Ng * k / D) of the (token, expert) slots routed to it, the highest-affinity ones
+//     (DeepSeek-V2's per-device capacity; data-parallel replicas of a device share its capacity).
+// Equal affinities: the lower slot of the whole micro-batch (token-major, then rank order) is kept.
+void capacity_keep_mask_for_batch(const ModelConfig& m, const int32_t* ids, const float* scores, int64_t N, int64_t k,
+                                  Communicator* batch, std::vector<uint8_t>& keep);
 
 // dx [N, H] += d out / d x; parameter gradients G += ...; aux-loss gradients injected with weight 1.
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,

@@ -117,18 +117,17 @@ float device_balance_forward(const float* f, const float* probs, const BalanceSh
   return device_balance_loss(f, balance_prob_means(probs, s).data(), s.groups(), s.n_experts, n_groups_D, alpha);
 }
 
-void device_balance_backward(float* dprobs, const float* f, const BalanceShape& s, int64_t n_groups_D, float alpha,
-                             float dloss) {
-  if (!dprobs) return;
-  check_devices(s.n_experts, n_groups_D);
-  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, D = n_groups_D, per = N / D;
-  const double c = (double)dloss * (double)alpha / ((double)T * (double)G);
+namespace {
+
+// dprobs[t, i] += c * per_device[g(t), d(i)]: the gradient of a loss sum_d w_d P'_d (P'_d a sum of the
+// group's mean probs) for per-device weights w [groups, D].
+void add_per_device(float* dprobs, const std::vector<double>& per_device, const BalanceShape& s, int64_t D,
+                    double c) {
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, per = N / D;
   std::vector<float> coef((size_t)(G * N));
   for (int64_t g = 0; g < G; ++g)
     for (int64_t d = 0; d < D; ++d) {
-      double fd = 0.0;
-      for (int64_t i = d * per; i < (d + 1) * per; ++i) fd += (double)f[g * N + i];
-      float v = (float)(c * fd / (double)per);
+      const float v = (float)(c * per_device[(size_t)(g * D + d)]);
       for (int64_t i = d * per; i < (d + 1) * per; ++i) coef[(size_t)(g * N + i)] = v;
     }
 #pragma omp parallel for schedule(static)
@@ -137,6 +136,65 @@ void device_balance_backward(float* dprobs, const float* f, const BalanceShape& 
     float* d = dprobs + t * N;
     for (int64_t i = 0; i < N; ++i) d[i] += cg[i];
   }
+}
+
+}  // namespace
+
+void device_balance_backward(float* dprobs, const float* f, const BalanceShape& s, int64_t n_groups_D, float alpha,
+                             float dloss) {
+  if (!dprobs) return;
+  check_devices(s.n_experts, n_groups_D);
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, D = n_groups_D, per = N / D;
+  std::vector<double> fd((size_t)(G * D), 0.0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t i = d * per; i < (d + 1) * per; ++i) fd[(size_t)(g * D + d)] += (double)f[g * N + i];
+      fd[(size_t)(g * D + d)] /= (double)per;
+    }
+  add_per_device(dprobs, fd, s, D, (double)dloss * (double)alpha / ((double)T * (double)G));
+}
+
+void comm_sent_counts(int64_t* sent, const int32_t* ids, const BalanceShape& s, int64_t n_groups_D) {
+  check_devices(s.n_experts, n_groups_D);
+  const int64_t G = s.groups(), T = s.group_tokens(), N = s.n_experts, K = s.top_k, D = n_groups_D, per = N / D;
+  std::fill(sent, sent + G * D, 0);
+  std::vector<uint8_t> hit((size_t)D);
+  for (int64_t t = 0; t < G * T; ++t) {
+    std::fill(hit.begin(), hit.end(), 0);
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t e = ids[t * K + j];
+      DSMOE_ASSERT(e >= 0 && e < N, "expert id {} of token {} out of range [0, {})", e, t, N);
+      hit[(size_t)(e / per)] = 1;
+    }
+    for (int64_t d = 0; d < D; ++d) sent[(t / T) * D + d] += hit[(size_t)d];
+  }
+}
+
+void comm_frequencies(float* f2, const int64_t* sent, int64_t G, int64_t D, int64_t M, int64_t tokens) {
+  const double scale = (double)D / ((double)M * (double)tokens);
+  for (int64_t i = 0; i < G * D; ++i) f2[i] = (float)(scale * (double)sent[i]);
+}
+
+float comm_balance_loss(const float* f2, const double* P, int64_t G, int64_t N, int64_t n_groups_D, float alpha) {
+  check_devices(N, n_groups_D);
+  const int64_t D = n_groups_D, per = N / D;
+  double loss = 0.0;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = 0; d < D; ++d) {
+      double pd = 0.0;
+      for (int64_t i = d * per; i < (d + 1) * per; ++i) pd += P[(size_t)(g * N + i)];
+      loss += (double)f2[g * D + d] * pd;
+    }
+  return (float)((double)alpha * loss / (double)G);
+}
+
+void comm_balance_backward(float* dprobs, const float* f2, const BalanceShape& s, int64_t n_groups_D, float alpha,
+                           float dloss) {
+  if (!dprobs) return;
+  check_devices(s.n_experts, n_groups_D);
+  const int64_t G = s.groups(), T = s.group_tokens(), D = n_groups_D;
+  const std::vector<double> w(f2, f2 + G * D);
+  add_per_device(dprobs, w, s, D, (double)dloss * (double)alpha / ((double)T * (double)G));
 }
 
 }  // namespace dsmoe::ops

@@ -5,6 +5,10 @@
 //   expert loss = a1 * sum_i f_i P_i
 //   device loss = a2 * sum_d f'_d P'_d,  f'_d = mean_{i in E_d} f_i,  P'_d = sum_{i in E_d} P_i,
 //   with the routed experts split into D contiguous groups E_d of N/D experts.
+//   communication loss (DeepSeek-V2) = a3 * sum_d f''_d P'_d,
+//     f''_d = D/(M T) * #{t : at least one of t's experts is on device d}, M = the most devices one
+//     token can reach (ModelConfig::comm_device_limit: topk_group under device-limited routing with
+//     one group per device, min(k, D) for plain top-k), so uniform routing over M devices gives 1.
 // The reported loss is the mean over groups. Selection counts use ALL top-k choices (before any
 // capacity drop), as the official code does.
 #pragma once
@@ -47,5 +51,16 @@ float device_balance_forward(const float* f, const float* probs, const BalanceSh
 // dprobs[t, i] += dloss * alpha * f'[g(t), d(i)] / (T * groups)
 void device_balance_backward(float* dprobs, const float* f, const BalanceShape& s, int64_t n_groups_D, float alpha,
                              float dloss);
+
+// sent [groups, D]: the tokens of each group sending at least one slot to device d (no gradient).
+void comm_sent_counts(int64_t* sent, const int32_t* ids, const BalanceShape& s, int64_t n_groups_D);
+// f'' [groups, D] = D / (M tokens) * sent (tokens of one group; summed over ranks for a batch-level
+// group split over processes, like balance_frequencies_from_counts).
+void comm_frequencies(float* f2, const int64_t* sent, int64_t groups, int64_t n_groups_D, int64_t M, int64_t tokens);
+float comm_balance_loss(const float* f2, const double* P, int64_t groups, int64_t n_experts, int64_t n_groups_D,
+                        float alpha);
+// dprobs[t, i] += dloss * alpha * f''[g(t), d(i)] / (T * groups)
+void comm_balance_backward(float* dprobs, const float* f2, const BalanceShape& s, int64_t n_groups_D, float alpha,
+                           float dloss);
 
 }  // namespace dsmoe::ops

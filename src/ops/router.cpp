@@ -57,30 +57,51 @@ void softmax_backward(float* dlogits, const float* dprobs, const float* probs, i
   }
 }
 
-void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip) {
-  DSMOE_ASSERT(k >= 1 && skip >= 0 && skip + k <= E, "top_k {} after skipping {} must fit in {} experts", k, skip, E);
+namespace {
+
+// Inserts (v, id) into the sorted best `end` (tv, ti hold cnt entries). Order: larger value first,
+// equal values by the lower id; ids arrive in increasing order, so a newcomer goes after every kept
+// value >= its own. (A partial_sort of E ids cost ~2% of a small model's step.)
+inline void insert_sorted(float* tv, int32_t* ti, int64_t& cnt, int64_t end, float v, int32_t id) {
+  if (cnt == end && !(v > tv[end - 1])) return;
+  int64_t j = cnt < end ? cnt++ : end - 1;
+  for (; j > 0 && tv[j - 1] < v; --j) {
+    tv[j] = tv[j - 1];
+    ti[j] = ti[j - 1];
+  }
+  tv[j] = v;
+  ti[j] = id;
+}
+
+}  // namespace
+
+void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip,
+                  int64_t n_group, int64_t topk_group) {
+  DSMOE_ASSERT(n_group >= 1 && E % n_group == 0 && topk_group >= 1 && topk_group <= n_group,
+               "{} experts in {} groups, {} kept", E, n_group, topk_group);
+  const int64_t per_group = E / n_group, eligible = topk_group * per_group;
+  DSMOE_ASSERT(k >= 1 && skip >= 0 && skip + k <= eligible,
+               "top_k {} after skipping {} must fit in the {} experts of {} kept groups", k, skip, eligible, topk_group);
   const int64_t end = skip + k;  // ranks [0, skip) are excluded, [skip, end) returned
 #pragma omp parallel
   {
-    std::vector<float> tv((size_t)end);
-    std::vector<int32_t> ti((size_t)end);
+    std::vector<float> tv((size_t)end), gv((size_t)topk_group);
+    std::vector<int32_t> ti((size_t)end), gi((size_t)topk_group);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < n; ++t) {
       const float* p = probs + t * E;
-      // Insertion into the sorted best `end` (a partial_sort of E ids cost ~2% of a small model's step).
-      // Order: larger value first, equal values by the lower expert id; experts arrive in id order, so
-      // a newcomer goes after every kept value >= its own.
       int64_t cnt = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        const float v = p[e];
-        if (cnt == end && !(v > tv[(size_t)end - 1])) continue;
-        int64_t j = cnt < end ? cnt++ : end - 1;
-        for (; j > 0 && tv[(size_t)j - 1] < v; --j) {
-          tv[(size_t)j] = tv[(size_t)j - 1];
-          ti[(size_t)j] = ti[(size_t)j - 1];
-        }
-        tv[(size_t)j] = v;
-        ti[(size_t)j] = (int32_t)e;
+      if (n_group == 1) {
+        for (int64_t e = 0; e < E; ++e) insert_sorted(tv.data(), ti.data(), cnt, end, p[e], (int32_t)e);
+      } else {
+        int64_t gcnt = 0;
+        for (int64_t g = 0; g < n_group; ++g)
+          insert_sorted(gv.data(), gi.data(), gcnt, topk_group, vmax(p + g * per_group, per_group), (int32_t)g);
+        // The kept groups in increasing id order, so experts still arrive in id order.
+        std::sort(gi.begin(), gi.end());
+        for (int64_t q = 0; q < topk_group; ++q)
+          for (int64_t e = gi[(size_t)q] * per_group; e < (gi[(size_t)q] + 1) * per_group; ++e)
+            insert_sorted(tv.data(), ti.data(), cnt, end, p[e], (int32_t)e);
       }
       for (int64_t j = 0; j < k; ++j) {
         ids[t * k + j] = ti[(size_t)(skip + j)];

@@ -21,7 +21,13 @@ double routing_entropy_sum(const float* probs, int64_t n, int64_t E);
 // `skip` largest probs of each row (same order and tie-break), i.e. returns ranks [skip, skip + k):
 // the masked experts cannot be chosen, and vals stay the softmax probs over ALL experts.
 // Requires skip + k <= E.
-void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip = 0);
+// Device-limited routing (DeepSeek-V2 `topk_method: group_limited_greedy`) when n_group > 1: the E
+// experts form n_group contiguous groups, a group's score is its best expert's prob, the topk_group
+// best groups are kept (equal scores: the lower group id first) and the top-k (after `skip`) is taken
+// among the kept groups' experts only; vals stay the probs. Requires n_group | E and
+// skip + k <= topk_group * E / n_group. n_group = topk_group = 1 is plain top-k.
+void topk_forward(int32_t* ids, float* vals, const float* probs, int64_t n, int64_t E, int64_t k, int64_t skip = 0,
+                  int64_t n_group = 1, int64_t topk_group = 1);
 // dprobs[t, ids[t, j]] += dvals[t, j]
 void topk_backward(float* dprobs, const float* dvals, const int32_t* ids, int64_t n, int64_t E, int64_t k);
 

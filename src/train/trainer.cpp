@@ -128,22 +128,39 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
     // aux loss the mean of the ranks' (model/moe_layer.h MoeParallel: a batch-level loss is the same on
     // every rank, a sequence-level one the mean over each rank's sequences).
     double lm = f.lm_loss, n_targets = (double)f.n_targets, expert_aux = f.expert_aux, device_aux = f.device_aux;
+    double comm_aux = f.comm_aux;
+    int64_t dropped = 0;
+    for (const auto& st : model.moe_stats()) dropped += st.dropped;
     if (world) {
-      double tot[4] = {f.lm_loss * (double)f.n_targets, (double)f.n_targets, f.expert_aux, f.device_aux};
-      world->all_reduce_sum(tot, 4);
+      double tot[6] = {f.lm_loss * (double)f.n_targets, (double)f.n_targets, f.expert_aux, f.device_aux, f.comm_aux,
+                       (double)dropped};  // dropped < 2^53: exact in double
+      world->all_reduce_sum(tot, 6);
       n_targets = tot[1];
       lm = n_targets > 0 ? tot[0] / n_targets : 0.0;
       expert_aux = tot[2] / (double)P;
       device_aux = tot[3] / (double)P;
+      comm_aux = tot[4] / (double)P;
+      dropped = (int64_t)tot[5];
     }
-    if (!std::isfinite(lm) || !std::isfinite(expert_aux) || !std::isfinite(device_aux))
-      fail("step {}: non-finite loss (lm {}, expert aux {}, device aux {}) in micro-batch {}; training stopped", step,
-           lm, expert_aux, device_aux, micro);
+    if (!std::isfinite(lm) || !std::isfinite(expert_aux) || !std::isfinite(device_aux) || !std::isfinite(comm_aux))
+      fail("step {}: non-finite loss (lm {}, expert aux {}, device aux {}, comm aux {}) in micro-batch {}; training "
+           "stopped", step, lm, expert_aux, device_aux, comm_aux, micro);
     // The LM gradient is averaged over all counted tokens of the step; the aux ones are not scaled.
     model.backward(1.0f / (float)(n_targets * (double)tc.grad_accum), true);
+    const int64_t ep_rank = par && par->experts ? par->experts->rank() : 0;
+    for (int64_t l = 0; l < model.config().num_hidden_layers; ++l)
+      if (const MoeActivations* a = model.moe_activations(l)) {
+        const DispatchState& d = a->dispatch;
+        r.a2a_bytes_sent += d.bytes_sent;  // the layer's forward + backward of this micro-batch
+        r.a2a_bytes_received += d.bytes_received;
+        for (size_t q = 0; q < d.send_rows.size(); ++q)
+          if ((int64_t)q != ep_rank) r.a2a_slots_leaving += d.send_rows[q];
+      }
     r.lm_loss += lm / (double)tc.grad_accum;
     r.expert_aux += expert_aux / (double)tc.grad_accum;
     r.device_aux += device_aux / (double)tc.grad_accum;
+    r.comm_aux += comm_aux / (double)tc.grad_accum;
+    r.dropped += dropped;
     if (micro == 0) {
       for (const auto& st : model.moe_stats()) {
         if (st.load.empty()) continue;
@@ -204,9 +221,6 @@ static Config config_for_layout(Config cfg, int64_t P) {
   if (P > 1 && cfg.train.batch_size % P != 0)
     fail("training.batch_size ({}) must be a multiple of the number of processes ({}): each rank trains on an equal "
          "slice of every micro-batch", cfg.train.batch_size, P);
-  if (P > 1 && cfg.model.capacity_factor > 0)
-    fail("capacity_factor {} over {} processes: capacity dropping is not implemented across processes yet (DeepSeek-V2's "
-         "per-device capacity); train dropless (capacity_factor 0) or in one process", cfg.model.capacity_factor, P);
   if (ep > 1 && cfg.model.n_device_groups == 1) cfg.model.n_device_groups = ep;
   return cfg;
 }
@@ -354,7 +368,10 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   auto t_log = t_start;
   auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
   int64_t steps_since_log = 0;
-  double lm_acc = 0, aux_acc = 0, dev_acc = 0, side_s_since_log = 0;
+  double lm_acc = 0, aux_acc = 0, dev_acc = 0, comm_acc = 0, side_s_since_log = 0;
+  int64_t dropped_since_log = 0;
+  // Per rank, summed over the logged steps: all-to-all bytes sent, received, slots leaving the rank.
+  std::vector<std::vector<int64_t>> traffic_since_log(3, std::vector<int64_t>((size_t)P, 0));
   const int64_t first_step = st.step + 1;
   progress.start_at(st.step, last_step);
   bool charts_warned = false;
@@ -417,6 +434,15 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
     lm_acc += lm;
     aux_acc += aux;
     dev_acc += dev;
+    comm_acc += r.comm_aux;
+    dropped_since_log += r.dropped;
+    if (ep > 1) {  // every rank's traffic, in rank order, for rank 0's metrics
+      const int64_t mine[3] = {r.a2a_bytes_sent, r.a2a_bytes_received, r.a2a_slots_leaving};
+      std::vector<int64_t> all((size_t)(3 * P));
+      world.all_gather(mine, all.data(), 3);
+      for (int64_t q = 0; q < P; ++q)
+        for (int64_t c = 0; c < 3; ++c) traffic_since_log[(size_t)c][(size_t)q] += all[(size_t)(3 * q + c)];
+    }
     ++steps_since_log;
     ++sum.steps_run;
     sum.steps_done = step;
@@ -461,6 +487,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                             {"lm_loss", lm_acc / steps_since_log},
                             {"expert_aux", aux_acc / steps_since_log},
                             {"device_aux", dev_acc / steps_since_log},
+                            {"comm_aux", comm_acc / steps_since_log},
                             {"grad_norm", gnorm},
                             {"tokens", st.tokens_seen},
                             {"tokens_per_s", tps},
@@ -471,6 +498,12 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
         std::vector<double> h;
         for (double v : r.routing_entropy) h.push_back(std::round(v * 1e5) / 1e5);
         rec["routing_entropy"] = h;
+      }
+      if (mc.capacity_factor > 0) rec["dropped"] = dropped_since_log;  // slots, summed over the logged steps
+      if (ep > 1) {
+        rec["a2a_bytes_sent"] = traffic_since_log[0];  // per rank, forward + backward, all MoE layers
+        rec["a2a_bytes_received"] = traffic_since_log[1];
+        rec["a2a_slots_leaving"] = traffic_since_log[2];
       }
       if (do_eval) rec["val_loss"] = val;
       double comm_share = -1;
@@ -488,13 +521,17 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
       }
       std::string detail = fmt::format("{:.0f} tok/s | lm {:.4f}", tps, lm_acc / steps_since_log);
       if (mc.is_moe())
-        detail += fmt::format(" | aux {:.4f} dev {:.4f} | load max/mean {:.2f}", aux_acc / steps_since_log,
-                              dev_acc / steps_since_log, imbalance);
+        detail += fmt::format(" | aux {:.4f} dev {:.4f}{} | load max/mean {:.2f}", aux_acc / steps_since_log,
+                              dev_acc / steps_since_log,
+                              mc.comm_aux_alpha > 0 ? fmt::format(" comm {:.4f}", comm_acc / steps_since_log) : "",
+                              imbalance);
       if (do_eval) detail += fmt::format(" | val {:.4f}", val);
       if (comm_share >= 0) detail += fmt::format(" | comm {:.0f}%", 100 * comm_share);
       progress.update(step, detail, /*force=*/true);
       sum.final_lm_loss = lm_acc / steps_since_log;
-      lm_acc = aux_acc = dev_acc = side_s_since_log = 0;
+      lm_acc = aux_acc = dev_acc = comm_acc = side_s_since_log = 0;
+      dropped_since_log = 0;
+      for (auto& v : traffic_since_log) std::fill(v.begin(), v.end(), 0);
       steps_since_log = 0;
       t_log = now;
     }

@@ -19,7 +19,12 @@ class AdamW;
 struct ParallelGroups;
 
 struct StepResult {
-  double lm_loss = 0, expert_aux = 0, device_aux = 0;  // means over the micro-batches
+  double lm_loss = 0, expert_aux = 0, device_aux = 0, comm_aux = 0;  // means over the micro-batches
+  int64_t dropped = 0;                                 // capacity-dropped slots: all ranks, layers, micro-batches
+  // This rank's all-to-all traffic of the step, summed over MoE layers and micro-batches, forward and
+  // backward (model/token_dispatcher.h: rows to the experts' ranks and back, bytes to and from OTHER
+  // ranks), and its (token, expert) slots whose expert is on another rank. 0 without --ep.
+  int64_t a2a_bytes_sent = 0, a2a_bytes_received = 0, a2a_slots_leaving = 0;
   double grad_norm = 0;                                // before clipping
   double lr = 0;
   double max_load = 0;                                 // max over MoE layers of max/mean expert load

@@ -98,6 +98,38 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
   EXPECT_NEAR(r.lm_loss, scalar64(f, "loss.lm"), 1e-5 * std::fabs(scalar64(f, "loss.lm")));
   EXPECT_NEAR(r.expert_aux, scalar64(f, "loss.expert_aux"), 1e-5 * std::fabs(scalar64(f, "loss.expert_aux")) + 1e-9);
   EXPECT_NEAR(r.device_aux, scalar64(f, "loss.device_aux"), 1e-5 * std::fabs(scalar64(f, "loss.device_aux")) + 1e-9);
+  EXPECT_NEAR(r.comm_aux, scalar64(f, "loss.comm_aux"), 1e-5 * std::fabs(scalar64(f, "loss.comm_aux")) + 1e-9);
+  // The routing itself: the oracle draws its batch so that every discrete decision (top-k, the kept
+  // groups of device-limited routing, the capacity boundary) has a score gap >= 1e-5, far above fp32
+  // rounding (~1e-8): ids and the dropped set must be equal; gates within kRel like every value.
+  int64_t total_dropped = 0;
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
+    const MoeActivations* a = model.moe_activations(l);
+    if (!a || !f.has("route.idx." + std::to_string(l))) continue;
+    const std::string L = std::to_string(l);
+    const int64_t k = m.num_experts_per_tok;
+    const auto ids = f.read_i32("route.idx." + L, {B * T, k});
+    const auto gates = f.read_f32("route.weight." + L, {B * T, k});
+    for (int64_t i = 0; i < B * T * k; ++i) {
+      ASSERT_EQ(a->ids[i], ids[i]) << name << " layer " << l << ": routed expert of token " << i / k << " slot " << i % k;
+      EXPECT_NEAR(a->gates[i], gates[i], kRel * std::fabs(gates[i]) + 1e-9) << name << " layer " << l << " gate " << i;
+    }
+    if (m.capacity_factor > 0) {
+      const auto keep = f.read_i32("route.keep." + L, {B * T, k});
+      ASSERT_EQ((int64_t)a->keep.size(), B * T * k) << name << " layer " << l;
+      int64_t dropped = 0;
+      for (int64_t i = 0; i < B * T * k; ++i) {
+        dropped += keep[i] == 0;
+        EXPECT_EQ((int)a->keep[i], keep[i]) << name << " layer " << l << ": capacity decision of token " << i / k
+                                            << " slot " << i % k << " (expert " << ids[i] << ")";
+      }
+      EXPECT_EQ(model.moe_stats()[l].dropped, dropped) << name << " layer " << l;
+      total_dropped += dropped;
+      std::printf("[ stats    ] %s layer %lld: %lld of %lld slots dropped by the capacity\n", name.c_str(), (long long)l,
+                  (long long)dropped, (long long)(B * T * k));
+    }
+  }
+  if (m.capacity_factor > 0) EXPECT_GT(total_dropped, 0) << name << ": the capacity must bind for the test to mean anything";
 
   model.zero_grads();
   model.backward(1.0f / (float)(B * T), true);
@@ -109,8 +141,9 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
 
   // --- The LM-loss gradients by both cross-entropy paths: the training forward's fused pass (lm_head
   // and loss gradient in row blocks, the loss scale applied as the GEMM alpha) and an evaluation
-  // forward followed by the separate backward op. Same math, fp32 rounding only: kRel as above. ---
-  {
+  // forward followed by the separate backward op. Same math, fp32 rounding only: kRel as above.
+  // (Not with a capacity: the evaluation forward is dropless by design, a different function.) ---
+  if (m.capacity_factor == 0) {
     model.forward(x.data(), y.data(), B, T, true);
     model.zero_grads();
     model.backward(1.0f / (float)(B * T), false);
@@ -215,7 +248,8 @@ TEST_P(ModelVsTorch, LossLogitsGradientsAndTrajectory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, ModelVsTorch,
-                         ::testing::Values("deepseekmoe", "deepseekmoe_norm_tokaux", "device_aux", "hash", "switch",
+                         ::testing::Values("deepseekmoe", "deepseekmoe_norm_tokaux", "device_aux", "group_limited",
+                                           "group_limited_norm_tokaux", "device_capacity", "hash", "switch",
                                            "gshard", "dense"),
                          [](const auto& info) { return info.param; });
 

@@ -20,6 +20,7 @@ struct Variant {
   int64_t shared, experts, k;
   bool norm;
   RouterType router;
+  int64_t n_group = 1, topk_group = 1;  // > 1: DeepSeek-V2 device-limited routing (group_limited_greedy)
 };
 
 class MoePaths : public ::testing::TestWithParam<Variant> {};
@@ -45,6 +46,11 @@ TEST_P(MoePaths, TrainingAndInferenceDispatchAgree) {
   ModelConfig m = one_moe_layer(v.shared, v.experts, v.k);
   m.norm_topk_prob = v.norm;
   m.router_type = v.router;
+  if (v.n_group > 1) {
+    m.topk_method = TopkMethod::GroupLimitedGreedy;
+    m.n_group = v.n_group;
+    m.topk_group = v.topk_group;
+  }
   Model model(m);
   Rng rng(test::test_seed());
   model.init_weights(rng, 0.2);  // large router weights: sharp, non-uniform routing
@@ -74,7 +80,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, MoePaths,
                                            Variant{"deepseekmoe_norm", 1, 15, 3, true, RouterType::SoftmaxTopK},
                                            Variant{"gshard", 0, 8, 2, true, RouterType::SoftmaxTopK},
                                            Variant{"switch", 0, 8, 1, false, RouterType::SoftmaxTopK},
-                                           Variant{"hash", 0, 8, 1, false, RouterType::Hash}),
+                                           Variant{"hash", 0, 8, 1, false, RouterType::Hash},
+                                           Variant{"group_limited", 2, 16, 4, false, RouterType::SoftmaxTopK, 4, 2},
+                                           Variant{"group_limited_norm", 0, 12, 3, true, RouterType::SoftmaxTopK, 3, 1}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The all-to-all dispatcher over a one-rank group does the local dispatcher's arithmetic on the same

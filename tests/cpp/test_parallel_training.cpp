@@ -54,8 +54,18 @@ using namespace test::cli;
 
 constexpr double kRel = 2e-5;  // test_model's gradient budget against the exact (fp64) gradient
 
-json parallel_config(bool seq_aux) {
-  return json{{"num_hidden_layers", 3},
+// The routing variants on top of the DeepSeekMoE config (D = n_device_groups = 2 in every one, so a
+// run at P = 4 with --ep 4 still has the one-process partition):
+//   plain     softmax top-2 over 8 experts
+//   v2        DeepSeek-V2 device-limited routing, one group per device (n_group 2, topk_group M = 1:
+//             a token's experts lie on one device), the communication loss, norm_topk_prob on
+//   capacity  v2 plus the per-device capacity (cf 1.0: each of the 2 devices keeps at most half of
+//             the micro-batch's slots, the highest-affinity ones), which binds on most steps
+enum class Variant { Plain, V2, Capacity };
+const char* variant_name(Variant v) { return v == Variant::Plain ? "" : v == Variant::V2 ? "_v2" : "_capacity"; }
+
+json parallel_config(bool seq_aux, Variant v = Variant::Plain) {
+  json j = json{{"num_hidden_layers", 3},
               {"seq_aux", seq_aux},
               {"training",
                {{"steps", 10},
@@ -69,6 +79,11 @@ json parallel_config(bool seq_aux) {
                 {"eval_batches", 2},
                 {"eval_interval", 0},
                 {"log_interval", 1}}}};
+  if (v != Variant::Plain)
+    j.merge_patch({{"topk_method", "group_limited_greedy"}, {"n_group", 2}, {"topk_group", 1}, {"comm_aux_alpha", 0.05},
+                   {"norm_topk_prob", true}});
+  if (v == Variant::Capacity) j.merge_patch({{"capacity_factor", 1.0}});
+  return j;
 }
 
 // The one-process trajectory, with its per-step results and the per-element budget.
@@ -120,11 +135,12 @@ Reference reference_run(const Config& cfg, const std::string& data_dir) {
 struct Layout {
   int processes, expert_parallel;
   bool seq_aux;
+  Variant variant = Variant::Plain;
 };
 
 std::string layout_name(const Layout& l) {
   return "P" + std::to_string(l.processes) + "_EP" + std::to_string(l.expert_parallel) +
-         (l.seq_aux ? "_seqaux" : "_batchaux");
+         (l.seq_aux ? "_seqaux" : "_batchaux") + variant_name(l.variant);
 }
 
 class ParallelTraining : public ::testing::TestWithParam<Layout> {};
@@ -136,21 +152,21 @@ struct Fixture {
   Reference ref;
 };
 
-const Fixture& fixture(bool seq_aux) {
-  static std::map<bool, Fixture> cache;
-  auto it = cache.find(seq_aux);
+const Fixture& fixture(bool seq_aux, Variant v = Variant::Plain) {
+  static std::map<std::pair<bool, Variant>, Fixture> cache;
+  auto it = cache.find({seq_aux, v});
   if (it != cache.end()) return it->second;
   Fixture f;
   // One folder per process: CTest runs each test of this file as its own process, side by side.
-  const std::string dir = test::tmp_path(std::string("parallel_training_") + (seq_aux ? "seq_" : "batch_") +
-                                         std::to_string(getpid()));
+  const std::string dir = test::tmp_path(std::string("parallel_training_") + (seq_aux ? "seq" : "batch") +
+                                         variant_name(v) + "_" + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   f.data = make_dataset((fs::path(dir) / "data").string());
-  f.config_path = write_config(dir, "config.json", parallel_config(seq_aux));
+  f.config_path = write_config(dir, "config.json", parallel_config(seq_aux, v));
   f.cfg = load_config(f.config_path);
   f.ref = reference_run(f.cfg, f.data);
-  return cache.emplace(seq_aux, std::move(f)).first->second;
+  return cache.emplace(std::make_pair(seq_aux, v), std::move(f)).first->second;
 }
 
 void expect_run_matches(const Fixture& f, const std::string& run, const std::string& what) {
@@ -165,6 +181,9 @@ void expect_run_matches(const Fixture& f, const std::string& run, const std::str
     EXPECT_NEAR(rows[i]["lm_loss"].get<double>(), r.lm_loss, 2e-5 * std::fabs(r.lm_loss) + drift) << at;
     EXPECT_NEAR(rows[i]["expert_aux"].get<double>(), r.expert_aux, 2e-5 * std::fabs(r.expert_aux) + drift) << at;
     EXPECT_NEAR(rows[i]["device_aux"].get<double>(), r.device_aux, 2e-5 * std::fabs(r.device_aux) + drift) << at;
+    EXPECT_NEAR(rows[i]["comm_aux"].get<double>(), r.comm_aux, 2e-5 * std::fabs(r.comm_aux) + drift) << at;
+    if (f.cfg.model.capacity_factor > 0)  // the same slots dropped: the rule is over the whole micro-batch
+      EXPECT_EQ(rows[i]["dropped"].get<int64_t>(), r.dropped) << at;
     EXPECT_NEAR(rows[i]["grad_norm"].get<double>(), r.grad_norm, ref.grad_norm_tol[i]) << at;
     EXPECT_DOUBLE_EQ(rows[i]["lr"].get<double>(), r.lr) << at;
   }
@@ -182,18 +201,49 @@ void expect_run_matches(const Fixture& f, const std::string& run, const std::str
 
 TEST_P(ParallelTraining, MatchesOneProcess) {
   const Layout l = GetParam();
-  const Fixture& f = fixture(l.seq_aux);
+  const Fixture& f = fixture(l.seq_aux, l.variant);
+  if (l.variant == Variant::Capacity) {  // the capacity must bind, or this layout tests nothing new
+    int64_t dropped = 0;
+    for (const auto& r : f.ref.steps) dropped += r.dropped;
+    ASSERT_GT(dropped, 0) << "no slot dropped in the reference run";
+    std::printf("[ stats    ] reference: %lld slots dropped over %zu steps\n", (long long)dropped, f.ref.steps.size());
+  }
   const std::string run = scratch(layout_name(l));
   std::vector<std::string> args = train_args(f.config_path, f.data, run);
   if (l.expert_parallel > 1) args.insert(args.end(), {"--ep", std::to_string(l.expert_parallel)});
   const Proc p = run_mpi(l.processes, args, 180);
   ASSERT_TRUE(p.ok()) << p.describe();
   expect_run_matches(f, run, layout_name(l));
+  // The all-to-all traffic per rank: a slot whose expert is on another rank moves its row there and
+  // the expert's output back (forward), then the output's gradient there and the input's gradient
+  // back (backward): 4 rows of hidden_size floats, 16 * H bytes, whoever sends them. So over all ranks
+  // bytes sent = bytes received = 16 * H * slots leaving (the formula 2 k H bytes x the fraction of
+  // tokens leaving, forward and again backward).
+  if (l.expert_parallel == 1) return;
+  const int64_t H = f.cfg.model.hidden_size;
+  for (const auto& row : read_metrics(run)) {
+    const std::string at = layout_name(l) + " step " + std::to_string(row["step"].get<int64_t>());
+    ASSERT_TRUE(row.contains("a2a_bytes_sent") && row.contains("a2a_slots_leaving")) << at << ": " << row.dump();
+    int64_t sent = 0, received = 0, leaving = 0;
+    ASSERT_EQ(row["a2a_bytes_sent"].size(), (size_t)l.processes) << at;
+    for (size_t q = 0; q < (size_t)l.processes; ++q) {
+      sent += row["a2a_bytes_sent"][q].get<int64_t>();
+      received += row["a2a_bytes_received"][q].get<int64_t>();
+      leaving += row["a2a_slots_leaving"][q].get<int64_t>();
+    }
+    EXPECT_GT(leaving, 0) << at;
+    EXPECT_EQ(sent, received) << at;
+    EXPECT_EQ(sent, 16 * H * leaving) << at;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ParallelTraining,
                          ::testing::Values(Layout{2, 1, true}, Layout{2, 1, false}, Layout{2, 2, true},
-                                           Layout{2, 2, false}, Layout{4, 2, true}, Layout{4, 2, false}),
+                                           Layout{2, 2, false}, Layout{4, 2, true}, Layout{4, 2, false},
+                                           Layout{2, 2, true, Variant::V2}, Layout{4, 4, false, Variant::V2},
+                                           Layout{2, 2, true, Variant::Capacity},
+                                           Layout{4, 2, false, Variant::Capacity},
+                                           Layout{4, 4, true, Variant::Capacity}),
                          [](const auto& info) { return layout_name(info.param); });
 
 // One logical checkpoint: a run saved by 4 processes (expert-parallel 2 x data-parallel 2) resumes on 2

@@ -58,6 +58,10 @@ TINY_VARIANTS = {
     "tiny device aux (seq)": {"n_device_groups": 2, "device_aux_alpha": 0.2},
     "tiny device aux (tok)": {"n_device_groups": 2, "device_aux_alpha": 0.2, "seq_aux": False,
                               "aux_loss_alpha": 0.0},
+    "tiny group-limited + comm aux (seq)": {"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1,
+                                            "n_device_groups": 2, "comm_aux_alpha": 0.3},
+    "tiny device capacity + comm aux (tok, norm)": {"seq_aux": False, "norm_topk_prob": True, "n_device_groups": 2,
+                                                    "capacity_factor": 0.6, "comm_aux_alpha": 0.2},
     "tiny switch top-1": {"num_experts_per_tok": 1, "n_shared_experts": None},
     "tiny hash": {"router_type": "hash", "num_experts_per_tok": 1, "n_shared_experts": None},
     "tiny dense": {"n_routed_experts": None},
@@ -91,6 +95,9 @@ def total_objective(model, params, tokens):
                 tot = tot + ea
             if da is not None:
                 tot = tot + da
+        for ca in model.comm_losses().values():
+            if ca is not None:
+                tot = tot + ca
         return tot
     finally:
         model.set_inject_aux(True)
@@ -278,7 +285,10 @@ def check_dispatch_parity():
     for name, over in TINY_VARIANTS.items():
         if over.get("n_routed_experts", 1) is None:
             continue
-        cfg = dict(TINY, **over, hidden_size=16, n_routed_experts=8)
+        # A capacity drops slots in training only (never at evaluation): the two forwards then differ
+        # by design, so the dispatch paths are compared dropless.
+        cfg = dict(TINY, **over)
+        cfg.update(hidden_size=16, n_routed_experts=8, capacity_factor=0.0)
         model, g = build(cfg, 5)
         tokens = torch.randint(0, 16, (3, 9), generator=g)
         with torch.no_grad():
@@ -401,7 +411,8 @@ def _check_oracle_files(tmp):
         shapes_ok &= d["tokens"].dtype == torch.int32 and list(d["tokens"].shape) == [B, T + 1]
         shapes_ok &= list(d["logits"].shape) == [B, T, V] and d["logits64"].dtype == torch.float64
         shapes_ok &= list(d["traj.tokens"].shape) == [N, A, B, T + 1]
-        shapes_ok &= all(list(d[k].shape) == [] for k in ("loss.lm", "loss.expert_aux", "loss.device_aux"))
+        shapes_ok &= all(list(d[k].shape) == [] for k in ("loss.lm", "loss.expert_aux", "loss.device_aux",
+                                                           "loss.comm_aux"))
         check(f"oracle file layout [{fn}] ({dt:.2f}s)", shapes_ok)
 
         # reload the stored weights into a fresh model; the model must reproduce the stored results
@@ -414,13 +425,15 @@ def _check_oracle_files(tmp):
         aux = model.aux_losses()
         ea = sum((v[0] for v in aux.values() if v[0] is not None), torch.zeros((), dtype=torch.float64))
         da = sum((v[1] for v in aux.values() if v[1] is not None), torch.zeros((), dtype=torch.float64))
-        (lm + ea + da).backward()
+        ca = sum((v for v in model.comm_losses().values() if v is not None), torch.zeros((), dtype=torch.float64))
+        (lm + ea + da + ca).backward()
         model.set_inject_aux(True)
         check(f"  reloaded logits/losses match [{fn}]",
               torch.allclose(logits, d["logits64"], rtol=0, atol=1e-13)
               and abs(float(lm) - float(d["loss.lm"])) < 1e-13
               and abs(float(ea) - float(d["loss.expert_aux"])) < 1e-14
-              and abs(float(da) - float(d["loss.device_aux"])) < 1e-14)
+              and abs(float(da) - float(d["loss.device_aux"])) < 1e-14
+              and abs(float(ca) - float(d["loss.comm_aux"])) < 1e-14)
         gerr = max(float((p.grad - d[f"grad.{n}"]).abs().max()) for n, p in model.named_parameters())
         check(f"  stored grads == grad(lm + aux) [{fn}]", gerr < 1e-13, f"max err {gerr:.1e}")
 
@@ -434,6 +447,21 @@ def _check_oracle_files(tmp):
         if cfg.expert_aux_active and cfg.n_routed_experts:
             check(f"  expert aux nonzero and gradient differs from lm-only gradient [{fn}]",
                   float(d["loss.expert_aux"]) > 0 and grad_differs_without_aux(model, d, tok))
+
+        # The V2 configs must exercise what they are for: the group limit changes some token's experts
+        # (with topk_group >= k it never would), the communication loss is on, the capacity binds.
+        if cfg.n_routed_experts and cfg.topk_method == "group_limited_greedy":
+            changed = 0
+            for i, _ in model.moe_layers():
+                sc, idx = d[f"route.scores.{i}"], d[f"route.idx.{i}"].long()
+                greedy = torch.topk(sc, idx.shape[1], dim=-1).indices.sort(-1).values
+                changed += int((greedy != idx.sort(-1).values).any(-1).sum())
+            check(f"  device-limited routing changes some tokens' experts [{fn}]", changed > 0, f"{changed} tokens")
+        if cfg.n_routed_experts and cfg.comm_aux_alpha > 0:
+            check(f"  comm aux nonzero [{fn}]", float(d["loss.comm_aux"]) > 0)
+        if cfg.n_routed_experts and cfg.capacity_factor > 0:
+            dropped = sum(int((d[k] == 0).sum()) for k in d if k.startswith("route.keep."))
+            check(f"  the capacity drops slots [{fn}]", dropped > 0, f"{dropped} slots")
 
         # schedule: the paper's step rule (shared/reference/deepseekmoe.md section 4: linear
         # warmup, then x0.316 at 80% and again at 90% of the steps); "at 80%" read as steps s > round(0.8 N)
@@ -501,7 +529,7 @@ def check_accum_equivalence():
     m2, _ = build(cfg, 4)
     h1 = mo.train_trajectory(m1, tc, traj_tokens=toks)
     h2 = mo.train_trajectory(m2, tc, traj_tokens=toks.reshape(4, 1, 6, 6))
-    ok = np.allclose(h1[0], h2[0], rtol=1e-12) and np.allclose(h1[4], h2[4], rtol=1e-12) and all(
+    ok = np.allclose(h1[0], h2[0], rtol=1e-12) and np.allclose(h1[5], h2[5], rtol=1e-12) and all(
         torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(m1.parameters(), m2.parameters()))
     check("dense: accum 2 x batch 3 == accum 1 x batch 6 (trajectory)", ok)
     # MoE with aux: the aux gradient is NOT divided by A (official): the aux grads add up per micro-batch.

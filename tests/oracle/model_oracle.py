@@ -20,16 +20,19 @@ File layout (scalars have shape []; L = a MoE layer index, K = experts per token
   loss.lm                   F64  []  mean CE over the B*T targets (no aux loss in it)
   loss.expert_aux           F64  []  sum over MoE layers of the expert-level balance loss (0 when off)
   loss.device_aux           F64  []  sum over MoE layers of the device-level balance loss (0 when off)
-  aux.expert.L, aux.device.L F64 []  per MoE layer
+  loss.comm_aux             F64  []  sum over MoE layers of the communication balance loss (0 when off)
+  aux.expert.L, aux.device.L, aux.comm.L F64 []  per MoE layer
   route.idx.L               I32  [B*T, K] chosen expert ids, by descending score (token-major b*T+t)
   route.weight.L            F64  [B*T, K] their gates (after norm_topk_prob)
   route.scores.L            F64  [B*T, n_routed] softmax scores        (learned router only)
-  route.margin.L            F64  [B*T] k-th minus (k+1)-th score (inf when K = n_routed; learned only)
+  route.margin.L            F64  [B*T] k-th minus (k+1)-th score (inf when K = n_routed; learned only);
+                                 also the group and capacity boundaries' gaps when those apply
+  route.keep.L              I32  [B*T, K] 1 = the slot survived the capacity limit (capacity_factor > 0)
   grad.<hf name>            F64  gradient of lm_loss + all aux losses (aux injected with gradient 1)
 with --steps N (AdamW, hyperparameters from the config's "training" object):
   traj.tokens               I32  [N, A, B, T+1]
   traj.lm_loss              F64  [N] mean LM loss of the step's micro-batches, before the update
-  traj.expert_aux, traj.device_aux F64 [N] same for the summed aux losses
+  traj.expert_aux, traj.device_aux, traj.comm_aux F64 [N] same for the summed aux losses
   traj.lr                   F64  [N] learning rate used at step s (1-based)
   traj.grad_norm            F64  [N] total L2 norm of all gradients before clipping
   traj.param.<hf name>      F64  the parameters after the N steps
@@ -110,14 +113,17 @@ def lr_at(s, tc):
 
 def forward_backward(model, tokens, lm_scale=1.0):
     """Forward on tokens[:, :-1] against tokens[:, 1:]; backward of lm_loss * lm_scale (the aux losses
-    get gradient 1 through AddAuxiliaryLoss). Returns logits, lm_loss, {layer: (expert, device)}."""
+    get gradient 1 through AddAuxiliaryLoss). Returns logits, lm_loss, {layer: (expert, device, comm)}."""
     inp, tgt = tokens[:, :-1], tokens[:, 1:]
     logits, lm_loss = model(inp, tgt)
     (lm_loss * lm_scale).backward()
     aux = {}
+    comm = model.comm_losses()
     for i, (ea, da) in model.aux_losses().items():
         z = torch.zeros((), dtype=torch.float64)
-        aux[i] = (ea.detach() if ea is not None else z, da.detach() if da is not None else z)
+        ca = comm[i]
+        aux[i] = (ea.detach() if ea is not None else z, da.detach() if da is not None else z,
+                  ca.detach() if ca is not None else z)
     return logits, lm_loss.detach(), aux
 
 
@@ -176,7 +182,7 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
     """N AdamW steps of A micro-batches each, tokens from traj_tokens [N, A, B, T+1] or, when None, from
     draw(model) (called at the current weights, before the step's update). The LM loss of each micro-batch
     is scaled by 1/A before backward; the aux losses get gradient 1 per micro-batch (official).
-    Returns per-step lists: mean LM loss (before the update), mean expert aux, mean device aux, lr,
+    Returns per-step lists: mean LM loss (before the update), mean expert aux, mean device aux, mean comm aux, lr,
     total grad norm before clipping, and the tokens used [N, A, B, T+1]."""
     if traj_tokens is not None:
         steps, accum = traj_tokens.shape[0], traj_tokens.shape[1]
@@ -186,7 +192,7 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=tc["lr"], betas=(tc["beta1"], tc["beta2"]), eps=tc["eps"])
-    lm_hist, ea_hist, da_hist, lr_hist, gn_hist, used = [], [], [], [], [], []
+    lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, used = [], [], [], [], [], [], []
     for s in range(1, N + 1):
         if traj_tokens is not None:
             step_tokens = [traj_tokens[s - 1, a] for a in range(A)]
@@ -194,12 +200,13 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
             step_tokens = [draw(model) for _ in range(A)]
         used.append(torch.stack(step_tokens))
         opt.zero_grad(set_to_none=True)
-        lm_sum = ea_sum = da_sum = 0.0
+        lm_sum = ea_sum = da_sum = ca_sum = 0.0
         for a in range(A):
             _, l, ax = forward_backward(model, step_tokens[a], lm_scale=1.0 / A)
             lm_sum += float(l)
             ea_sum += sum(float(v[0]) for v in ax.values())
             da_sum += sum(float(v[1]) for v in ax.values())
+            ca_sum += sum(float(v[2]) for v in ax.values())
         ensure_grads(model)
         params = list(model.parameters())
         if tc["grad_clip"] and tc["grad_clip"] > 0:
@@ -213,9 +220,10 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
         lm_hist.append(lm_sum / A)
         ea_hist.append(ea_sum / A)
         da_hist.append(da_sum / A)
+        ca_hist.append(ca_sum / A)
         lr_hist.append(lr)
         gn_hist.append(float(gn))
-    return lm_hist, ea_hist, da_hist, lr_hist, gn_hist, torch.stack(used)
+    return lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, torch.stack(used)
 
 
 def training_config(cfg_dict, n_steps):
@@ -269,13 +277,17 @@ def main():
     exp_total = torch.zeros((), dtype=torch.float64)
     dev_total = torch.zeros((), dtype=torch.float64)
     min_margin = float("inf")
-    for i, (ea, da) in aux.items():
+    comm_total = torch.zeros((), dtype=torch.float64)
+    for i, (ea, da, ca) in aux.items():
         out[f"aux.expert.{i}"] = ea.reshape(())
         out[f"aux.device.{i}"] = da.reshape(())
+        out[f"aux.comm.{i}"] = ca.reshape(())
         exp_total = exp_total + ea
         dev_total = dev_total + da
+        comm_total = comm_total + ca
     out["loss.expert_aux"] = exp_total.reshape(())
     out["loss.device_aux"] = dev_total.reshape(())
+    out["loss.comm_aux"] = comm_total.reshape(())
     for i, m in model.moe_layers():
         last = m.gate.last
         out[f"route.idx.{i}"] = last["idx"].to(torch.int32).contiguous()
@@ -284,6 +296,8 @@ def main():
             out[f"route.scores.{i}"] = last["scores"].contiguous()
             out[f"route.margin.{i}"] = last["margin"].contiguous()
             min_margin = min(min_margin, float(last["margin"].min()))
+        if "keep" in last:
+            out[f"route.keep.{i}"] = last["keep"].to(torch.int32).contiguous()
     for n, p in model.named_parameters():
         out[f"grad.{n}"] = p.grad.detach().clone()
     for o, ovr in enumerate(overrides):
@@ -309,7 +323,7 @@ def main():
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(init_state[n])
-        lm_hist, ea_hist, da_hist, lr_hist, gn_hist, traj_tokens = train_trajectory(
+        lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, traj_tokens = train_trajectory(
             model, tc, steps=N, accum=A,
             draw=lambda m: draw_tokens(m, gen, (B, T + 1), V, args.min_margin)[0])
         f64 = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
@@ -317,6 +331,7 @@ def main():
         out["traj.lm_loss"] = f64(lm_hist)
         out["traj.expert_aux"] = f64(ea_hist)
         out["traj.device_aux"] = f64(da_hist)
+        out["traj.comm_aux"] = f64(ca_hist)
         out["traj.lr"] = f64(lr_hist)
         out["traj.grad_norm"] = f64(gn_hist)
         for n, p in model.named_parameters():

@@ -17,6 +17,17 @@ dsmoe extensions (config keys of ours, absent = default):
   * "router_type": "softmax_topk" (default) | "hash" (Hash Layer: top-1 expert = hash(token id) %
     n_routed_experts, gate 1.0, no router weight, no aux loss).
   * "n_device_groups" D (default 1), "device_aux_alpha" a2 (default 0.0): device-level balance loss.
+  * DeepSeek-V2 (HF DeepseekV2Config names): "topk_method" "greedy" (default) | "group_limited_greedy"
+    with "n_group", "topk_group" (device-limited routing, as the official V2 MoEGate: a group's score
+    is its best expert's, keep the topk_group best groups, the other experts' scores masked to 0,
+    then top-k); "comm_aux_alpha" a3 (default 0.0): the communication balance loss over the D devices,
+    a3 * sum_d f''_d P'_d with f''_d = D/(M T) * #tokens sending to device d, M = min(k, D, the
+    topk_group widest device spans of the groups) (dsmoe's definition, ModelConfig::comm_device_limit).
+  * "capacity_factor" cf (default 0 = dropless), training only: slots (token, expert) are ranked by
+    their softmax score (ties: lower token, then the token's higher-ranked slot) within each unit
+    (a device when D > 1, else an expert), and each unit keeps its first ceil(cf * B*T*k / units);
+    a dropped slot contributes nothing (the kept gates are not renormalised). f, f'' count all
+    choices, dropped or not.
 
 Evaluation-only routing override (the paper's expert-specialization analyses, section 4.5), set with
 DeepseekForCausalLM.set_routing_override(disable_top, top_k, drop_shared): per token the `disable_top`
@@ -67,6 +78,11 @@ HF_DEFAULTS = {
     "router_type": "softmax_topk",
     "n_device_groups": 1,
     "device_aux_alpha": 0.0,
+    "topk_method": "greedy",
+    "n_group": None,   # HF DeepseekV2Config: None -> one group
+    "topk_group": None,
+    "comm_aux_alpha": 0.0,
+    "capacity_factor": 0.0,
 }
 
 
@@ -108,6 +124,17 @@ class DeepseekConfig:
                 raise ValueError("num_experts_per_tok must be in [1, n_routed_experts]")
             if self.n_routed_experts % self.n_device_groups:
                 raise ValueError("n_routed_experts must be divisible by n_device_groups")
+        if self.topk_method not in ("greedy", "group_limited_greedy"):
+            raise ValueError("topk_method must be greedy or group_limited_greedy")
+        self.n_group = self.n_group or 1
+        self.topk_group = self.topk_group or 1
+        if self.topk_method == "group_limited_greedy":
+            if self.router_type != "softmax_topk":
+                raise ValueError("group_limited_greedy needs the softmax router")
+            if self.n_routed_experts % self.n_group or not (1 <= self.topk_group <= self.n_group):
+                raise ValueError("n_group must divide n_routed_experts and 1 <= topk_group <= n_group")
+            if self.topk_group * (self.n_routed_experts // self.n_group) < self.num_experts_per_tok:
+                raise ValueError("topk_group groups must hold at least num_experts_per_tok experts")
 
     def is_moe_layer(self, i):
         return (self.n_routed_experts is not None and i >= self.first_k_dense_replace
@@ -120,6 +147,18 @@ class DeepseekConfig:
     @property
     def device_aux_active(self):
         return self.router_type == "softmax_topk" and self.device_aux_alpha > 0.0
+
+    def comm_device_limit(self):
+        """M: min(k, D), and under device-limited routing at most the topk_group widest groups' device
+        spans together (a group's span: how many of the D contiguous devices its experts lie on)."""
+        n, D, k = self.n_routed_experts, self.n_device_groups, self.num_experts_per_tok
+        M = min(k, D)
+        if self.topk_method == "group_limited_greedy":
+            per_group, per_device = n // self.n_group, n // D
+            spans = sorted((len({e // per_device for e in range(g * per_group, (g + 1) * per_group)})
+                            for g in range(self.n_group)), reverse=True)
+            M = min(M, sum(spans[:self.topk_group]))
+        return M
 
 
 def _compute_dtype(dtype):
@@ -292,11 +331,22 @@ class MoEGate(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.n_device_groups = config.n_device_groups
         self.device_alpha = config.device_aux_alpha
+        self.topk_method = config.topk_method
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.comm_alpha = config.comm_aux_alpha
+        self.comm_M = config.comm_device_limit() if config.n_routed_experts else 1
+        self.capacity_factor = config.capacity_factor
+        self.comm_aux_loss = None
+        self.keep = None  # [tokens, k] 1/0 slots kept by the capacity limit (None: dropless)
         self.weight = nn.Parameter(torch.empty(self.n_routed_experts, config.hidden_size))
         nn.init.normal_(self.weight, std=config.initializer_range)
         self.last = {}
         self.disable_top = 0   # evaluation-only routing override (see the module docstring)
         self.override_k = 0
+
+    def capacity_keep(self, idx, score):
+        return capacity_keep(idx, score, self.n_routed_experts, self.n_device_groups, self.capacity_factor)
 
     def forward(self, hidden_states):
         bsz, seq_len, h = hidden_states.shape
@@ -304,7 +354,24 @@ class MoEGate(nn.Module):
         logits = F.linear(hidden_states, self.weight, None)
         scores = logits.softmax(dim=-1)
         k = self.override_k or self.top_k
-        if self.disable_top == 0 and self.override_k == 0:
+        ranked = scores  # what top-k ranks: the scores, masked to 0 outside the kept groups (V2)
+        group_scores = None
+        if self.topk_method == "group_limited_greedy":
+            if self.disable_top:
+                raise ValueError("disable_top with group_limited_greedy routing")
+            n_tok = scores.shape[0]
+            group_scores = scores.view(n_tok, self.n_group, -1).max(dim=-1).values  # [n, n_group]
+            group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+            group_mask = torch.zeros_like(group_scores)
+            group_mask.scatter_(1, group_idx, 1)
+            score_mask = group_mask.unsqueeze(-1).expand(
+                n_tok, self.n_group, self.n_routed_experts // self.n_group).reshape(n_tok, -1)
+            ranked = scores.masked_fill(~score_mask.bool(), 0.0)
+        if self.topk_method == "group_limited_greedy" and self.disable_top == 0:
+            if self.override_k and self.training:
+                raise RuntimeError("routing override in training mode: overrides are for evaluation only")
+            topk_weight, topk_idx = torch.topk(ranked, k=k, dim=-1, sorted=False)
+        elif self.disable_top == 0 and self.override_k == 0:
             topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
         else:
             if self.training:
@@ -319,10 +386,26 @@ class MoEGate(nn.Module):
             denominator = topk_weight.sum(dim=-1, keepdim=True) + 1e-20
             topk_weight = topk_weight / denominator
 
+        raw_topk_weight = torch.gather(scores, -1, topk_idx)  # the affinities the capacity ranks by
+
         aux_loss = None
         device_aux_loss = None
+        self.comm_aux_loss = None
         need_aux = self.training and self.alpha > 0.0
         need_dev = self.training and self.device_alpha > 0.0
+        if self.training and self.comm_alpha > 0.0:
+            n, D, M = self.n_routed_experts, self.n_device_groups, self.comm_M
+            n_tok = topk_idx.shape[0]
+            hit = torch.zeros(n_tok, D, dtype=scores.dtype)
+            hit.scatter_(1, topk_idx // (n // D), 1.0)  # token t sends to device d (once, however many slots)
+            P_dev = scores.view(n_tok, D, n // D).sum(dim=-1)  # [n_tok, D]
+            if self.seq_aux:
+                f2 = hit.view(bsz, seq_len, D).sum(dim=1) * D / (M * seq_len)
+                P2 = P_dev.view(bsz, seq_len, D).mean(dim=1)
+                self.comm_aux_loss = (f2 * P2).sum(dim=1).mean() * self.comm_alpha
+            else:
+                f2 = hit.sum(dim=0) * D / (M * n_tok)
+                self.comm_aux_loss = (f2 * P_dev.mean(dim=0)).sum() * self.comm_alpha
         if need_aux or need_dev:
             n = self.n_routed_experts
             topk_idx_for_aux_loss = topk_idx.view(bsz, -1)  # [bsz, seq_len * top_k]
@@ -356,22 +439,59 @@ class MoEGate(nn.Module):
 
         # diagnostics for the oracle (no effect on the computation)
         with torch.no_grad():
-            # The chosen set is the score ranks [disable_top, disable_top + k): it is decided by the gaps
-            # at both rank boundaries (only the upper one without an override).
+            # The chosen set is the score ranks [disable_top, disable_top + k) (of the group-masked
+            # scores under device-limited routing): it is decided by the gaps at both rank boundaries
+            # (only the upper one without an override), and by the gap between the topk_group-th and
+            # the next group score.
             n = self.n_routed_experts
-            sw, si = torch.topk(scores, k=min(self.disable_top + k + 1, n), dim=-1, sorted=True)
+            sw, si = torch.topk(ranked, k=min(self.disable_top + k + 1, n), dim=-1, sorted=True)
             margin = torch.full((scores.shape[0],), float("inf"), dtype=scores.dtype)
             for b in (self.disable_top, self.disable_top + k):
                 if 0 < b < n:
                     margin = torch.minimum(margin, sw[:, b - 1] - sw[:, b])
+            if group_scores is not None and self.topk_group < self.n_group:
+                gw = torch.topk(group_scores, k=self.topk_group + 1, dim=-1, sorted=True).values
+                margin = torch.minimum(margin, gw[:, self.topk_group - 1] - gw[:, self.topk_group])
             order = torch.argsort(torch.gather(scores, 1, topk_idx), dim=-1, descending=True)
+            self.keep = None
+            if self.training and self.capacity_factor > 0:
+                self.keep, cap_margin = self.capacity_keep(torch.gather(topk_idx, 1, order),
+                                                           torch.gather(raw_topk_weight, 1, order))
+                self.keep = torch.gather(self.keep, 1, torch.argsort(order, dim=-1))  # back to topk_idx's order
+                margin = torch.minimum(margin, torch.full_like(margin, cap_margin))
             self.last = {
                 "idx": torch.gather(topk_idx, 1, order),
                 "weight": torch.gather(topk_weight, 1, order).detach(),
                 "scores": scores.detach(),
                 "margin": margin,
             }
+            if self.keep is not None:
+                self.last["keep"] = torch.gather(self.keep, 1, order)
         return topk_idx, topk_weight, aux_loss, device_aux_loss
+
+
+def capacity_keep(idx, score, n_experts, n_devices, capacity_factor):
+    """The slots [tokens, k] (sorted by descending score within each token) that survive the capacity:
+    per unit (device when n_devices > 1, else expert) the ceil(cf * tokens * k / units) highest scores,
+    ties by lower token then lower slot. Returns (keep [tokens, k] long 1/0, the smallest gap between a
+    unit's last kept and first dropped score: inf when nothing is dropped)."""
+    n_tok, k = idx.shape
+    units = n_devices if n_devices > 1 else n_experts
+    unit = idx // (n_experts // n_devices) if n_devices > 1 else idx
+    cap = math.ceil(capacity_factor * n_tok * k / units)
+    keep = torch.zeros(n_tok, k, dtype=torch.long)
+    gap = float("inf")
+    per_unit = {}
+    for t in range(n_tok):
+        for j in range(k):
+            per_unit.setdefault(int(unit[t, j]), []).append((-float(score[t, j]), t, j))
+    for u, slots in per_unit.items():
+        slots.sort()
+        for _, t, j in slots[:cap]:
+            keep[t, j] = 1
+        if len(slots) > cap > 0:
+            gap = min(gap, slots[cap][0] - slots[cap - 1][0])
+    return keep, gap
 
 
 class HashGate(nn.Module):
@@ -409,6 +529,7 @@ class DeepseekMoE(nn.Module):
         self.drop_shared = False  # evaluation-only routing override
         self.last_aux = None
         self.last_device_aux = None
+        self.last_comm_aux = None
 
     def forward(self, hidden_states, input_ids):
         if self.drop_shared and self.training:
@@ -420,6 +541,7 @@ class DeepseekMoE(nn.Module):
         else:
             topk_idx, topk_weight, aux_loss, device_aux_loss = self.gate(hidden_states)
         self.last_aux, self.last_device_aux = aux_loss, device_aux_loss
+        self.last_comm_aux = None
         hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
         flat_topk_idx = topk_idx.view(-1)
         if self.training:
@@ -428,13 +550,21 @@ class DeepseekMoE(nn.Module):
             y = torch.empty_like(hidden_states)
             for i, expert in enumerate(self.experts):
                 y[flat_topk_idx == i] = expert(hidden_states[flat_topk_idx == i])
-            y = (y.view(*topk_weight.shape, -1) * topk_weight.unsqueeze(-1)).sum(dim=1)
+            w = topk_weight
+            keep = getattr(self.gate, "keep", None)
+            if keep is not None:
+                w = w * keep.to(w.dtype)  # a dropped slot contributes nothing
+            y = (y.view(*topk_weight.shape, -1) * w.unsqueeze(-1)).sum(dim=1)
             y = y.view(*orig_shape)
+            comm_aux_loss = getattr(self.gate, "comm_aux_loss", None)
+            self.last_comm_aux = comm_aux_loss
             if self.inject_aux:
                 if aux_loss is not None:
                     y = AddAuxiliaryLoss.apply(y, aux_loss)
                 if device_aux_loss is not None:
                     y = AddAuxiliaryLoss.apply(y, device_aux_loss)
+                if comm_aux_loss is not None:
+                    y = AddAuxiliaryLoss.apply(y, comm_aux_loss)
         else:
             y = self.moe_infer(hidden_states, flat_topk_idx, topk_weight.view(-1, 1)).view(*orig_shape)
         if self.config.n_shared_experts is not None and not self.drop_shared:
@@ -534,6 +664,10 @@ class DeepseekForCausalLM(nn.Module):
     def aux_losses(self):
         """{layer: (expert_aux or None, device_aux or None)} from the last forward."""
         return {i: (m.last_aux, m.last_device_aux) for i, m in self.moe_layers()}
+
+    def comm_losses(self):
+        """{layer: comm_aux or None} from the last forward (kept apart from aux_losses' pairs)."""
+        return {i: m.last_comm_aux for i, m in self.moe_layers()}
 
     def set_routing_override(self, disable_top=0, top_k=0, drop_shared=False):
         """Evaluation-only routing override of every MoE layer (see the module docstring); all zero /
