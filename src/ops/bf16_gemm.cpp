@@ -60,6 +60,19 @@ dnnl::engine& cpu_engine() {
 
 using MatmulKey = std::array<int64_t, 10>;
 
+// alpha as oneDNN's output scale, beta as its sum post-op (C = alpha A B + beta C).
+dnnl::primitive_attr scale_and_sum(float alpha, float beta) {
+  dnnl::primitive_attr attr;
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  if (beta != 0.0f) {
+    dnnl::post_ops po;
+    po.append_sum(beta);
+    attr.set_post_ops(po);
+  }
+  return attr;
+}
+
+
 const OnednnMatmul& onednn_matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, int64_t lda,
                                   int64_t ldb, float beta, int64_t ldc) {
   thread_local std::map<MatmulKey, OnednnMatmul> cache;
@@ -78,14 +91,8 @@ const OnednnMatmul& onednn_matmul(bool ta, bool tb, int64_t M, int64_t N, int64_
   m.a = dnnl::memory::desc({M, K}, dt::bf16, ta ? dims{1, lda} : dims{lda, 1});
   m.b = dnnl::memory::desc({K, N}, dt::bf16, tb ? dims{1, ldb} : dims{ldb, 1});
   m.c = dnnl::memory::desc({M, N}, dt::f32, dims{ldc, 1});
-  dnnl::primitive_attr attr;
-  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-  if (beta != 0.0f) {
-    dnnl::post_ops po;
-    po.append_sum(beta);
-    attr.set_post_ops(po);
-  }
-  m.mm = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), attr, cpu_engine()));
+  m.mm = dnnl::matmul(
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), scale_and_sum(alpha, beta), cpu_engine()));
   return cache.emplace(key, std::move(m)).first->second;
 }
 
@@ -132,17 +139,6 @@ namespace {
 using dims = dnnl::memory::dims;
 using dt = dnnl::memory::data_type;
 
-dnnl::primitive_attr scale_and_sum(float alpha, float beta) {
-  dnnl::primitive_attr attr;
-  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-  if (beta != 0.0f) {
-    dnnl::post_ops po;
-    po.append_sum(beta);
-    attr.set_post_ops(po);
-  }
-  return attr;
-}
-
 // The layout oneDNN picks for B [K, N] of a bf16 matmul ("any"): asked of a primitive of 256 rows,
 // the row count the kernel blocks by; the products of other row counts then take B in that layout
 // (checked: a primitive that cannot is refused below and the product runs unpacked).
@@ -188,21 +184,27 @@ bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float 
   DSMOE_ASSERT(bf16_gemm_available(), "bf16 packed product on a CPU without AVX512_BF16");
   if (M <= 0 || N <= 0 || K <= 0) return false;
   try {
-    const Impl::Pack* pack;
+    const std::array<int64_t, 5> pack_key{(int64_t)(uintptr_t)w, trans_b, N, K, ldw};
+    const Impl::Pack* pack = nullptr;
     {
       std::lock_guard<std::mutex> lock(impl_->mu);
-      auto& slot = impl_->packs[{(int64_t)(uintptr_t)w, trans_b, N, K, ldw}];
-      if (!slot) {
-        auto p = std::make_unique<Impl::Pack>();
-        p->desc = packed_desc(N, K);
-        p->mem = dnnl::memory(p->desc, cpu_engine());
-        const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
-        dnnl::memory src(plain, cpu_engine(), const_cast<uint16_t*>(w));
-        thread_local dnnl::stream stream(cpu_engine());
-        dnnl::reorder(src, p->mem).execute(stream, src, p->mem);
-        stream.wait();
-        slot = std::move(p);
-      }
+      auto it = impl_->packs.find(pack_key);
+      if (it != impl_->packs.end()) pack = it->second.get();
+    }
+    if (!pack) {
+      // Packed outside the lock (the experts of a layer pack theirs in parallel); a pack another
+      // thread made meanwhile wins and this one is dropped (the same values).
+      auto p = std::make_unique<Impl::Pack>();
+      p->desc = packed_desc(N, K);
+      p->mem = dnnl::memory(p->desc, cpu_engine());
+      const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
+      dnnl::memory src(plain, cpu_engine(), const_cast<uint16_t*>(w));
+      thread_local dnnl::stream pack_stream(cpu_engine());
+      dnnl::reorder(src, p->mem).execute(pack_stream, src, p->mem);
+      pack_stream.wait();
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      auto& slot = impl_->packs[pack_key];
+      if (!slot) slot = std::move(p);
       pack = slot.get();
     }
     uint32_t ab, bb;
