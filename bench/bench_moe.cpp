@@ -11,6 +11,8 @@
 #include "model/model.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
+#include "ops/bf16_gemm.h"
+#include "ops/matmul.h"
 
 using namespace dsmoe;
 
@@ -39,14 +41,18 @@ ModelConfig moe_shape(int64_t hidden, int64_t shared, int64_t routed, int64_t to
   return m;
 }
 
-// args: hidden, shared, routed, top-k, expert width, tokens
-void Moe_LayerFwdBwd(benchmark::State& state) {
+// args: hidden, shared, routed, top-k, expert width, tokens. precision: training.precision's
+// (ops/matmul.h); with bf16 the weights' bf16 copy is made once (the weights do not change here).
+void moe_layer_fwd_bwd(benchmark::State& state, ops::Precision precision) {
   const ModelConfig m = moe_shape(state.range(0), state.range(1), state.range(2), state.range(3), state.range(4));
   const int64_t N = state.range(5), H = m.hidden_size;
+  if (precision == ops::Precision::BF16 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16");
   Model model(m);
   Rng rng(1);
   model.init_weights(rng, 0.02);
+  model.set_precision(precision);
   model.zero_grads();
+  const ops::MatmulMode& mode = model.matmul_mode();
   const LayerView &P = model.weights().layers[0], G = model.layout().view(model.grads().data()).layers[0];
   std::vector<float> x(N * H), out(N * H), dout(N * H), dx(N * H);
   for (auto& v : x) v = (float)rng.normal();
@@ -56,9 +62,10 @@ void Moe_LayerFwdBwd(benchmark::State& state) {
   MoeStats stats;
   MoeScratch scratch;
   auto step = [&] {
-    moe_forward(m, P, x.data(), tokens.data(), 1, N, true, out.data(), acts, stats);
+    moe_forward(m, P, x.data(), tokens.data(), 1, N, true, out.data(), acts, stats, RoutingOverride{}, MoeParallel{},
+                mode);
     std::fill(dx.begin(), dx.end(), 0.0f);
-    moe_backward(m, P, G, x.data(), dout.data(), 1, N, true, dx.data(), acts, scratch);
+    moe_backward(m, P, G, x.data(), dout.data(), 1, N, true, dx.data(), acts, scratch, MoeParallel{}, mode);
   };
   // One untimed warm-up step: the big shapes run a single timed iteration, which must not include
   // the first-touch page faults of the activation and scratch buffers (the PyTorch peer warms up too).
@@ -71,6 +78,8 @@ void Moe_LayerFwdBwd(benchmark::State& state) {
                                                  benchmark::Counter::kIs1000);
   state.counters["tokens/s"] = benchmark::Counter((double)N, benchmark::Counter::kIsIterationInvariantRate);
 }
+void Moe_LayerFwdBwd(benchmark::State& state) { moe_layer_fwd_bwd(state, ops::Precision::F32); }
+void Moe_LayerFwdBwd_Bf16(benchmark::State& state) { moe_layer_fwd_bwd(state, ops::Precision::BF16); }
 // The default training config's layer, the paper-2B-like layer (hidden 1280, 1 + 63 experts of
 // width 0.25 x 3584 = 896, top-7) and the 16B layer (hidden 2048, 2 + 64 experts of 1408, top-6).
 BENCHMARK(Moe_LayerFwdBwd)
@@ -84,6 +93,14 @@ BENCHMARK(Moe_LayerFwdBwd)
     ->Args({2048, 2, 64, 6, 1408, 1024})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+// training.precision "bf16" on the same layers (issue 15's target: the 2B-like layer at >= 1.6x fp32).
+BENCHMARK(Moe_LayerFwdBwd_Bf16)
+    ->ArgNames({"H", "Ks", "E", "k", "I", "N"})
+    ->Args({128, 1, 15, 3, 64, 4096})
+    ->Args({1280, 1, 63, 7, 896, 8192})
+    ->Args({1280, 1, 63, 7, 896, 2048})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // A whole training step (zero the gradients, forward, backward; no optimizer) of a config file's
 // model at batch B x T, in model FLOPs per token from model_stats (6 x activated non-embedding
@@ -91,16 +108,22 @@ BENCHMARK(Moe_LayerFwdBwd)
 // layers > 0 keeps only the first `layers` layers (the paper-2B model: its 9 layers are identical MoE
 // layers, so fewer of them keep the per-layer work and only raise the lm_head's share a little, while
 // the step fits a few seconds and a few GB).
-void train_step(benchmark::State& state, const char* config, int64_t B, int64_t T, int64_t layers) {
+// With precision bf16 every step also rounds the weights again (model.params() marks them changed, as
+// the optimizer step does), so the figure includes that once-per-step copy.
+void train_step(benchmark::State& state, const char* config, int64_t B, int64_t T, int64_t layers,
+                ops::Precision precision = ops::Precision::F32) {
   ModelConfig m = load_config(std::string(DSMOE_SOURCE_DIR) + "/" + config).model;
   if (layers > 0) m.num_hidden_layers = layers;
+  if (precision == ops::Precision::BF16 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16");
   Model model(m);
   Rng rng(1);
   model.init_weights(rng, m.initializer_range);
+  model.set_precision(precision);
   std::vector<int32_t> x(B * T), y(B * T);
   for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
   for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
   auto step = [&] {
+    if (precision == ops::Precision::BF16) model.params();  // stands for the optimizer step's update
     model.zero_grads();
     model.forward(x.data(), y.data(), B, T, true);
     model.backward(1.0f / (float)(B * T), true);
@@ -123,8 +146,16 @@ void TrainStep_PaperDeepSeekMoE(benchmark::State& state) {
 // configs/paper-2b.json (hidden 1280, 1 + 63 experts of 880, top-7, vocab 8192) with 2 of its 9
 // layers at 4 x 512 tokens (its training batch is 8 x 2048 x 256 accumulation steps).
 void TrainStep_Paper2B(benchmark::State& state) { train_step(state, "configs/paper-2b.json", 4, 512, 2); }
+void TrainStep_Paper2B_Bf16(benchmark::State& state) {
+  train_step(state, "configs/paper-2b.json", 4, 512, 2, ops::Precision::BF16);
+}
+void TrainStep_Default_Bf16(benchmark::State& state) {
+  train_step(state, "configs/default.json", 16, 256, 0, ops::Precision::BF16);
+}
 BENCHMARK(TrainStep_Default)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(TrainStep_PaperDeepSeekMoE)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(TrainStep_Paper2B)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+BENCHMARK(TrainStep_Default_Bf16)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(TrainStep_Paper2B_Bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 
 }  // namespace

@@ -358,6 +358,11 @@ void add_model_commands(CLI::App& app) {
                   "start from the weights of a model folder (HF checkpoint, run folder, quantized folder): continued "
                   "pre-training or fine-tuning; --config may set only \"training\" and keys equal to the folder's");
     c->add_option("--steps", *steps, "override training.steps")->check(int_in(1, 1000000000));
+    auto precision = std::make_shared<std::string>();
+    c->add_option("--precision", *precision,
+                  "override training.precision: f32, or bf16 (bf16 inputs to every projection's product, fp32 "
+                  "accumulation, fp32 master weights and optimizer state; needs AVX512_BF16)")
+        ->check(CLI::IsMember({"f32", "bf16"}));
     auto par = std::make_shared<ParallelArgs>();
     add_parallel_options(c, *par,
                          "expert-parallel size under mpirun (overrides parallel.expert_parallel_size): the routed "
@@ -379,6 +384,7 @@ void add_model_commands(CLI::App& app) {
         config.train.steps = *steps;
         config.train.warmup_steps = std::min(config.train.warmup_steps, *steps);
       }
+      if (!precision->empty()) config.train.precision = ops::parse_precision(*precision, "--precision");
       if (*ep > 0) {
         try {
           validate_expert_parallel(config.model, *ep, "--ep", *cfg);

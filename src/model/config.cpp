@@ -207,7 +207,7 @@ Config parse_config(const json& j, const std::string& source) {
     static const char* train_keys[] = {"lr", "min_lr", "warmup_steps", "steps", "schedule", "beta1", "beta2",
                                        "eps", "weight_decay", "grad_clip", "batch_size", "seq_len",
                                        "grad_accum", "seed", "init_std", "log_interval", "eval_interval",
-                                       "eval_batches", "checkpoint_interval"};
+                                       "eval_batches", "checkpoint_interval", "precision"};
     std::set<std::string> tk(std::begin(train_keys), std::end(train_keys));
     for (auto it = t.begin(); it != t.end(); ++it)
       if (!tk.count(it.key())) fail("{}: unknown key 'training.{}'", source, it.key());
@@ -233,6 +233,9 @@ Config parse_config(const json& j, const std::string& source) {
     tr.get("eval_interval", T.eval_interval);
     tr.get("eval_batches", T.eval_batches);
     tr.get("checkpoint_interval", T.checkpoint_interval);
+    std::string precision = ops::precision_name(T.precision);
+    tr.get("precision", precision);
+    T.precision = ops::parse_precision(precision, fmt::format("{}: key 'training.precision'", source));
   }
   if (j.contains("parallel") && !j["parallel"].is_null()) {
     const json& p = j["parallel"];
@@ -425,7 +428,7 @@ json to_json(const Config& c) {
                    {"seq_len", t.seq_len}, {"grad_accum", t.grad_accum}, {"seed", t.seed},
                    {"init_std", t.init_std}, {"log_interval", t.log_interval},
                    {"eval_interval", t.eval_interval}, {"eval_batches", t.eval_batches},
-                   {"checkpoint_interval", t.checkpoint_interval}};
+                   {"checkpoint_interval", t.checkpoint_interval}, {"precision", ops::precision_name(t.precision)}};
   return j;
 }
 

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "ops/precision.h"
+
 namespace dsmoe {
 
 enum class RouterType { SoftmaxTopK, Hash };
@@ -102,6 +104,9 @@ struct TrainConfig {
   int64_t eval_interval = 0;   // 0 -> only at the end
   int64_t eval_batches = 16;
   int64_t checkpoint_interval = 0;  // 0 -> only at the end
+  // "f32" | "bf16": the inputs of every projection's product in forward and backward (ops/matmul.h);
+  // fp32 master weights, gradients and AdamW moments either way.
+  ops::Precision precision = ops::Precision::F32;
 
   double min_lr_value() const { return min_lr < 0 ? 0.1 * lr : min_lr; }
 };

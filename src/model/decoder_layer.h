@@ -27,12 +27,14 @@ struct AttentionWeights {
   const float* post_norm;
 };
 
-// The fp32 attention weights of a training layer (views, no copy).
-inline AttentionWeights attention_weights(const ModelConfig& m, const LayerView& L) {
+// The fp32 attention weights of a training layer (views, no copy), their products in `mode`'s
+// precision (training.precision; null = fp32).
+inline AttentionWeights attention_weights(const ModelConfig& m, const LayerView& L,
+                                          const ops::MatmulMode* mode = nullptr) {
   const int64_t H = m.hidden_size, qd = m.num_attention_heads * m.head_dim(), kvd = m.num_key_value_heads * m.head_dim();
   using ops::WeightMat;
-  return {L.input_norm, WeightMat::f32(L.q, qd, H), WeightMat::f32(L.k, kvd, H), WeightMat::f32(L.v, kvd, H),
-          WeightMat::f32(L.o, H, qd), L.post_norm};
+  return {L.input_norm, WeightMat::f32(L.q, qd, H, mode), WeightMat::f32(L.k, kvd, H, mode),
+          WeightMat::f32(L.v, kvd, H, mode), WeightMat::f32(L.o, H, qd, mode), L.post_norm};
 }
 
 // Buffers of one layer over N rows. rstd1/rstd2 may be null (nothing saved for backward); ln1 and

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "ops/attention.h"
+#include "ops/bf16_gemm.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/experts.h"
@@ -34,6 +35,7 @@ Model::Model(const ModelConfig& cfg, ExpertShard shard) : cfg_(cfg), layout_(cfg
 }
 
 void Model::init_weights(Rng& rng, double std) {
+  bf16_stale_ = true;
   const ExpertShard& shard = layout_.shard();
   const ParamLayout whole(cfg_);
   size_t here = 0;  // this layout's tensors, in the same order as the whole model's
@@ -92,6 +94,39 @@ void Model::ensure_buffers(int64_t B, int64_t T) {
     for (int64_t t = 0; t < T; ++t) pos_[b * T + t] = (int32_t)t;
 }
 
+void Model::set_precision(ops::Precision p) {
+  if (p == ops::Precision::BF16 && !ops::bf16_gemm_available())
+    fail("precision bf16 needs a CPU with AVX512_BF16 (this one has none, or DSMOE_NO_AVX512_BF16 is set)");
+  mode_.precision = p;
+  bf16_stale_ = true;
+  if (p == ops::Precision::F32) {
+    mode_ = ops::MatmulMode{};
+    params_bf16_ = {};
+    packs_.reset();
+  }
+}
+
+const ops::MatmulMode& Model::matmul_mode() {
+  // (A copied Model points at the other's buffers until it rounds its own.)
+  if (mode_.precision == ops::Precision::BF16 && (bf16_stale_ || mode_.params != params_.data())) {
+    // Once per optimizer step: every weight rounded here, none at the products (ops/matmul.h).
+    params_bf16_.resize(params_.size());
+    const int64_t n = (int64_t)params_.size(), chunk = int64_t(1) << 16;
+    const float* src = params_.data();
+    uint16_t* dst = params_bf16_.data();
+#pragma omp parallel for schedule(static) if (n > chunk)
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) ops::round_to_bf16(dst + c0, src + c0, std::min(chunk, n - c0));
+    if (!packs_) packs_ = std::make_shared<ops::Bf16WeightPacks>();
+    packs_->clear();
+    mode_.params = src;
+    mode_.params_bf16 = dst;
+    mode_.count = n;
+    mode_.packs = packs_.get();
+    bf16_stale_ = false;
+  }
+  return mode_;
+}
+
 void Model::set_routing_override(const RoutingOverride& o) {
   validate_routing_override(cfg_, o);
   override_ = o;
@@ -114,6 +149,8 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   else targets_.clear();
   moe_stats_.assign(cfg_.num_hidden_layers, MoeStats{});
   last_forward_overridden_ = override_.active();
+  const ops::MatmulMode& mode = matmul_mode();
+  const bool exact = mode.precision == ops::Precision::F32;
 
   ops::embedding_forward(acts_[0].x.data(), tokens, P_.embed, N, H);
   ForwardResult r;
@@ -129,12 +166,12 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     const auto ffn = [&](float* ffn_out, const float* ln2) {
       if (cfg_.is_moe_layer(l) && !compute_aux && !targets && N * cfg_.num_experts_per_tok < cfg_.n_routed_experts &&
           !override_.active() && !routing_stats_ &&
-          !expert_output_stats_ && !parallel_.dispatcher) {
+          !expert_output_stats_ && !parallel_.dispatcher && exact) {
         // Decode-sized batch at inference: fewer token-expert pairs than experts, so sorting rows by
         // expert buys nothing; run each token's experts directly.
         moe_forward_token_major(cfg_, W, ln2, tokens, N, ffn_out, moe_stats_[l]);
       } else if (cfg_.is_moe_layer(l)) {
-        moe_forward(cfg_, W, ln2, tokens, B, T, compute_aux, ffn_out, a.moe, moe_stats_[l], override_, parallel_);
+        moe_forward(cfg_, W, ln2, tokens, B, T, compute_aux, ffn_out, a.moe, moe_stats_[l], override_, parallel_, mode);
         if (routing_stats_)
           routing_stats_->accumulate(l, a.moe.ids.data(), cfg_.has_router_weights() ? a.moe.probs.data() : nullptr, B, T,
                                      cfg_.n_routed_experts, override_.k(cfg_));
@@ -148,12 +185,12 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
       } else {
         const int64_t all[2] = {0, N};
         ops::experts_forward(ffn_out, a.gu.data(), a.act.data(), ln2, W.mlp_gate_up, W.mlp_down,
-                             all, ops::ExpertsShape{1, H, cfg_.intermediate_size});
+                             all, ops::ExpertsShape{1, H, cfg_.intermediate_size}, mode);
       }
     };
     const DecoderLayerBuffers buf{a.x.data(), a.ln1.data(), a.rstd1.data(), a.q.data(), a.k.data(), a.v.data(),
                                   a.att.data(), a.h.data(), a.ln2.data(), a.rstd2.data(), ffn_out_.data(), out};
-    decoder_layer_forward(cfg_, attention_weights(cfg_, W), N, pos_.data(), rope_, buf, attend, ffn);
+    decoder_layer_forward(cfg_, attention_weights(cfg_, W, &mode), N, pos_.data(), rope_, buf, attend, ffn);
   }
   ops::rmsnorm_forward(lnf_.data(), rstdf_.data(), x_final_.data(), P_.final_norm, N, H, eps);
   if (targets)
@@ -169,12 +206,12 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     const int64_t rows = std::max<int64_t>(16, ((int64_t(1) << 18) / V) / 16 * 16);
     for (int64_t r0 = 0; r0 < N; r0 += rows) {
       const int64_t n = std::min(rows, N - r0);
-      ops::linear_forward(logits_.data() + r0 * V, lnf_.data() + r0 * H, P_.lm_head, n, H, V);
+      ops::linear_forward(logits_.data() + r0 * V, lnf_.data() + r0 * H, P_.lm_head, n, H, V, mode);
       ops::cross_entropy_forward_backward(losses_.data() + r0, d_logits_.data() + r0 * V, logits_.data() + r0 * V,
                                           targets + r0, n, V);
     }
   } else {
-    ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+    ops::linear_forward(logits_.data(), lnf_.data(), P_.lm_head, N, H, V, mode);
     if (targets) ops::cross_entropy_forward(losses_.data(), logits_.data(), targets, N, V);
   }
   if (targets) {
@@ -216,14 +253,15 @@ void Model::backward(float lm_scale, bool with_aux) {
   const int64_t B = B_, T = T_, N = B * T, H = cfg_.hidden_size, V = cfg_.vocab_size, D = cfg_.head_dim();
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
   const ops::AttentionShape as{B, T, T, Hq, Hkv, D};
+  const ops::MatmulMode& mode = mode_;  // the forward's (its bf16 copy of the weights, if any)
 
   zero(d_ln_, N * H);
   if (dlogits_ready_) {  // softmax - onehot from the training forward; the loss scale goes in as alpha
-    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V, lm_scale);
+    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V, lm_scale, mode);
   } else {
     zero(d_logits_, N * V);
     ops::cross_entropy_backward(d_logits_.data(), logits_.data(), targets_.data(), lm_scale, N, V);
-    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V);
+    ops::linear_backward(d_ln_.data(), G_.lm_head, d_logits_.data(), lnf_.data(), P_.lm_head, N, H, V, 1.0f, mode);
   }
   zero(d_resid_, N * H);  // dL/d(residual stream), carried down through the layers
   ops::rmsnorm_backward(d_resid_.data(), G_.final_norm, d_ln_.data(), x_final_.data(), P_.final_norm, rstdf_.data(), N, H);
@@ -235,18 +273,18 @@ void Model::backward(float lm_scale, bool with_aux) {
     zero(d_ln_, N * H);
     if (cfg_.is_moe_layer(l)) {
       moe_backward(cfg_, W, G, a.ln2.data(), d_resid_.data(), B, T, with_aux, d_ln_.data(), a.moe, moe_scratch_,
-                   parallel_);
+                   parallel_, mode);
     } else {
       const int64_t I = cfg_.intermediate_size, all[2] = {0, N};
       fit(mlp_scratch_, std::max<size_t>(mlp_scratch_.size(), N * 3 * I));
       ops::experts_backward(d_ln_.data(), G.mlp_gate_up, G.mlp_down, d_resid_.data(), a.ln2.data(), a.gu.data(),
                             a.act.data(), W.mlp_gate_up, W.mlp_down, all, ops::ExpertsShape{1, H, I},
-                            mlp_scratch_.data());
+                            mlp_scratch_.data(), mode);
     }
     ops::rmsnorm_backward(d_resid_.data(), G.post_norm, d_ln_.data(), a.h.data(), W.post_norm, a.rstd2.data(), N, H);
     // Attention block: h = x + o(attn(rope(q), rope(k), v)); d_resid becomes dL/dx.
     zero(d_att_, N * Hq * D);
-    ops::linear_backward(d_att_.data(), G.o, d_resid_.data(), a.att.data(), W.o, N, Hq * D, H);
+    ops::linear_backward(d_att_.data(), G.o, d_resid_.data(), a.att.data(), W.o, N, Hq * D, H, 1.0f, mode);
     zero(d_q_, N * Hq * D);
     zero(d_k_, N * Hkv * D);
     zero(d_v_, N * Hkv * D);
@@ -255,9 +293,9 @@ void Model::backward(float lm_scale, bool with_aux) {
     ops::rope_backward(d_q_.data(), pos_.data(), rope_, N, Hq);
     ops::rope_backward(d_k_.data(), pos_.data(), rope_, N, Hkv);
     zero(d_ln_, N * H);
-    ops::linear_backward(d_ln_.data(), G.q, d_q_.data(), a.ln1.data(), W.q, N, H, Hq * D);
-    ops::linear_backward(d_ln_.data(), G.k, d_k_.data(), a.ln1.data(), W.k, N, H, Hkv * D);
-    ops::linear_backward(d_ln_.data(), G.v, d_v_.data(), a.ln1.data(), W.v, N, H, Hkv * D);
+    ops::linear_backward(d_ln_.data(), G.q, d_q_.data(), a.ln1.data(), W.q, N, H, Hq * D, 1.0f, mode);
+    ops::linear_backward(d_ln_.data(), G.k, d_k_.data(), a.ln1.data(), W.k, N, H, Hkv * D, 1.0f, mode);
+    ops::linear_backward(d_ln_.data(), G.v, d_v_.data(), a.ln1.data(), W.v, N, H, Hkv * D, 1.0f, mode);
     ops::rmsnorm_backward(d_resid_.data(), G.input_norm, d_ln_.data(), a.x.data(), W.input_norm, a.rstd1.data(), N, H);
   }
   ops::embedding_backward(G_.embed, d_resid_.data(), tokens_.data(), N, H);

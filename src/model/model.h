@@ -6,6 +6,7 @@
 // into the gradient buffer (same layout as the parameters), llm.c style.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "model/config.h"
@@ -13,6 +14,7 @@
 #include "model/moe_layer.h"
 #include "model/params.h"
 #include "model/routing_stats.h"
+#include "ops/matmul.h"
 #include "ops/rope.h"
 
 namespace dsmoe {
@@ -36,7 +38,13 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
-  std::vector<float>& params() { return params_; }
+  // Mutable access marks the bf16 copy of the weights stale (precision BF16: the next forward
+  // rounds them again), so whoever changes the weights (the optimizer step, a checkpoint load, a
+  // test) must take them through here, not through a reference kept from before the last forward.
+  std::vector<float>& params() {
+    bf16_stale_ = true;
+    return params_;
+  }
   const std::vector<float>& params() const { return params_; }
   std::vector<float>& grads() { return grads_; }  // allocated on first backward
   const ModelView& weights() const { return P_; }
@@ -74,6 +82,17 @@ class Model {
   void set_parallel(const MoeParallel& p) { parallel_ = p; }
   const MoeParallel& parallel() const { return parallel_; }
   void zero_grads();
+
+  // The precision of every projection's products in forward and backward (training.precision;
+  // ops/matmul.h). F32 (the default) is the exact reference. BF16 keeps a bf16 copy of the
+  // parameters, rounded at the first forward after they changed (once per optimizer step), and
+  // rounds the activations at each product; master weights and gradients stay fp32. BF16 needs
+  // ops::bf16_gemm_available() (throws dsmoe::Error otherwise; the trainer refuses it first).
+  void set_precision(ops::Precision p);
+  ops::Precision precision() const { return mode_.precision; }
+  // The mode the model's products run in, with the bf16 copy brought up to date: for callers that
+  // run the layer ops on the model's weights themselves (benchmarks, tests).
+  const ops::MatmulMode& matmul_mode();
 
   const float* logits() const { return logits_.data(); }  // [B*T, V] of the last forward
   const std::vector<MoeStats>& moe_stats() const { return moe_stats_; }  // per layer (empty for dense)
@@ -115,6 +134,10 @@ class Model {
   std::vector<float> d_resid_, d_ln_, d_att_, d_q_, d_k_, d_v_, d_gu_, d_act_, d_logits_, mlp_scratch_;
   bool dlogits_ready_ = false;  // the last forward (training, with targets) left softmax - onehot in d_logits_
   MoeScratch moe_scratch_;
+  ops::MatmulMode mode_;               // precision, and with BF16 the parameters' bf16 copy
+  std::vector<uint16_t> params_bf16_;  // that copy (BF16 only)
+  std::shared_ptr<ops::Bf16WeightPacks> packs_;  // and its weights in oneDNN's layout (ops/bf16_gemm.h)
+  bool bf16_stale_ = true;             // params_ changed since the copy was made
 };
 
 }  // namespace dsmoe

@@ -134,7 +134,7 @@ void capacity_keep_mask_for_batch(const ModelConfig& m, const int32_t* ids, cons
 
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
-                 const RoutingOverride& ovr, const MoeParallel& par) {
+                 const RoutingOverride& ovr, const MoeParallel& par, const ops::MatmulMode& mode) {
   // The balance losses and backward assume the config's k and full routing.
   DSMOE_ASSERT(!(compute_aux && ovr.active()), "routing override with compute_aux");
   const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = ovr.k(m);
@@ -147,7 +147,7 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     fit(a.router_logits, N * E);
     fit(a.probs, N * E);
     fit(a.vals, N * k);
-    ops::linear_forward(a.router_logits.data(), x, P.router, N, H, E);
+    ops::linear_forward(a.router_logits.data(), x, P.router, N, H, E, mode);
     ops::softmax_forward(a.probs.data(), a.router_logits.data(), N, E);
     ops::topk_forward(a.ids.data(), a.vals.data(), a.probs.data(), N, E, k, ovr.disable_top, m.routing_groups(),
                       m.routing_topk_groups());
@@ -188,7 +188,7 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
   fit(a.ys, rows * H);
   // --- Experts (this process's) ---
   ops::experts_forward(a.ys.data(), a.gu.data(), a.act.data(), a.xs.data(), P.experts_gate_up, P.experts_down,
-                       a.dispatch.expert_offsets.data(), ops::ExpertsShape{dispatcher.local_experts(), H, I});
+                       a.dispatch.expert_offsets.data(), ops::ExpertsShape{dispatcher.local_experts(), H, I}, mode);
   // --- Combine ---
   dispatcher.combine(out, a.ys.data(), a.gates.data(), H, a.dispatch);
   // --- Shared experts: one SwiGLU MLP over all tokens (the E == 1 case of the experts op) ---
@@ -199,7 +199,7 @@ void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const
     fit(a.shared_out, N * H);
     const int64_t all[2] = {0, N};
     ops::experts_forward(a.shared_out.data(), a.shared_gu.data(), a.shared_act.data(), x, P.shared_gate_up,
-                         P.shared_down, all, ops::ExpertsShape{1, H, Is});
+                         P.shared_down, all, ops::ExpertsShape{1, H, Is}, mode);
     const float* so = a.shared_out.data();
 #pragma omp parallel for simd schedule(static) if (N * H > (1 << 16))
     for (int64_t i = 0; i < N * H; ++i) out[i] += so[i];
@@ -214,7 +214,7 @@ void moe_forward_token_major(const ModelConfig& m, const LayerView& P, const flo
 
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
                   int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s,
-                  const MoeParallel& par) {
+                  const MoeParallel& par, const ops::MatmulMode& mode) {
   const int64_t N = B * T, H = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
   const int64_t I = m.moe_intermediate_size, rows = (int64_t)a.xs.size() / H;
   LocalTokenDispatcher local(E);
@@ -226,7 +226,7 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
     const int64_t all[2] = {0, N};
     ops::experts_backward(dx, G.shared_gate_up, G.shared_down, dout, x, a.shared_gu.data(), a.shared_act.data(),
                           P.shared_gate_up, P.shared_down, all, ops::ExpertsShape{1, H, Is},
-                          s.expert_scratch.data());
+                          s.expert_scratch.data(), mode);
   }
   // Combine -> experts -> gather.
   zero(s.dys, rows * H);
@@ -236,7 +236,7 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
   fit(s.expert_scratch, std::max<size_t>(s.expert_scratch.size(), rows * 3 * I));
   ops::experts_backward(s.dxs.data(), G.experts_gate_up, G.experts_down, s.dys.data(), a.xs.data(), a.gu.data(),
                         a.act.data(), P.experts_gate_up, P.experts_down, a.dispatch.expert_offsets.data(),
-                        ops::ExpertsShape{dispatcher.local_experts(), H, I}, s.expert_scratch.data());
+                        ops::ExpertsShape{dispatcher.local_experts(), H, I}, s.expert_scratch.data(), mode);
   dispatcher.dispatch_backward(dx, s.dxs.data(), H, a.dispatch);
   if (m.router_type != RouterType::SoftmaxTopK) return;  // hash gates are constants
   // Router: gates -> top-k values -> probs (+ aux-loss gradient) -> logits -> x and router weight.
@@ -260,7 +260,7 @@ void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, 
   }
   zero(s.dlogits, N * E);
   ops::softmax_backward(s.dlogits.data(), s.dprobs.data(), a.probs.data(), N, E);
-  ops::linear_backward(dx, G.router, s.dlogits.data(), x, P.router, N, H, E);
+  ops::linear_backward(dx, G.router, s.dlogits.data(), x, P.router, N, H, E, 1.0f, mode);
 }
 
 }  // namespace dsmoe

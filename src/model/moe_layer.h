@@ -14,6 +14,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "model/token_dispatcher.h"
+#include "ops/matmul.h"
 
 namespace dsmoe {
 
@@ -96,7 +97,8 @@ struct MoeScratch {
 
 void moe_forward(const ModelConfig& m, const LayerView& P, const float* x, const int32_t* tokens, int64_t B,
                  int64_t T, bool compute_aux, float* out, MoeActivations& a, MoeStats& stats,
-                 const RoutingOverride& ovr = RoutingOverride{}, const MoeParallel& par = MoeParallel{});
+                 const RoutingOverride& ovr = RoutingOverride{}, const MoeParallel& par = MoeParallel{},
+                 const ops::MatmulMode& mode = {});
 // Inference path for decode-sized batches with fp32 weights: moe_infer (model/moe_infer.h) with
 // token-major dispatch (each token runs its own k experts, no sort, no saved activations). Same
 // routing and the same kernels as moe_forward, so the outputs agree to fp32 rounding (tested).
@@ -121,6 +123,6 @@ void capacity_keep_mask_for_batch(const ModelConfig& m, const int32_t* ids, cons
 // dx [N, H] += d out / d x; parameter gradients G += ...; aux-loss gradients injected with weight 1.
 void moe_backward(const ModelConfig& m, const LayerView& P, const LayerView& G, const float* x, const float* dout,
                   int64_t B, int64_t T, bool with_aux, float* dx, MoeActivations& a, MoeScratch& s,
-                  const MoeParallel& par = MoeParallel{});
+                  const MoeParallel& par = MoeParallel{}, const ops::MatmulMode& mode = {});
 
 }  // namespace dsmoe

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -20,7 +23,7 @@ namespace dsmoe::ops {
 
 bool bf16_gemm_available() {
 #ifdef DSMOE_BF16_GEMM
-  static const bool ok = __builtin_cpu_supports("avx512bf16");
+  static const bool ok = __builtin_cpu_supports("avx512bf16") && std::getenv("DSMOE_NO_AVX512_BF16") == nullptr;
   return ok;
 #else
   return false;
@@ -42,8 +45,9 @@ void round_to_bf16(uint16_t* out, const float* x, int64_t count) {
 
 namespace {
 
-// oneDNN matmul primitives, one per shape, kept per thread (creating one costs far more than a
-// small product; MoE prefill sees one shape per distinct expert row count).
+// oneDNN matmul primitives, one per shape, layout and (alpha, beta), kept per thread (creating one
+// costs far more than a small product; MoE prefill and training see one shape per distinct expert
+// row count).
 struct OnednnMatmul {
   dnnl::matmul mm;
   dnnl::memory::desc a, b, c;
@@ -54,18 +58,41 @@ dnnl::engine& cpu_engine() {
   return e;
 }
 
-const OnednnMatmul& onednn_matmul(int64_t n, int64_t R, int64_t K, int64_t ldy) {
-  thread_local std::map<std::array<int64_t, 4>, OnednnMatmul> cache;
-  const std::array<int64_t, 4> key{n, R, K, ldy};
+using MatmulKey = std::array<int64_t, 10>;
+
+// alpha as oneDNN's output scale, beta as its sum post-op (C = alpha A B + beta C).
+dnnl::primitive_attr scale_and_sum(float alpha, float beta) {
+  dnnl::primitive_attr attr;
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  if (beta != 0.0f) {
+    dnnl::post_ops po;
+    po.append_sum(beta);
+    attr.set_post_ops(po);
+  }
+  return attr;
+}
+
+
+const OnednnMatmul& onednn_matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, int64_t lda,
+                                  int64_t ldb, float beta, int64_t ldc) {
+  thread_local std::map<MatmulKey, OnednnMatmul> cache;
+  uint32_t ab, bb;
+  std::memcpy(&ab, &alpha, 4);
+  std::memcpy(&bb, &beta, 4);
+  const MatmulKey key{ta, tb, M, N, K, lda, ldb, ldc, (int64_t)ab, (int64_t)bb};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 4096) cache.clear();  // bounded: shapes come from prompt and expert row counts
   using dt = dnnl::memory::data_type;
+  using dims = dnnl::memory::dims;
   OnednnMatmul m;
-  m.a = dnnl::memory::desc({n, K}, dt::bf16, dnnl::memory::dims{K, 1});
-  m.b = dnnl::memory::desc({K, R}, dt::bf16, dnnl::memory::dims{1, K});  // W [R, K] row-major is B^T
-  m.c = dnnl::memory::desc({n, R}, dt::f32, dnnl::memory::dims{ldy, 1});
-  m.mm = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), cpu_engine()));
+  // Strides express the transposes: op(A) [M, K] is A [M, K] (strides lda, 1) or A [K, M] read
+  // transposed (strides 1, lda); likewise B.
+  m.a = dnnl::memory::desc({M, K}, dt::bf16, ta ? dims{1, lda} : dims{lda, 1});
+  m.b = dnnl::memory::desc({K, N}, dt::bf16, tb ? dims{1, ldb} : dims{ldb, 1});
+  m.c = dnnl::memory::desc({M, N}, dt::f32, dims{ldc, 1});
+  m.mm = dnnl::matmul(
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), scale_and_sum(alpha, beta), cpu_engine()));
   return cache.emplace(key, std::move(m)).first->second;
 }
 
@@ -83,19 +110,134 @@ const char* bf16_gemm_implementation() {
   return impl.c_str();
 }
 
-void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t R, int64_t K) {
+void bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   DSMOE_ASSERT(bf16_gemm_available(), "bf16_gemm called on a CPU without AVX512_BF16");
-  if (n <= 0 || R <= 0) return;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // an empty sum: C = beta C (oneDNN refuses zero-sized reductions)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
   try {
-    const OnednnMatmul& m = onednn_matmul(n, R, K, ldy);
+    const OnednnMatmul& m = onednn_matmul(trans_a, trans_b, M, N, K, alpha, lda, ldb, beta, ldc);
     thread_local dnnl::stream stream(cpu_engine());
-    dnnl::memory A(m.a, cpu_engine(), const_cast<uint16_t*>(xb)), B(m.b, cpu_engine(), const_cast<uint16_t*>(w)),
-        C(m.c, cpu_engine(), y);
-    m.mm.execute(stream, {{DNNL_ARG_SRC, A}, {DNNL_ARG_WEIGHTS, B}, {DNNL_ARG_DST, C}});
+    dnnl::memory a(m.a, cpu_engine(), const_cast<uint16_t*>(A)), b(m.b, cpu_engine(), const_cast<uint16_t*>(B)),
+        c(m.c, cpu_engine(), C);
+    m.mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
     stream.wait();
   } catch (const dnnl::error& e) {
-    fail("oneDNN bf16 matmul [{} x {}] x [{} x {}]^T failed: {}", n, K, R, K, e.what());
+    fail("oneDNN bf16 matmul [{} x {}]{} x [{} x {}]{} failed: {}", trans_a ? K : M, trans_a ? M : K,
+         trans_a ? "^T" : "", trans_b ? N : K, trans_b ? K : N, trans_b ? "^T" : "", e.what());
   }
+}
+
+// --- packed weights ---
+
+namespace {
+
+using dims = dnnl::memory::dims;
+using dt = dnnl::memory::data_type;
+
+// The layout oneDNN picks for B [K, N] of a bf16 matmul ("any"): asked of a primitive of 256 rows,
+// the row count the kernel blocks by; the products of other row counts then take B in that layout
+// (checked: a primitive that cannot is refused below and the product runs unpacked).
+dnnl::memory::desc packed_desc(int64_t N, int64_t K) {
+  const dnnl::memory::desc a({256, K}, dt::bf16, dims{K, 1});
+  const dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::format_tag::any);
+  const dnnl::memory::desc c({256, N}, dt::f32, dims{N, 1});
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), cpu_engine()).weights_desc();
+}
+
+struct PackedMatmul {
+  bool ok = false;  // oneDNN runs it with its brgemm kernel (else: refused, unpacked product)
+  dnnl::matmul mm;
+  dnnl::memory::desc a, c;
+};
+
+}  // namespace
+
+struct Bf16WeightPacks::Impl {
+  struct Pack {
+    dnnl::memory::desc desc;
+    dnnl::memory mem;
+  };
+  mutable std::mutex mu;
+  std::map<std::array<int64_t, 5>, std::unique_ptr<Pack>> packs;  // (w, trans_b, N, K, ldw)
+};
+
+Bf16WeightPacks::Bf16WeightPacks() : impl_(new Impl) {}
+Bf16WeightPacks::~Bf16WeightPacks() { delete impl_; }
+
+void Bf16WeightPacks::clear() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->packs.clear();
+}
+
+int64_t Bf16WeightPacks::packs() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return (int64_t)impl_->packs.size();
+}
+
+bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                           int64_t lda, const uint16_t* w, int64_t ldw, float beta, float* C, int64_t ldc) {
+  DSMOE_ASSERT(bf16_gemm_available(), "bf16 packed product on a CPU without AVX512_BF16");
+  if (M <= 0 || N <= 0 || K <= 0) return false;
+  try {
+    const std::array<int64_t, 5> pack_key{(int64_t)(uintptr_t)w, trans_b, N, K, ldw};
+    const Impl::Pack* pack = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      auto it = impl_->packs.find(pack_key);
+      if (it != impl_->packs.end()) pack = it->second.get();
+    }
+    if (!pack) {
+      // Packed outside the lock (the experts of a layer pack theirs in parallel); a pack another
+      // thread made meanwhile wins and this one is dropped (the same values).
+      auto p = std::make_unique<Impl::Pack>();
+      p->desc = packed_desc(N, K);
+      p->mem = dnnl::memory(p->desc, cpu_engine());
+      const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
+      dnnl::memory src(plain, cpu_engine(), const_cast<uint16_t*>(w));
+      thread_local dnnl::stream pack_stream(cpu_engine());
+      dnnl::reorder(src, p->mem).execute(pack_stream, src, p->mem);
+      pack_stream.wait();
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      auto& slot = impl_->packs[pack_key];
+      if (!slot) slot = std::move(p);
+      pack = slot.get();
+    }
+    uint32_t ab, bb;
+    std::memcpy(&ab, &alpha, 4);
+    std::memcpy(&bb, &beta, 4);
+    thread_local std::map<std::array<int64_t, 7>, PackedMatmul> cache;  // one layout per (N, K)
+    const std::array<int64_t, 7> key{M, N, K, lda, ldc, (int64_t)ab, (int64_t)bb};
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      if (cache.size() >= 4096) cache.clear();
+      PackedMatmul m;
+      m.a = dnnl::memory::desc({M, K}, dt::bf16, dims{lda, 1});
+      m.c = dnnl::memory::desc({M, N}, dt::f32, dims{ldc, 1});
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(m.a, pack->desc, m.c), scale_and_sum(alpha, beta),
+                                            cpu_engine());
+      m.ok = std::string(pd.impl_info_str()).rfind("brg", 0) == 0;
+      if (m.ok) m.mm = dnnl::matmul(pd);
+      it = cache.emplace(key, std::move(m)).first;
+    }
+    if (!it->second.ok) return false;
+    thread_local dnnl::stream stream(cpu_engine());
+    dnnl::memory a(it->second.a, cpu_engine(), const_cast<uint16_t*>(A)), c(it->second.c, cpu_engine(), C);
+    it->second.mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, pack->mem}, {DNNL_ARG_DST, c}});
+    stream.wait();
+    return true;
+  } catch (const dnnl::error& e) {
+    fail("oneDNN packed bf16 matmul [{} x {}] x [{} x {}]{} failed: {}", M, K, trans_b ? N : K, trans_b ? K : N,
+         trans_b ? "^T" : "", e.what());
+  }
+}
+
+void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t R, int64_t K) {
+  bf16_gemm(false, true, n, R, K, 1.0f, xb, K, w, K, 0.0f, y, ldy);
 }
 
 }  // namespace dsmoe::ops

@@ -19,7 +19,9 @@
 namespace dsmoe::ops {
 
 // True when the CPU reports AVX512_BF16 (and this -march=native build has the vector rounding);
-// callers use the fp32 path otherwise (oneDNN would otherwise emulate bf16, slowly).
+// callers use the fp32 path otherwise (oneDNN would otherwise emulate bf16, slowly), or refuse
+// (training's precision bf16). The environment variable DSMOE_NO_AVX512_BF16 (any value) makes it
+// false, as on a CPU without the instructions: how the tests reach those paths on this machine.
 bool bf16_gemm_available();
 
 // out[i] = x[i] rounded to bf16: nearest even, NaN stays NaN, and denormal inputs become a zero of
@@ -33,11 +35,45 @@ inline uint16_t round_to_bf16(float x) {
   return (u & 0x7f800000) == 0 ? (uint16_t)((u >> 16) & 0x8000) : f32_to_bf16(x);
 }
 
-// y [n, R] (row stride ldy) = xb [n, K] . w [R, K]^T: bf16 operands, rows of both contiguous along K.
+// C [M, N] = alpha op(A) [M, K] op(B) [K, N] + beta C: bf16 operands, fp32 accumulation and C,
+// row-major with leading dimensions like dsmoe::gemm (core/gemm.h); op(X) = X^T when trans_x. The
+// one bf16 product of dsmoe: prefill (below) and training's bf16 precision (ops/matmul.h) call it.
+// alpha and beta are applied in fp32 after the product (oneDNN's output scale and sum post-op).
 // Threads: oneDNN's OpenMP threads when called outside a parallel region; inside one (per-expert
-// GEMMs) it runs on its thread. One oneDNN primitive per shape, cached per thread.
-// Requires bf16_gemm_available().
+// GEMMs) it runs on its thread. One oneDNN primitive per shape, layout and (alpha, beta), cached
+// per thread. Requires bf16_gemm_available().
+void bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// y [n, R] (row stride ldy) = xb [n, K] . w [R, K]^T: bf16 operands, rows of both contiguous along K
+// (the prefill product: bf16_gemm(false, true, n, R, K, 1, xb, K, w, K, 0, y, ldy)).
 void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t R, int64_t K);
+// A cache of weights in the layout oneDNN's bf16 kernel reads (blocked, pairs of K interleaved):
+// with row-major weights oneDNN re-packs B at EVERY product, which made bf16 training products
+// slower than fp32 SGEMM on the expert shapes (bench/RESULTS.md "bf16 mixed-precision training").
+// One pack per (weight, use): B = W^T (forward, trans_b) or B = W (the backward dX = dY W), made
+// from the weight's bf16 copy at the first product that needs it and kept until clear(), which its
+// owner calls when the copy changes (Model: once per optimizer step). Thread-safe: per-expert
+// products fill it from several threads.
+class Bf16WeightPacks {
+ public:
+  Bf16WeightPacks();
+  ~Bf16WeightPacks();
+  Bf16WeightPacks(const Bf16WeightPacks&) = delete;
+  Bf16WeightPacks& operator=(const Bf16WeightPacks&) = delete;
+  void clear();
+  // C [M, N] = alpha A [M, K] op(W) + beta C as bf16_gemm(false, trans_b, ...), with w the bf16
+  // weight (leading dimension ldw) read through its pack. Same arithmetic as bf16_gemm (a product
+  // of bf16 values, fp32 sums in oneDNN's order). Returns false, computing nothing, when oneDNN has
+  // no packed kernel for the shape (the caller then runs bf16_gemm).
+  bool gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
+            const uint16_t* w, int64_t ldw, float beta, float* C, int64_t ldc);
+  int64_t packs() const;  // how many weights are packed now
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
 // Which kernel bf16_gemm runs on this CPU (oneDNN's implementation name, e.g. brg:avx512_core_amx_bf16).
 const char* bf16_gemm_implementation();
 

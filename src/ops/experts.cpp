@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "core/gemm.h"
 #include "ops/swiglu.h"
 
 namespace dsmoe::ops {
@@ -42,14 +41,15 @@ void experts_forward(float* ys, float* gu, float* act, const float* xs, const We
 }
 
 void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
-                     const int64_t* offsets, const ExpertsShape& s) {
+                     const int64_t* offsets, const ExpertsShape& s, const MatmulMode& mode) {
   const int64_t E = s.n_experts, H = s.hidden, I = s.inter;
-  experts_forward(ys, gu, act, xs, WeightMat::f32(w_gu, E * 2 * I, H), WeightMat::f32(w_down, E * H, I), offsets, E);
+  experts_forward(ys, gu, act, xs, WeightMat::f32(w_gu, E * 2 * I, H, &mode), WeightMat::f32(w_down, E * H, I, &mode),
+                  offsets, E);
 }
 
 void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,
                       const float* gu, const float* act, const float* w_gu, const float* w_down,
-                      const int64_t* offsets, const ExpertsShape& s, float* scratch) {
+                      const int64_t* offsets, const ExpertsShape& s, float* scratch, const MatmulMode& mode) {
   const int64_t H = s.hidden, I = s.inter;
   const int64_t rows = offsets[s.n_experts] - offsets[0];
   // scratch: dact [rows, I] then dgu [rows, 2I], indexed by row - offsets[0].
@@ -66,15 +66,15 @@ void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys
     float* dact_e = dact + q * I;
     float* dgu_e = dgu + q * 2 * I;
     // dw_down[e] [H, I] += dys_e^T [H, m] @ act_e [m, I]
-    if (dw_down) gemm(true, false, H, I, m, 1.0f, dys_e, H, act + r0 * I, I, 1.0f, dw_down + e * H * I, I);
+    if (dw_down) matmul(mode, true, false, H, I, m, 1.0f, dys_e, H, act + r0 * I, I, 1.0f, dw_down + e * H * I, I);
     if (!dxs && !dw_gu) return;
     // dact_e [m, I] = dys_e [m, H] @ w_down[e] [H, I]
-    gemm(false, false, m, I, H, 1.0f, dys_e, H, wd, I, 0.0f, dact_e, I);
+    matmul(mode, false, false, m, I, H, 1.0f, dys_e, H, wd, I, 0.0f, dact_e, I);
     swiglu_backward(dgu_e, dact_e, gu + r0 * 2 * I, m, I);  // overwrites dgu_e
     // dw_gu[e] [2I, H] += dgu_e^T [2I, m] @ xs_e [m, H]
-    if (dw_gu) gemm(true, false, 2 * I, H, m, 1.0f, dgu_e, 2 * I, xs_e, H, 1.0f, dw_gu + e * 2 * I * H, H);
+    if (dw_gu) matmul(mode, true, false, 2 * I, H, m, 1.0f, dgu_e, 2 * I, xs_e, H, 1.0f, dw_gu + e * 2 * I * H, H);
     // dxs_e [m, H] += dgu_e [m, 2I] @ w_gu[e] [2I, H]
-    if (dxs) gemm(false, false, m, H, 2 * I, 1.0f, dgu_e, 2 * I, wg, H, 1.0f, dxs + r0 * H, H);
+    if (dxs) matmul(mode, false, false, m, H, 2 * I, 1.0f, dgu_e, 2 * I, wg, H, 1.0f, dxs + r0 * H, H);
   });
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "ops/matmul.h"
 #include "ops/qlinear.h"
 
 namespace dsmoe::ops {
@@ -22,8 +23,9 @@ struct ExpertsShape {
 
 // xs [rows, H] permuted rows, offsets [E+1] row ranges per expert -> ys [rows, H].
 // Saves gu [rows, 2I] and act [rows, I] (the SwiGLU output) for backward; both are required.
+// mode: the products' precision (ops/matmul.h; default fp32), forward and backward alike.
 void experts_forward(float* ys, float* gu, float* act, const float* xs, const float* w_gu, const float* w_down,
-                     const int64_t* offsets, const ExpertsShape& s);
+                     const int64_t* offsets, const ExpertsShape& s, const MatmulMode& mode = {});
 // The same in any weight storage (training's fp32 above and the inference engine's grouped MoE): the
 // experts' stacked matrices w_gu [E * 2I, H] and w_down [E * H, I].
 void experts_forward(float* ys, float* gu, float* act, const float* xs, const WeightMat& w_gu, const WeightMat& w_down,
@@ -31,6 +33,6 @@ void experts_forward(float* ys, float* gu, float* act, const float* xs, const We
 // dxs [rows, H] +=, dw_gu [E, 2I, H] +=, dw_down [E, H, I] +=. scratch needs rows * 3I floats.
 void experts_backward(float* dxs, float* dw_gu, float* dw_down, const float* dys, const float* xs,
                       const float* gu, const float* act, const float* w_gu, const float* w_down,
-                      const int64_t* offsets, const ExpertsShape& s, float* scratch);
+                      const int64_t* offsets, const ExpertsShape& s, float* scratch, const MatmulMode& mode = {});
 
 }  // namespace dsmoe::ops

@@ -12,6 +12,7 @@
 #include "core/gemm.h"
 #include "ops/bf16_gemm.h"
 #include "ops/linear.h"
+#include "ops/matmul.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -384,7 +385,8 @@ void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
 
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
   if (n <= 0 || w.rows == 0) return;
-  if (w.type == WType::F32) return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows);
+  if (w.type == WType::F32)
+    return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows, w.f32_mode ? *w.f32_mode : MatmulMode{});
   if (n <= kGemvMaxRows) gemv(y, x, w, n);
   else if (w.compute == Compute::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
   else tiled_gemm(y, x, w, n);

@@ -30,6 +30,8 @@ WType parse_wtype(const std::string& s, const std::string& what);
 
 constexpr int64_t kBlock = 32;
 
+struct MatmulMode;  // ops/matmul.h
+
 // Precision of the operands in a product of more than kGemvMaxRows rows (prefill, batched decode):
 //   F32   exact reference: fp32 activations times the stored weights decoded to fp32 (tiles of W
 //         dequantized for SGEMM)
@@ -47,6 +49,9 @@ struct WeightMat {
   const void* data = nullptr;        // see the table above
   const uint16_t* scales = nullptr;  // bf16 [rows, blocks()] for Q8 / Q4, null otherwise
   Compute compute = Compute::F32;    // see Compute (ignored for F32 storage)
+  // F32 storage only: the precision of its products, training's (ops/matmul.h MatmulMode, with the
+  // parameters' bf16 copy); null = fp32. Non-owning.
+  const MatmulMode* f32_mode = nullptr;
 
   int64_t blocks() const { return (cols + kBlock - 1) / kBlock; }
   int64_t row_bytes() const { return row_bytes_of(type, cols); }
@@ -56,11 +61,13 @@ struct WeightMat {
 
   static int64_t row_bytes_of(WType t, int64_t cols);
   static bool has_scales(WType t) { return t == WType::Q8 || t == WType::Q4; }
-  static WeightMat f32(const float* w, int64_t rows, int64_t cols) { return {WType::F32, rows, cols, w, nullptr}; }
+  static WeightMat f32(const float* w, int64_t rows, int64_t cols, const MatmulMode* mode = nullptr) {
+    return {WType::F32, rows, cols, w, nullptr, Compute::F32, mode};
+  }
 };
 
 // y [n, w.rows] = x [n, w.cols] * dequant(W)^T (overwritten). F32 is linear_forward (the training
-// kernel). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
+// kernel, in w.f32_mode's precision). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
 // rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows are
 // dequantized to fp32 and multiplied with SGEMM, or with compute BF16 the bf16 kernel
 // (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16.

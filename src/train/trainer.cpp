@@ -21,6 +21,7 @@
 #include "io/tokenizer_files.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "ops/bf16_gemm.h"
 #include "report/run_charts.h"
 #include "dist/parallel_groups.h"
 #include "model/dispatch_tally.h"
@@ -212,6 +213,17 @@ Config config_for_data(Config cfg, const TokenSplit& data) {
   return cfg;
 }
 
+// The training.precision a run folder's config.json records ("f32" when it has none: runs from
+// before the key).
+static std::string saved_precision(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "config.json");
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_object() && j.contains("training") && j["training"].is_object() && j["training"].contains("precision") &&
+      j["training"]["precision"].is_string())
+    return j["training"]["precision"].get<std::string>();
+  return "f32";
+}
+
 // The config a run over `P` processes trains: the device-level balance loss on the real partition
 // (D = the expert-parallel size when the config leaves D at 1). Refuses what cannot be split.
 static Config config_for_layout(Config cfg, int64_t P) {
@@ -271,6 +283,11 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   Communicator& world = opt.world ? *opt.world : alone;
   const int64_t P = world.size();
   const bool root = world.rank() == 0;  // writes the run folder, the metrics and the progress
+  // Before anything is read or written: bf16 products without the instructions would be emulated by
+  // oneDNN, far slower than fp32, so the precision is refused rather than run or silently dropped.
+  if (cfg_in.train.precision == ops::Precision::BF16 && !ops::bf16_gemm_available())
+    usage_error("training.precision is \"bf16\", but this CPU has no AVX512_BF16 (or DSMOE_NO_AVX512_BF16 is set): "
+                "bf16 mixed-precision training needs it; train with \"f32\" (--precision f32)");
   TokenSplit train_data = load_split(opt.data_dir, "train", cfg_in.model.vocab_size);
   TokenSplit val_data = load_split(opt.data_dir, "val", cfg_in.model.vocab_size);
   const Config cfg = config_for_layout(config_for_data(cfg_in, train_data), P);
@@ -297,6 +314,7 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   world.broadcast(&start_code, sizeof start_code, 0);
   const RunStart start = start_code ? RunStart::Resume : RunStart::Fresh;
   Model model(mc, shard);
+  model.set_precision(tc.precision);
   // The expert-parallel traffic of each step, for metrics.jsonl (rows per rank of the group).
   std::unique_ptr<TallyingTokenDispatcher> tally;
   if (layout.dispatcher) tally = std::make_unique<TallyingTokenDispatcher>(*layout.dispatcher, ep);
@@ -325,6 +343,15 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   po.show_rate = false;  // the line shows tokens/s itself
   Progress progress("step", tc.steps, "", po);
   if (start == RunStart::Resume) {
+    // Another precision than the run's so far is allowed (the weights and moments are fp32 either
+    // way) and said, even with --quiet, like where the run resumes.
+    const std::string was = saved_precision(opt.out_dir);
+    if (root && was != ops::precision_name(tc.precision)) {
+      const std::string note = fmt::format("[dsmoe] {}: resuming with training.precision \"{}\"; the run so far was "
+                                           "trained with \"{}\"", opt.out_dir, ops::precision_name(tc.precision), was);
+      if (opt.progress) progress.message(note);
+      else std::fprintf(stderr, "%s\n", note.c_str());
+    }
     if (shard.all()) {
       load_checkpoint(opt.out_dir, model, &optimizer, &st, false, opt.checksums);
     } else {  // the one logical checkpoint, whatever layout wrote it: this rank keeps its experts
@@ -351,10 +378,10 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   }
 
   if (opt.progress)
-    progress.message(fmt::format("[dsmoe] {}: {} params{}, {} threads, OpenBLAS kernels {}{}", opt.out_dir,
+    progress.message(fmt::format("[dsmoe] {}: {} params{}, {} threads, precision {}, OpenBLAS kernels {}{}", opt.out_dir,
                                  ParamLayout(mc).total(),
                                  opt.init && start == RunStart::Fresh ? ", initialised from " + opt.init_from : "",
-                                 omp_get_max_threads(), blas_kernel_name(),
+                                 omp_get_max_threads(), ops::precision_name(tc.precision), blas_kernel_name(),
                                  P > 1 ? fmt::format(", {} processes: expert-parallel {} x data-parallel {}", P, ep,
                                                      groups.data_parallel())
                                        : ""));
@@ -492,7 +519,8 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                             {"tokens", st.tokens_seen},
                             {"tokens_per_s", tps},
                             {"elapsed_s", elapsed},
-                            {"max_load", imbalance}};
+                            {"max_load", imbalance},
+                            {"precision", ops::precision_name(tc.precision)}};
       if (!layer_load.empty()) rec["expert_load"] = layer_load;
       if (!r.routing_entropy.empty()) {
         std::vector<double> h;

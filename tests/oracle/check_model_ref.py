@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import st  # noqa: E402
 import model_oracle as mo  # noqa: E402
+import model_ref  # noqa: E402
 from model_ref import (DeepseekConfig, DeepseekForCausalLM, MoEGate, apply_rotary_pos_emb,  # noqa: E402
                        hash_u32)
 
@@ -551,9 +552,48 @@ def check_accum_equivalence():
     check("MoE: accumulated grads = sum_a (lm_a / A + aux_a)", torch.allclose(ga, want, rtol=1e-12, atol=1e-16))
 
 
+def bf16_rne_bits(x32):
+    """Round-to-nearest-even of float32 values to bf16 by integer arithmetic on the bits (numpy),
+    back as float32: an implementation independent of torch's .bfloat16()."""
+    u = x32.view(np.uint32).astype(np.uint64)
+    lo, hi = u & 0xFFFF, u >> 16
+    up = (lo > 0x8000) | ((lo == 0x8000) & ((hi & 1) == 1))
+    return ((hi + up) << 16).astype(np.uint32).view(np.float32)
+
+
+def check_bf16_gemm_inputs():
+    """set_gemm_inputs("bf16"): the rounding is nearest even (ties included), the forward is the fp64
+    product of the rounded operands, and the backward products round their inputs too."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4000, generator=g, dtype=torch.float64).float().numpy()
+    # exact ties (low half 0x8000) with odd and even upper halves, both signs
+    ties = (np.array([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000], dtype=np.uint32)).view(np.float32)
+    v = np.concatenate([x, ties]).astype(np.float32)
+    got = model_ref._bf16(torch.from_numpy(v).double()).float().numpy()
+    check("bf16 rounding of the oracle == bit-level round-to-nearest-even (incl. ties)",
+          np.array_equal(got.view(np.uint32), bf16_rne_bits(v).view(np.uint32)))
+    xs = torch.randn(3, 5, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(24, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(3, 5, 24, generator=g, dtype=torch.float64)
+    model_ref.set_gemm_inputs("bf16")
+    try:
+        y = model_ref.project(xs, w)
+        y.backward(gy)
+    finally:
+        model_ref.set_gemm_inputs("exact")
+    r = lambda t: torch.from_numpy(bf16_rne_bits(t.detach().float().numpy())).double()  # noqa: E731
+    ok_f = torch.allclose(y, r(xs) @ r(w).T, rtol=1e-14, atol=0)
+    ok_dx = torch.allclose(xs.grad, r(gy) @ r(w), rtol=1e-14, atol=0)
+    ok_dw = torch.allclose(w.grad, r(gy).reshape(-1, 24).T @ r(xs).reshape(-1, 16), rtol=1e-14, atol=0)
+    check("bf16 projection: y = r(x) r(w)^T, dx = r(g) r(w), dw = r(g)^T r(x) in fp64", ok_f and ok_dx and ok_dw,
+          f"forward {ok_f}, dx {ok_dx}, dw {ok_dw}")
+    check("bf16 projection differs from the exact one", not torch.allclose(y, xs @ w.T, rtol=1e-6, atol=0))
+
+
 PARTS = {
     "analytic": (check_hash, check_uniform_identity, check_aux_closed_form, check_attention_and_rope,
-                 check_dispatch_parity, check_routing_override, check_adamw_formula, check_accum_equivalence),
+                 check_dispatch_parity, check_routing_override, check_adamw_formula, check_accum_equivalence,
+                 check_bf16_gemm_inputs),
     "gradcheck": (check_gradcheck,),
     "files": (check_oracle_files,),
 }

@@ -3,8 +3,11 @@ and optionally a short AdamW training trajectory, written to one safetensors fil
 
   /usr/bin/python3 tests/oracle/model_oracle.py --config CFG.json --out OUT.safetensors \
       --seed S --batch B --seq T [--steps N --accum A] [--min-margin 1e-5] [--overrides JSON]
+      [--gemm-inputs exact|bf16]
 
-The model (tests/oracle/model_ref.py) runs in float64 on weights that are exactly the stored F32 values.
+The model (tests/oracle/model_ref.py) runs in float64 on weights that are exactly the stored F32 values;
+with --gemm-inputs bf16 every projection's products (forward and backward) take bf16-rounded inputs
+(model_ref.set_gemm_inputs: what dsmoe's training.precision "bf16" computes, in float64).
 Random draws, all from torch.Generator().manual_seed(S): the weights in named_parameters() order, then
 the batch, then the trajectory's micro-batches in (step, micro-batch) order. A token batch whose top-k
 routing margin (softmax prob of the k-th minus the (k+1)-th expert, at the weights it is used with) is
@@ -53,7 +56,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
-from model_ref import DeepseekConfig, DeepseekForCausalLM  # noqa: E402
+from model_ref import DeepseekConfig, DeepseekForCausalLM, set_gemm_inputs  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead and nondeterminism
 
@@ -247,7 +250,10 @@ def main():
                     help="redraw any token batch whose top-k routing margin (softmax prob) is below this; 0 = off")
     ap.add_argument("--overrides", default="[]",
                     help="JSON list of evaluation routing overrides [disable_top, top_k, drop_shared]")
+    ap.add_argument("--gemm-inputs", choices=["exact", "bf16"], default="exact",
+                    help="bf16: every projection's products take bf16-rounded inputs (model_ref.set_gemm_inputs)")
     args = ap.parse_args()
+    set_gemm_inputs(args.gemm_inputs)
     overrides = [(int(d), int(k), bool(s)) for d, k, s in json.loads(args.overrides)]
 
     with open(args.config) as f:
@@ -315,7 +321,7 @@ def main():
     meta = {"config": json.dumps(cfg_dict), "seed": args.seed, "batch": B, "seq": T,
             "steps": args.steps, "accum": args.accum, "scalar_shape": "[]",
             "min_route_margin": repr(min_margin), "min_margin_arg": repr(args.min_margin),
-            "overrides": json.dumps(overrides)}
+            "overrides": json.dumps(overrides), "gemm_inputs": args.gemm_inputs}
 
     if args.steps > 0:
         tc = training_config(cfg_dict, args.steps)

@@ -36,6 +36,13 @@ experts of highest softmax score are masked out (-inf) and top-k is taken over t
 renormalised only when norm_topk_prob and k > 1; drop_shared skips the shared experts. Training-mode
 forwards refuse an active override.
 
+bf16 GEMM inputs (dsmoe's training.precision "bf16", src/ops/matmul.h), set with
+set_gemm_inputs("bf16"): every projection (q/k/v/o, the MLPs and experts, the router, lm_head; not the
+attention score and value products, which dsmoe keeps fp32) rounds both inputs of its forward product
+and of both backward products (dX = dY W, dW = dY^T X) to bf16, round-to-nearest-even through fp32
+(`.float().bfloat16()`, what dsmoe rounds: fp32 values), then multiplies them in float64. The default
+"exact" is plain F.linear in float64.
+
 Torch 1.13 compatible (no scaled_dot_product_attention, no nn.RMSNorm).
 """
 import math
@@ -161,6 +168,60 @@ class DeepseekConfig:
         return M
 
 
+_GEMM_INPUTS = "exact"
+
+
+def set_gemm_inputs(mode):
+    """"exact" (default) or "bf16": what every projection's products take (see the module docstring)."""
+    global _GEMM_INPUTS
+    if mode not in ("exact", "bf16"):
+        raise ValueError(f"gemm inputs must be 'exact' or 'bf16', got {mode!r}")
+    _GEMM_INPUTS = mode
+
+
+def _bf16(t):
+    """t rounded to bf16 (nearest even, through fp32 as dsmoe holds it), back in t's dtype."""
+    return t.float().bfloat16().to(t.dtype)
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """y = bf16(x) bf16(w)^T; backward dx = bf16(g) bf16(w), dw = bf16(g)^T bf16(x): each product of
+    bf16-rounded inputs, computed in the inputs' dtype (float64). Not the derivative of the forward
+    (rounding has none): the products a bf16 mixed-precision engine computes."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        xb, wb = _bf16(x), _bf16(w)
+        ctx.save_for_backward(xb, wb)
+        return xb @ wb.t()
+
+    @staticmethod
+    def backward(ctx, g):
+        xb, wb = ctx.saved_tensors
+        gb = _bf16(g)
+        dx = gb @ wb
+        dw = gb.reshape(-1, gb.shape[-1]).t() @ xb.reshape(-1, xb.shape[-1])
+        return dx, dw
+
+
+def project(x, w):
+    """x w^T (no bias), with the inputs set_gemm_inputs chose."""
+    if _GEMM_INPUTS == "bf16":
+        return _Bf16Linear.apply(x, w)
+    return F.linear(x, w, None)
+
+
+class Projection(nn.Linear):
+    """nn.Linear without bias whose product is project() (same parameter names and init)."""
+
+    def __init__(self, in_features, out_features, bias=False):
+        assert not bias
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x):
+        return project(x, self.weight)
+
+
 def _compute_dtype(dtype):
     """At least fp32 (official: fp32), but float64 stays float64."""
     return torch.promote_types(dtype, torch.float32)
@@ -233,10 +294,10 @@ class DeepseekAttention(nn.Module):
         self.head_dim = self.hidden_size // self.num_heads
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.q_proj = nn.Linear(self.hidden_size, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, self.hidden_size, bias=False)
+        self.q_proj = Projection(self.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = Projection(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = Projection(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = Projection(self.num_heads * self.head_dim, self.hidden_size, bias=False)
         self.rotary_emb = DeepseekRotaryEmbedding(self.head_dim, base=config.rope_theta)
 
     def forward(self, hidden_states, position_ids):
@@ -265,9 +326,9 @@ class DeepseekMLP(nn.Module):
         super().__init__()
         self.hidden_size = config.hidden_size if hidden_size is None else hidden_size
         self.intermediate_size = config.intermediate_size if intermediate_size is None else intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        self.gate_proj = Projection(self.hidden_size, self.intermediate_size, bias=False)
+        self.up_proj = Projection(self.hidden_size, self.intermediate_size, bias=False)
+        self.down_proj = Projection(self.intermediate_size, self.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -351,7 +412,7 @@ class MoEGate(nn.Module):
     def forward(self, hidden_states):
         bsz, seq_len, h = hidden_states.shape
         hidden_states = hidden_states.view(-1, h)
-        logits = F.linear(hidden_states, self.weight, None)
+        logits = project(hidden_states, self.weight)
         scores = logits.softmax(dim=-1)
         k = self.override_k or self.top_k
         ranked = scores  # what top-k ranks: the scores, masked to 0 outside the kept groups (V2)
@@ -644,7 +705,7 @@ class DeepseekForCausalLM(nn.Module):
             config = DeepseekConfig(config)
         self.config = config
         self.model = DeepseekModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Projection(config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, input_ids, targets=None):
         """input_ids [B, T] -> logits [B, T, V] (>= fp32) and, if targets [B, T] are given, the mean
