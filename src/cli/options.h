@@ -25,7 +25,7 @@ Checksums checksums_of(bool no_verify, const std::string& what);
 // The largest --max-new-tokens / --ctx / token counts accepted anywhere (16M tokens).
 inline constexpr int64_t kMaxTokens = int64_t(1) << 24;
 
-// --compute auto|f32|bf16 (infer/compute_mode.h) for the commands that run a model.
+// --compute auto|f32|bf16|int8 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);
 
 }  // namespace dsmoe::cli
