@@ -11,10 +11,12 @@ using ops::Compute;
 // Per storage (F32, BF16, Q8, Q4): what "auto" picks where the CPU has it (int8 without AVX512-VNNI
 // becomes bf16, bf16 without AVX512_BF16 f32): the fastest mode whose measured perplexity cost on the
 // quickstart model is below 0.5% (bench/RESULTS.md "Compute modes"). Measured 2026-12-01: bf16 and
-// int8 both cost under 0.02% on q8 and q4; their prefill speeds were level (int8 ahead in wall time
-// at 2 threads, behind in CPU time at 1, on a heavily loaded machine with AMX, where oneDNN's bf16
-// runs on AMX tiles), so int8 is not measurably faster and q8 / q4 stay bf16 until a quiet
-// measurement says otherwise.
+// int8 both cost under 0.02% on q8 and q4. Speed on this AMX machine (oneDNN's bf16 runs on AMX
+// tiles): per product, int8 is 1.6-2.4x bf16 at 12-24 rows (the routed experts of a short prompt)
+// but 0.8-0.9x at 128-256 rows (attention, shared experts, long prompts); the whole 128-token
+// prefill was level to 1.3x ahead on a heavily loaded machine. Not measurably the faster mode
+// across prompt lengths, so q8 / q4 stay bf16 (int8 for few-row products only would be faster: not
+// a mode the user can name yet).
 constexpr Compute kAuto[] = {Compute::F32, Compute::BF16, Compute::BF16, Compute::BF16};
 
 Compute parse_compute(const std::string& flag, ops::WType storage) {
