@@ -6,7 +6,7 @@
 //                         the 6 routed experts it picked + lm_head + norms + its embedding row) and
 //                         the bandwidth that implies; compare with Ceiling_ReadBandwidth of the same
 //                         run (bench/infer_bench.sh prints the ratio).
-//   Infer_Prefill/<type>  one prompt of 128 tokens: tokens/s.
+//   Infer_Prefill/<type>/<compute>  one prompt of 128 tokens: tokens/s, per --compute mode.
 // Weights are random bytes of the right format (not quantized from fp32: that would take longer
 // than the measurement and the kernels' speed does not depend on the values).
 #include <benchmark/benchmark.h>
@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/bf16.h"
@@ -22,6 +23,7 @@
 #include "infer/engine.h"
 #include "infer/infer_weights.h"
 #include "ops/bf16_gemm.h"
+#include "ops/int8_gemm.h"
 #include "bench_model.h"
 
 namespace {
@@ -94,15 +96,20 @@ void Infer_Decode(benchmark::State& state) {
 }
 BENCHMARK(Infer_Decode)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
-// type 0..2: the storages above with fp32 activations (the exact path); 3: bf16 storage with
-// compute bf16 (activations rounded to bf16, AVX512_BF16 dot products: ops/bf16_gemm.h).
+// type 0..2: the storages above; compute 0: fp32 activations (the exact path), 1: bf16 (activations
+// rounded to bf16, oneDNN: ops/bf16_gemm.h), 2: int8 (activations quantized per 32, AVX512-VNNI:
+// ops/int8_gemm.h; q8 / q4 only). All combinations run in one invocation, so they share its load.
+const ops::Compute kComputes[] = {ops::Compute::F32, ops::Compute::BF16, ops::Compute::INT8};
+
 void Infer_Prefill(benchmark::State& state) {
-  const bool bf16_compute = state.range(0) == 3;
-  const WType t = bf16_compute ? WType::BF16 : kTypes[state.range(0)];
-  if (bf16_compute && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
-  state.SetLabel(bf16_compute ? "bf16, compute bf16" : ops::wtype_name(t));
+  const WType t = kTypes[state.range(0)];
+  const ops::Compute c = kComputes[state.range(1)];
+  if (c == ops::Compute::INT8 && t == WType::BF16) return state.SkipWithError("compute int8 needs q8 or q4 weights");
+  if (c == ops::Compute::BF16 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
+  if (c == ops::Compute::INT8 && !ops::int8_gemm_available()) return state.SkipWithError("no AVX512-VNNI on this CPU");
+  state.SetLabel(std::string(ops::wtype_name(t)) + ", compute " + ops::compute_name(c));
   InferenceWeights& w = weights(t);
-  w.set_compute(bf16_compute ? ops::Compute::BF16 : ops::Compute::F32);
+  w.set_compute(c);
   InferenceEngine eng(w);
   const int64_t n = 128;
   KvCache cache(w.config(), n);
@@ -117,7 +124,12 @@ void Infer_Prefill(benchmark::State& state) {
   w.set_compute(ops::Compute::F32);
   state.counters["tokens/s"] = benchmark::Counter((double)n, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(Infer_Prefill)->DenseRange(0, 3)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(Infer_Prefill)
+    ->ArgsProduct({{0, 1, 2}, {0, 1, 2}})
+    ->ArgNames({"type", "compute"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
 
 }  // namespace
 

@@ -26,11 +26,12 @@ print(f"\nread ceiling ({T} thread(s)): {bw:.2f} GB/s")
 print("| storage | MB/token | decode tok/s | ceiling tok/s | % of ceiling | prefill tok/s (128) | GEMV GB/s (% of ceiling) |")
 print("|---|---|---|---|---|---|---|")
 for i, t in enumerate(["bf16", "q8", "q4"]):
-    dec = b[f"Infer_Decode/type:{i}"]; pre = b[f"Infer_Prefill/type:{i}"]; g = b[f"Infer_Gemv/type:{i}"]["GB/s"] / 1e9
+    dec = b[f"Infer_Decode/type:{i}"]; pre = b[f"Infer_Prefill/type:{i}/compute:0"]; g = b[f"Infer_Gemv/type:{i}"]["GB/s"] / 1e9
     mb = dec["MB/token"]; ceil = bw * 1e3 / mb
     print(f"| {t} | {mb:.1f} | {dec['tokens/s']:.2f} | {ceil:.2f} | {100 * dec['tokens/s'] / ceil:.0f}% | {pre['tokens/s']:.1f} | {g:.2f} ({100 * g / bw:.0f}%) |")
-pc = b.get("Infer_Prefill/type:3")
-if pc and "tokens/s" in pc:
-    f32a = b["Infer_Prefill/type:0"]["tokens/s"]
-    print(f"| bf16, --compute bf16 | | | | | {pc['tokens/s']:.1f} ({pc['tokens/s'] / f32a:.2f}x the f32-activation prefill) | |")
+print("\n| storage | prefill tok/s (128), compute f32 | bf16 | int8 |")
+print("|---|---|---|---|")
+for i, t in enumerate(["bf16", "q8", "q4"]):
+    row = [b.get(f"Infer_Prefill/type:{i}/compute:{c}", {}).get("tokens/s") for c in range(3)]
+    print(f"| {t} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in row) + " |")
 PY

@@ -67,10 +67,11 @@ int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t
 
 void add_compute_option(CLI::App* c, std::string& compute) {
   c->add_option("--compute", compute,
-                "operand precision of prefill products: auto (bf16 for bf16/q8/q4 weights on an AVX512_BF16 CPU, "
-                "else f32), f32 (exact), bf16 (bf16, q8 or q4 weights)")
+                "operand precision of prefill products: auto (the fastest mode costing under 0.5% perplexity: "
+                "bf16 for bf16/q8/q4 weights on an AVX512_BF16 CPU, else f32), f32 (exact), bf16 (bf16, q8 or q4 "
+                "weights), int8 (q8 or q4 weights, AVX512-VNNI: activations quantized per 32)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}));
 }
 
 void add_no_verify_flag(CLI::App* c, bool& no_verify) {

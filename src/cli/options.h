@@ -39,7 +39,7 @@ void apply_comm_timeout(const ParallelArgs& a);
 // infer/parallel_inference.h's inference_expert_parallel, its refusal a usage error (exit 2).
 int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t requested);
 
-// --compute auto|f32|bf16 (infer/compute_mode.h) for the commands that run a model.
+// --compute auto|f32|bf16|int8 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);
 
 }  // namespace dsmoe::cli

@@ -61,8 +61,8 @@ class InferenceWeights {
   const ModelConfig& config() const { return cfg_; }
   const ExpertShard& shard() const { return shard_; }
   ops::WType type() const { return type_; }
-  // Activation precision of every matrix's prefill products (see ops::Compute; BF16 needs type()
-  // BF16: checked by the caller's choice, infer/compute_mode.h).
+  // Activation precision of every matrix's prefill products (see ops::Compute; BF16 needs weights
+  // other than f32, INT8 q8 / q4 ones: checked by the caller's choice, infer/compute_mode.h).
   void set_compute(ops::Compute c);
   ops::Compute compute() const { return compute_; }
   const ops::WeightMat& embed() const { return embed_; }

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/gemm.h"
 #include "ops/bf16_gemm.h"
+#include "ops/int8_gemm.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
 
@@ -34,7 +35,14 @@ const char* wtype_name(WType t) {
   return "?";
 }
 
-const char* compute_name(Compute c) { return c == Compute::BF16 ? "bf16" : "f32"; }
+const char* compute_name(Compute c) {
+  switch (c) {
+    case Compute::F32: return "f32";
+    case Compute::BF16: return "bf16";
+    case Compute::INT8: return "int8";
+  }
+  return "?";
+}
 
 WType parse_wtype(const std::string& s, const std::string& what) {
   if (s == "f32") return WType::F32;
@@ -342,25 +350,33 @@ void gemv(float* y, const float* x, const WeightMat& w, int64_t n) {
 
 // Many activation rows: W is converted kTileRows rows at a time (per thread, into L2) and each tile
 // multiplied on its thread (OpenBLAS and oneDNN run single-threaded inside the parallel region):
-// fn(tile, r0, nr) for every tile, with a per-thread scratch of T kept across calls (megabytes: a
+// fn(scratch, r0, nr) for every tile, with a per-thread Scratch kept across calls (megabytes: a
 // fresh one per call cost page faults every time).
 constexpr int64_t kTileRows = 128;
-template <class T, class Fn>
+template <class Scratch, class Fn>
 void for_each_weight_tile(const WeightMat& w, Fn&& fn) {
-  const int64_t R = w.rows, K = w.cols, tiles = (R + kTileRows - 1) / kTileRows;
+  const int64_t R = w.rows, tiles = (R + kTileRows - 1) / kTileRows;
 #pragma omp parallel
   {
-    thread_local std::vector<T> tile;
-    if (tile.size() < (size_t)(std::min(kTileRows, R) * K)) tile.resize((size_t)(std::min(kTileRows, R) * K));
+    thread_local Scratch scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tiles; ++t) fn(tile.data(), t * kTileRows, std::min(kTileRows, R - t * kTileRows));
+    for (int64_t t = 0; t < tiles; ++t) fn(scratch, t * kTileRows, std::min(kTileRows, R - t * kTileRows));
   }
+}
+
+// A tile's worth of T in a per-thread vector, grown once.
+template <class T>
+T* tile_buffer(std::vector<T>& v, const WeightMat& w) {
+  const size_t need = (size_t)(std::min(kTileRows, w.rows) * w.cols);
+  if (v.size() < need) v.resize(need);
+  return v.data();
 }
 
 // Compute F32: tiles dequantized to fp32, SGEMM does the arithmetic.
 void tiled_gemm(float* y, const float* x, const WeightMat& w, int64_t n) {
   const int64_t R = w.rows, K = w.cols;
-  for_each_weight_tile<float>(w, [&](float* tile, int64_t r0, int64_t nr) {
+  for_each_weight_tile<std::vector<float>>(w, [&](std::vector<float>& buf, int64_t r0, int64_t nr) {
+    float* tile = tile_buffer(buf, w);
     dequantize_rows(tile, w, r0, nr);
     gemm(false, true, n, nr, K, 1.0f, x, K, tile, K, 0.0f, y + r0, R);
   });
@@ -375,9 +391,23 @@ void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
   round_to_bf16(xb.data(), x, n * K);
   if (w.type == WType::BF16) return bf16_gemm(y, R, xb.data(), (const uint16_t*)w.data, n, R, K);
   const uint16_t* xs = xb.data();
-  for_each_weight_tile<uint16_t>(w, [&](uint16_t* tile, int64_t r0, int64_t nr) {
+  for_each_weight_tile<std::vector<uint16_t>>(w, [&](std::vector<uint16_t>& buf, int64_t r0, int64_t nr) {
+    uint16_t* tile = tile_buffer(buf, w);
     dequantize_rows_bf16(tile, w, r0, nr);
     bf16_gemm(y + r0, R, xs, tile, n, nr, K);
+  });
+}
+
+// Compute INT8: the activations quantized once (this thread's scratch, read by every thread through
+// the pointer: a thread_local named inside the lambda would be each thread's own), the tiles repacked
+// per thread and multiplied by the int8 kernel.
+void int8_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
+  thread_local Int8Activations xq;
+  quantize_activations_int8(xq, x, n, w.cols);
+  const Int8Activations* xa = &xq;
+  for_each_weight_tile<Int8WeightTile>(w, [&, xa](Int8WeightTile& tile, int64_t r0, int64_t nr) {
+    pack_weights_int8(tile, w, r0, nr);
+    int8_gemm(y + r0, w.rows, *xa, tile);
   });
 }
 
@@ -389,7 +419,11 @@ void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
     return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows, w.f32_mode ? *w.f32_mode : MatmulMode{});
   if (n <= kGemvMaxRows) gemv(y, x, w, n);
   else if (w.compute == Compute::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
-  else tiled_gemm(y, x, w, n);
+  else if (w.compute == Compute::INT8) {
+    DSMOE_ASSERT(int8_gemm_available() && (w.type == WType::Q8 || w.type == WType::Q4),
+                 "compute int8 with {} weights{}", wtype_name(w.type), int8_gemm_available() ? "" : " without AVX512-VNNI");
+    int8_prefill(y, x, w, n);
+  } else tiled_gemm(y, x, w, n);
 }
 
 }  // namespace dsmoe::ops

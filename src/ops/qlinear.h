@@ -40,8 +40,13 @@ struct MatmulMode;  // ops/matmul.h
 //         weights decoded (q * d in fp32, exact) and rounded to bf16 per tile, i.e. each weight
 //         within 2^-9 relative of its stored value. Twice the arithmetic per instruction of fp32.
 //         Without AVX512_BF16 at run time the product is the F32 one.
-enum class Compute : uint8_t { F32, BF16 };
-const char* compute_name(Compute c);  // "f32", "bf16"
+//   INT8  q8 / q4 weights only: activations quantized to int8 per block of 32 with an fp32 scale
+//         (llama.cpp's q8_0 activations), integer dot products per block with AVX512-VNNI, each
+//         block's sum scaled and accumulated in fp32 (ops/int8_gemm.h states the rule and the
+//         bound). Four times the arithmetic per instruction of fp32. Requires int8_gemm_available()
+//         (qlinear_forward fails otherwise: the choice is checked in infer/compute_mode.h).
+enum class Compute : uint8_t { F32, BF16, INT8 };
+const char* compute_name(Compute c);  // "f32", "bf16", "int8"
 
 struct WeightMat {
   WType type = WType::F32;
@@ -70,7 +75,8 @@ struct WeightMat {
 // kernel, in w.f32_mode's precision). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
 // rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows are
 // dequantized to fp32 and multiplied with SGEMM, or with compute BF16 the bf16 kernel
-// (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16.
+// (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16, or with compute
+// INT8 the activations are quantized once and q8 / q4 tiles repacked for the int8 kernel (ops/int8_gemm.h).
 constexpr int64_t kGemvMaxRows = 8;
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n);
 

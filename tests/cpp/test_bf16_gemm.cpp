@@ -23,15 +23,10 @@ using namespace dsmoe;
 using ops::Compute;
 using ops::WeightMat;
 using ops::WType;
+using test::bf16_value;
+using test::randn;
 
 namespace {
-
-double bf16_value(uint16_t h) {  // decoded here, not through the code under test
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 uint32_t bits(float f) {
   uint32_t u;
@@ -49,12 +44,6 @@ uint16_t expected_bf16(float f) {
   return (uint16_t)(hi + (up ? 1 : 0));
 }
 
-std::vector<float> randn(int64_t n, uint64_t seed, float scale) {
-  Rng r(seed);
-  std::vector<float> v((size_t)n);
-  for (float& x : v) x = (float)(scale * r.normal());
-  return v;
-}
 
 std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());

@@ -18,6 +18,7 @@
 #include "infer/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "ops/bf16_gemm.h"
+#include "ops/int8_gemm.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 
@@ -278,6 +279,58 @@ TEST(HfCli, ComputeBf16ScoresWithinItsCostAndIsRefusedForOtherStorages) {
   Out bad = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --compute int4");
   EXPECT_EQ(bad.rc, 2) << bad.err;
   EXPECT_NE(bad.err.find("--compute"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+
+namespace {
+
+// --compute int8 on q8 and q4 weights (converted while loading): the mode's contract is a
+// perplexity cost below 0.5%, so the mean NLL must stay within 0.5% of compute f32 on the same
+// weights. Per token, to first order: each activation entering a prefill product is replaced by
+// its block's nearest step, an error uniform in +-amax/254, RMS amax / (127 sqrt 12) ~ 0.6% of the
+// values' spread (amax ~ 2.5 sigma in a block of 32 Gaussian-like values), independently in the ~7
+// products on a token's path (q, k, v, o, gate_up, down per layer, lm_head), so logits move by
+// ~0.6% * sqrt(7) ~ 1.6% of their spread: on this random, sharp model (the scored tokens' log-probs
+// alone spread over 6 nats, -4 to -10; the logits over ~10) ~0.16 nats. 0.25 nats leaves room for the tail and still fails a wrong scale or a
+// dropped block, which move log-probs by whole nats. (bf16 compute moves them by up to 0.07 here.)
+// The mode is refused (exit 2) for bf16 and f32 weights, and on a CPU without AVX512-VNNI.
+TEST(HfCli, ComputeInt8ScoresCloseToF32AndIsRefusedForOtherStorages) {
+  Fixture& f = fixture();
+  const std::string ids = local_path("compute_int8_ids.jsonl");
+  std::string arr = "[";
+  for (int i = 0; i < 40; ++i) arr += std::to_string((i * 37 + 11) % 256) + (i < 39 ? ", " : "]\n");
+  write_file_atomic(ids, arr);
+  for (const char* dtype : {"q8", "q4"}) {
+    const std::string base = "score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype " + dtype;
+    Out b = run(base + " --compute int8");
+    if (!ops::int8_gemm_available()) {
+      EXPECT_EQ(b.rc, 2) << b.err;
+      EXPECT_NE(b.err.find("AVX512-VNNI"), std::string::npos) << b.err;
+      continue;
+    }
+    Out a = run(base + " --compute f32");
+    ASSERT_EQ(a.rc, 0) << a.err;
+    ASSERT_EQ(b.rc, 0) << b.err;
+    const json ja = json::parse(a.out), jb = json::parse(b.out);
+    EXPECT_EQ(jb["compute"], "int8");
+    EXPECT_NE(b.err.find("dsmoe: compute: int8 activations"), std::string::npos) << b.err;
+    EXPECT_NE(b.err.find("vpdpbusd"), std::string::npos) << b.err;  // names the kernel
+    const double na = ja["mean_nll"].get<double>(), nb = jb["mean_nll"].get<double>();
+    EXPECT_NEAR(nb, na, 0.005 * na) << dtype << ": int8 compute moved the NLL by more than 0.5%";
+    const auto& la = ja["sequences"][0]["logprobs"];
+    const auto& lb = jb["sequences"][0]["logprobs"];
+    ASSERT_EQ(la.size(), lb.size());
+    double worst = 0;
+    for (size_t i = 0; i < la.size(); ++i) worst = std::max(worst, std::fabs(la[i].get<double>() - lb[i].get<double>()));
+    EXPECT_LE(worst, 0.25) << dtype << ": a log-prob moved by " << worst << " nats";
+    EXPECT_GT(worst, 0.0) << dtype << ": --compute int8 changed nothing";
+  }
+  for (const char* dtype : {"bf16", "f32"}) {
+    Out r = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --dtype " + dtype + " --compute int8");
+    EXPECT_EQ(r.rc, 2) << dtype << ": " << r.err;
+    EXPECT_NE(r.err.find("--compute int8 needs q8 or q4 weights"), std::string::npos) << r.err;
+  }
 }
 
 }  // namespace

@@ -242,4 +242,18 @@ void AdamTrajectoryBudget::add_step(Model& model, AdamW& adam, int64_t s, double
   }
 }
 
+std::vector<float> randn(int64_t n, uint64_t seed, float scale) {
+  Rng r(seed);
+  std::vector<float> v((size_t)n);
+  for (float& x : v) x = (float)(scale * r.normal());
+  return v;
+}
+
+double bf16_value(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 }  // namespace dsmoe::test

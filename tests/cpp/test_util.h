@@ -96,6 +96,10 @@ Config tiny_byte_model_config(int64_t max_position_embeddings, int64_t seq_len);
 
 // n token ids drawn uniformly from [0, V).
 std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int64_t V);
+// n values drawn from N(0, scale^2) (seeded Rng).
+std::vector<float> randn(int64_t n, uint64_t seed, float scale);
+// The value of a bf16 bit pattern, decoded here (not through the code under test).
+double bf16_value(uint16_t h);
 
 // A small byte-level dataset (vocab 256): words drawn from a fixed list (learnable structure) by an
 // RNG seeded from test_seed(), saved as DIR's train and val splits. Returns dir.
