@@ -27,5 +27,7 @@ inline constexpr int64_t kMaxTokens = int64_t(1) << 24;
 
 // --compute auto|f32|bf16 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);
+// --kv-cache f32|bf16 (infer/engine.h KvType) for the commands that run a model.
+void add_kv_cache_option(CLI::App* c, std::string& kv_cache);
 
 }  // namespace dsmoe::cli
