@@ -18,7 +18,8 @@
 #      stdout and in $WORK/side_by_side.md; the raw runs in $WORK/runs.tsv.
 #
 #   bench/llama_side_by_side.sh                 # the full run (about 30-60 min; the model is 1.9 B parameters)
-#   bench/llama_side_by_side.sh --quick         # the same pipeline in under a minute: a 2-layer model with
+#   bench/llama_side_by_side.sh --quick         # the same pipeline in under a minute on a quiet machine (23 s of
+#                                               # CPU; 3 min of wall time at load 15): a 2-layer model with
 #                                               # 8 routed experts, q8_0 only, 1 thread, 1 repetition, short prompt
 #   REPS=5 THREADS="1 2" TYPES="bf16 q8_0" WORK=/tmp/sbs bench/llama_side_by_side.sh
 #   PPL_MODEL=runs/default PPL_IDS=val_windows.jsonl ...   # the trained model for step 3 (skipped without PPL_IDS)
