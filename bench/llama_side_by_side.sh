@@ -17,7 +17,8 @@
 #   4. a Markdown table (medians, [min-max] over the repetitions, dsmoe / llama.cpp per row) on
 #      stdout and in $WORK/side_by_side.md; the raw runs in $WORK/runs.tsv.
 #
-#   bench/llama_side_by_side.sh                 # the full run (about 30-60 min; the model is 1.9 B parameters)
+#   bench/llama_side_by_side.sh                 # the full run (1.85 B parameters; under load 15-20 one repetition
+#                                               # took 53 min after the exports: bench/RESULTS.md session 5)
 #   bench/llama_side_by_side.sh --quick         # the same pipeline in under a minute on a quiet machine (23 s of
 #                                               # CPU; 3 min of wall time at load 15): a 2-layer model with
 #                                               # 8 routed experts, q8_0 only, 1 thread, 1 repetition, short prompt
