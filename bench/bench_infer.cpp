@@ -7,6 +7,9 @@
 //                         the bandwidth that implies; compare with Ceiling_ReadBandwidth of the same
 //                         run (bench/infer_bench.sh prints the ratio).
 //   Infer_Prefill/<type>/<compute>  one prompt of 128 tokens: tokens/s, per --compute mode.
+//   Infer_DecodeLongContext/kv:<0|1>  q8 decode steps at 2048 to 2303 tokens of context with an
+//                         f32 (0) or bf16 (1) KV cache (--kv-cache): tokens/s and the cache bytes
+//                         a step reads (keys and values of every position, every layer).
 // Weights are random bytes of the right format (not quantized from fp32: that would take longer
 // than the measurement and the kernels' speed does not depend on the values).
 #include <benchmark/benchmark.h>
@@ -130,6 +133,37 @@ BENCHMARK(Infer_Prefill)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(3.0);
+
+// The cache is filled with random keys and values of the right scale instead of a 2048-token
+// prefill (minutes on this model, and attention's speed does not depend on the values); the
+// context cycles over 2048..2303 so every step attends to about the same number of positions.
+void Infer_DecodeLongContext(benchmark::State& state) {
+  const KvType kv = state.range(0) == 1 ? KvType::BF16 : KvType::F32;
+  state.SetLabel(std::string("q8, kv ") + kv_type_name(kv));
+  const InferenceWeights& w = weights(WType::Q8);
+  InferenceEngine eng(w, kv);
+  const int64_t context = 2048, steps = 256;
+  KvCache cache = eng.new_cache(context + steps + 8);
+  Rng rng(3);
+  const size_t n = (size_t)(cache.layers * cache.capacity * cache.kv_dim);
+  for (size_t i = 0; i < n; ++i) {
+    const float kv_value = (float)rng.normal();
+    if (kv == KvType::BF16) cache.kh[i] = f32_to_bf16(kv_value), cache.vh[i] = f32_to_bf16(kv_value * 0.5f);
+    else cache.k[i] = kv_value, cache.v[i] = kv_value * 0.5f;
+  }
+  cache.len = context;
+  std::vector<float> logits;
+  int32_t next = 7;
+  for (auto _ : state) {
+    if (cache.len + 1 >= cache.capacity) cache.len = context;
+    Segment seg{&cache, &next, 1};
+    eng.step(std::span<const Segment>(&seg, 1), false, logits);
+    next = (int32_t)((next * 31 + 11) % 32000);
+  }
+  state.counters["tokens/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["cache MB/token"] = (double)KvCache::bytes_per_token(w.config(), kv) * (context + steps / 2) / 1e6;
+}
+BENCHMARK(Infer_DecodeLongContext)->DenseRange(0, 1)->ArgName("kv")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
 }  // namespace
 

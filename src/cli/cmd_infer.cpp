@@ -169,7 +169,7 @@ void refuse_under_mpirun(const char* command, const char* why) {
 // ---------------------------------------------------------------- generate
 
 struct GenerateArgs {
-  std::string dir, tokenizer, dtype = "auto", compute = "auto";
+  std::string dir, tokenizer, dtype = "auto", compute = "auto", kv_cache = "f32";
   ParallelArgs par;
   std::vector<std::string> prompts, prompt_ids;
   std::string prompts_file;
@@ -220,8 +220,12 @@ void cmd_generate(const GenerateArgs& a) {
   }
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
-  const std::unique_ptr<InferenceEngine> engine = pm.engine();
+  const std::unique_ptr<InferenceEngine> engine = pm.engine(parse_kv_type(a.kv_cache, "--kv-cache"));
   InferenceEngine& eng = *engine;
+  int64_t cache_tokens = 0;  // generate_batch's caches: prompt + max_new_tokens each, at most max_position_embeddings
+  for (const auto& p : prompts)
+    cache_tokens += std::min<int64_t>(m.max_position_embeddings, (int64_t)p.size() + o.max_new_tokens);
+  if (root) std::fprintf(stderr, "dsmoe: KV cache: %s\n", kv_cache_note(m, eng.kv_type(), cache_tokens).c_str());
   // Prompt 0 runs on rank 0 (generate_parallel), so a single prompt streams from there.
   const bool stream = !a.json_out && prompts.size() == 1 && root;
   std::vector<TextStream> streams;
@@ -275,7 +279,7 @@ void cmd_generate(const GenerateArgs& a) {
 // ---------------------------------------------------------------- chat
 
 struct ChatArgs {
-  std::string dir, tokenizer, system, dtype = "auto", compute = "auto";
+  std::string dir, tokenizer, system, dtype = "auto", compute = "auto", kv_cache = "f32";
   int64_t ctx = 0;
   bool no_verify = false;
   SamplingArgs s;
@@ -296,10 +300,11 @@ void cmd_chat(const ChatArgs& a) {
   std::fprintf(stderr, "dsmoe: chat format: %s\n", format.describe().c_str());
   SamplingOptions o = a.s.o;
   o.eos_token = a.s.ignore_eos ? -1 : io.eos_id();
-  InferenceEngine eng(*lm.weights);
+  InferenceEngine eng(*lm.weights, parse_kv_type(a.kv_cache, "--kv-cache"));
   const int64_t ctx = a.ctx > 0 ? a.ctx : m.max_position_embeddings;
   if (ctx > m.max_position_embeddings)
     usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", ctx, m.max_position_embeddings);
+  std::fprintf(stderr, "dsmoe: KV cache: %s\n", kv_cache_note(m, eng.kv_type(), ctx).c_str());
   ChatSession chat(eng, io, std::move(format), a.system, ctx);
   Rng rng(a.s.seed);
   const bool tty = isatty(0);
@@ -335,7 +340,7 @@ void cmd_chat(const ChatArgs& a) {
 // ---------------------------------------------------------------- score
 
 struct ScoreArgs {
-  std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto", compute = "auto";
+  std::string dir, tokenizer, text_file, ids_jsonl, dtype = "auto", compute = "auto", kv_cache = "f32";
   ParallelArgs par;
   int64_t ctx = 0;
   bool summary = false, no_special = false, no_verify = false;
@@ -368,7 +373,13 @@ void cmd_score(const ScoreArgs& a) {
   if (to_score == 0)
     fail("score: {} has no token to score (a sequence needs at least 2 tokens: each is scored given those before it)",
          a.text_file.empty() ? a.ids_jsonl : a.text_file);
-  const std::unique_ptr<InferenceEngine> engine = pm.engine();
+  const std::unique_ptr<InferenceEngine> engine = pm.engine(parse_kv_type(a.kv_cache, "--kv-cache"));
+  InferenceEngine& eng = *engine;
+  int64_t cache_tokens = 0;  // score_tokens' one cache per sequence: its window
+  for (const auto& s : seqs)
+    cache_tokens = std::max<int64_t>(cache_tokens, std::min<int64_t>(a.ctx > 0 ? a.ctx : m.max_position_embeddings,
+                                                                      (int64_t)s.size()));
+  if (root) std::fprintf(stderr, "dsmoe: KV cache: %s\n", kv_cache_note(m, eng.kv_type(), cache_tokens).c_str());
   json out_seqs = json::array();
   double total = 0;
   int64_t n = 0;
@@ -401,7 +412,7 @@ void cmd_score(const ScoreArgs& a) {
   const double nll = -total / (double)n;
   json j = {{"tokens_scored", n}, {"mean_nll", nll}, {"perplexity", std::exp(nll)},
             {"dtype", ops::wtype_name(lm.weights->type())},
-            {"compute", ops::compute_name(lm.weights->compute())},
+            {"compute", ops::compute_name(lm.weights->compute())}, {"kv_cache", kv_type_name(eng.kv_type())},
             {"ctx", a.ctx > 0 ? a.ctx : m.max_position_embeddings}, {"seconds", dt}, {"sequences", out_seqs}};
   std::printf("%s\n", j.dump().c_str());
 }
@@ -476,23 +487,16 @@ void export_gguf_command(const ModelOutArgs& a, GgmlType type) {
   }
   src.bos = text.bos_id();
   src.eos = text.eos_id();
-  if (text.is_file()) {  // the chat template of the tokenizer_config.json beside it, as llama.cpp's converter
-    const fs::path cfg = fs::path(text.spec()).parent_path() / "tokenizer_config.json";
-    if (fs::exists(cfg)) {
-      json j;
-      try {
-        j = json::parse(read_text_file(cfg.string()));
-      } catch (const json::exception& e) {
-        fail("{}: not valid JSON: {}", cfg.string(), e.what());
-      }
-      if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
-        src.chat_template = j["chat_template"].get<std::string>();
-    }
-  }
+  // The model's chat template (its folder's, or a GGUF's tokenizer.chat_template), else the one beside
+  // --tokenizer's file, as llama.cpp's converter takes tokenizer_config.json's.
+  ChatFormat::Source tmpl = ChatFormat::model_template(a.dir);
+  if (tmpl.origin.empty() && text.is_file()) tmpl = ChatFormat::model_template(fs::path(text.spec()).parent_path().string());
+  src.chat_template = tmpl.text;
   export_gguf(file, lm.config, *lm.model, src, o);
   if (staged) staged->commit();
-  std::printf("exported %s -> %s (gguf, %s, %s)\n", a.dir.c_str(), to_file ? a.out.c_str() : (fs::path(a.out) / "model.gguf").string().c_str(),
-              ggml_type_name((uint32_t)type), text.describe().c_str());
+  std::printf("exported %s -> %s (gguf, %s, %s, %s)\n", a.dir.c_str(),
+              to_file ? a.out.c_str() : (fs::path(a.out) / "model.gguf").string().c_str(), ggml_type_name((uint32_t)type),
+              text.describe().c_str(), tmpl.origin.empty() ? "no chat template" : ("chat template of " + tmpl.origin).c_str());
 }
 
 }  // namespace
@@ -513,6 +517,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_flag("--verbose", a->verbose, "load and speed statistics on stderr");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
+    add_kv_cache_option(c, a->kv_cache);
     add_no_verify_flag(c, a->no_verify);
     add_sampling_options(c, a->s);
     add_parallel_options(c, a->par,
@@ -535,6 +540,7 @@ void add_infer_commands(CLI::App& app) {
         ->check(int_in(2, kMaxTokens));
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
+    add_kv_cache_option(c, a->kv_cache);
     add_no_verify_flag(c, a->no_verify);
     add_sampling_options(c, a->s);
     c->callback([a] { cmd_chat(*a); });
@@ -552,6 +558,7 @@ void add_infer_commands(CLI::App& app) {
     c->add_flag("--summary", a->summary, "omit the per-token log-probabilities");
     c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
     add_compute_option(c, a->compute);
+    add_kv_cache_option(c, a->kv_cache);
     c->add_flag("--no-special-tokens", a->no_special, "do not add BOS to the text");
     add_no_verify_flag(c, a->no_verify);
     add_parallel_options(c, a->par,

@@ -29,7 +29,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string dir, tokenizer, dtype = "auto", compute = "auto", host = "127.0.0.1", api_key, model_name;
+  std::string dir, tokenizer, dtype = "auto", compute = "auto", kv_cache = "f32", host = "127.0.0.1", api_key, model_name;
   int64_t port = 8080, parallel = 4, ctx = 0, prefill_chunk = 128, queue = 64;
   bool no_verify = false;
 };
@@ -61,12 +61,12 @@ void cmd_serve(const ServeArgs& a) {
   const int64_t ctx = a.ctx > 0 ? a.ctx : m.max_position_embeddings;
   if (ctx > m.max_position_embeddings)
     usage_error("--ctx {} is larger than the model's max_position_embeddings ({})", ctx, m.max_position_embeddings);
-  InferenceEngine engine(*lm.weights);
+  InferenceEngine engine(*lm.weights, parse_kv_type(a.kv_cache, "--kv-cache"));
   serve::Scheduler sched(engine, codec, {a.parallel, ctx, a.prefill_chunk, a.queue});
   serve::HttpServer http(sched, codec, format, {a.host, (int)a.port, a.api_key, model_id(a)});
   const int port = http.bind();
-  std::fprintf(stderr, "dsmoe: serving '%s': %lld slots of %lld tokens (%.3f GB of KV cache)\n", model_id(a).c_str(),
-               (long long)a.parallel, (long long)ctx, a.parallel * KvCache(m, 1).bytes() * (double)ctx / 1e9);
+  std::fprintf(stderr, "dsmoe: serving '%s': %lld slots of %lld tokens (KV cache: %s)\n", model_id(a).c_str(),
+               (long long)a.parallel, (long long)ctx, kv_cache_note(m, engine.kv_type(), a.parallel * ctx).c_str());
   std::fprintf(stderr, "dsmoe: listening on http://%s:%d\n", a.host.c_str(), port);
   std::fflush(stderr);
   std::atomic<bool> done{false};
@@ -107,6 +107,7 @@ void add_serve_commands(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--dtype", a->dtype, "weight storage: auto (the folder's own), f32, bf16, q8, q4")->capture_default_str();
   add_compute_option(c, a->compute);
+  add_kv_cache_option(c, a->kv_cache);
   c->add_option("--api-key", a->api_key, "require 'Authorization: Bearer KEY' on /v1 and /metrics requests");
   c->add_option("--model-name", a->model_name, "the model id clients use (default: the model folder's name)");
   add_no_verify_flag(c, a->no_verify);

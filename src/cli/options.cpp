@@ -74,6 +74,14 @@ void add_compute_option(CLI::App* c, std::string& compute) {
       ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}));
 }
 
+void add_kv_cache_option(CLI::App* c, std::string& kv_cache) {
+  c->add_option("--kv-cache", kv_cache,
+                "storage of the cached keys and values: f32 (exact), bf16 (rounded to bf16 as stored: half the "
+                "memory)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+}
+
 void add_no_verify_flag(CLI::App* c, bool& no_verify) {
   c->add_flag("--no-verify", no_verify,
               "do not check the tensors' stored checksums (a file changed on purpose); everything else is checked");

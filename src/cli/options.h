@@ -41,5 +41,7 @@ int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t
 
 // --compute auto|f32|bf16|int8 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);
+// --kv-cache f32|bf16 (infer/engine.h KvType) for the commands that run a model.
+void add_kv_cache_option(CLI::App* c, std::string& kv_cache);
 
 }  // namespace dsmoe::cli

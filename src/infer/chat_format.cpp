@@ -1,8 +1,11 @@
 #include "infer/chat_format.h"
 
 #include <filesystem>
+#include <optional>
 
 #include "core/error.h"
+#include "infer/gguf_checkpoint.h"  // is_gguf_file
+#include "io/gguf.h"
 #include "io/safetensors.h"  // read_text_file
 
 namespace dsmoe {
@@ -64,32 +67,70 @@ ChatFormat ChatFormat::deepseek_default() {
   return f;
 }
 
-ChatFormat ChatFormat::load(const std::string& model_dir) {
-  const std::string config_path = (fs::path(model_dir) / "tokenizer_config.json").string();
-  const std::string jinja_path = (fs::path(model_dir) / "chat_template.jinja").string();
+namespace {
+
+// tokenizer_config.json of a folder, or null when there is none; malformed is an error naming it.
+std::optional<nlohmann::ordered_json> read_tokenizer_config(const std::string& path) {
+  if (!fs::exists(path)) return std::nullopt;
+  nlohmann::ordered_json config;
+  try {
+    config = nlohmann::ordered_json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
+    fail("{}: not valid JSON ({})", path, e.what());
+  }
+  if (!config.is_object()) fail("{}: expected a JSON object", path);
+  return config;
+}
+
+// The token string of a GGUF's tokenizer.ggml.<key>_token_id, or "" without one.
+std::string gguf_special_token(const GgufFile& g, const std::string& key) {
+  const std::string id_key = "tokenizer.ggml." + key + "_token_id";
+  if (!g.find(id_key) || !g.find("tokenizer.ggml.tokens")) return "";
+  const GgufValue& toks = g.get_array("tokenizer.ggml.tokens", GgufType::STRING);
+  if (toks.count == 0) fail("{}: tokenizer.ggml.tokens is empty but {} is set", g.path(), id_key);
+  return toks.strs[g.get_uint(id_key, toks.count - 1)];
+}
+
+}  // namespace
+
+ChatFormat::Source ChatFormat::model_template(const std::string& model) {
+  if (is_gguf_file(model)) {
+    const GgufFile g(model);
+    if (!g.find("tokenizer.chat_template")) return {};
+    return {g.get_string("tokenizer.chat_template"), model + " (tokenizer.chat_template)"};
+  }
+  const std::string config_path = (fs::path(model) / "tokenizer_config.json").string();
+  const std::string jinja_path = (fs::path(model) / "chat_template.jinja").string();
+  Source src;
+  if (const auto config = read_tokenizer_config(config_path)) {
+    src.text = config_template(*config, config_path);
+    if (!src.text.empty()) src.origin = config_path;
+  }
+  if (fs::exists(jinja_path)) src = {read_text_file(jinja_path), jinja_path};  // the newer file wins, as in transformers
+  return src;
+}
+
+ChatFormat ChatFormat::load(const std::string& model) {
   ChatFormat f = deepseek_default();
-  std::string source;
-  if (fs::exists(config_path)) {
-    nlohmann::ordered_json config;
-    try {
-      config = nlohmann::ordered_json::parse(read_text_file(config_path));
-    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
-      fail("{}: not valid JSON ({})", config_path, e.what());
+  if (is_gguf_file(model)) {
+    const GgufFile g(model);
+    const std::string bos = gguf_special_token(g, "bos"), eos = gguf_special_token(g, "eos");
+    if (g.find("tokenizer.ggml.bos_token_id") || g.find("tokenizer.ggml.eos_token_id")) {
+      f.special_tokens_ = nlohmann::ordered_json::object();
+      if (g.find("tokenizer.ggml.bos_token_id")) f.special_tokens_["bos_token"] = bos;
+      if (g.find("tokenizer.ggml.eos_token_id")) f.special_tokens_["eos_token"] = eos;
     }
-    if (!config.is_object()) fail("{}: expected a JSON object", config_path);
+  } else if (const auto config = read_tokenizer_config((fs::path(model) / "tokenizer_config.json").string())) {
+    const std::string config_path = (fs::path(model) / "tokenizer_config.json").string();
     f.special_tokens_ = nlohmann::ordered_json::object();
     for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"})
-      read_special_token(config, key, config_path, f.special_tokens_);
-    source = config_template(config, config_path);
-    if (!source.empty()) f.source_ = config_path;
+      read_special_token(*config, key, config_path, f.special_tokens_);
   }
-  if (fs::exists(jinja_path)) {
-    source = read_text_file(jinja_path);
-    f.source_ = jinja_path;
-  }
-  if (f.source_.empty()) return f;
+  Source src = model_template(model);
+  if (src.origin.empty()) return f;
+  f.source_ = src.origin;
   // ChatTemplate::parse names source_ in its errors, so a caller can report the file at start-up.
-  f.template_ = ChatTemplate::parse(source, f.source_);
+  f.template_ = ChatTemplate::parse(src.text, f.source_);
   f.from_model_ = true;
   return f;
 }

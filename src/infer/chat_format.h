@@ -11,6 +11,11 @@
 // tokens of tokenizer_config.json (bos_token, eos_token, unk_token, pad_token, ...; plain strings
 // or {"__type": "AddedToken", "content": ...}); a folder without tokenizer_config.json gets
 // DeepSeek's <｜begin▁of▁sentence｜> / <｜end▁of▁sentence｜>.
+//
+// A GGUF file (`--model FILE.gguf`) is read as llama.cpp reads it: the template is its
+// tokenizer.chat_template (else the DeepSeek default), and bos_token / eos_token are the tokens of
+// tokenizer.ggml.bos_token_id / eos_token_id in tokenizer.ggml.tokens (a file without those ids
+// keeps DeepSeek's, as a folder without tokenizer_config.json does).
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -33,9 +38,17 @@ class ChatFormat {
   // Reads the model folder's template and special tokens. A folder without one gets the DeepSeek
   // default; a template that does not parse, or a malformed tokenizer_config.json, is a
   // dsmoe::Error naming the file.
-  static ChatFormat load(const std::string& model_dir);
+  // `model`: a model folder or a GGUF file.
+  static ChatFormat load(const std::string& model);
   // The DeepSeek default format with DeepSeek's BOS / EOS.
   static ChatFormat deepseek_default();
+
+  // The model's own template text, unparsed, and the file it came from, by the rules of load();
+  // both empty when the model has none. What `export` writes into the files it makes.
+  struct Source {
+    std::string text, origin;
+  };
+  static Source model_template(const std::string& model);
 
   // The prompt text of `messages`; add_generation_prompt appends the cue for the assistant's turn.
   // `extra` holds further template variables (a JSON object, e.g. {"tools": [...]}); the
@@ -45,8 +58,8 @@ class ChatFormat {
 
   // True when the template came from the model folder, false for the DeepSeek default.
   bool from_model() const { return from_model_; }
-  // Where the format came from: "chat_template from DIR/tokenizer_config.json" or "DeepSeek
-  // default format".
+  // Where the format came from: "chat_template from DIR/tokenizer_config.json", "chat_template
+  // from FILE.gguf (tokenizer.chat_template)" or "DeepSeek default format".
   std::string describe() const;
   // The special token strings passed to the template (empty when the config has none).
   std::string bos_token() const;

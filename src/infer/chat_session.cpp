@@ -9,7 +9,7 @@ namespace dsmoe {
 
 ChatSession::ChatSession(InferenceEngine& engine, const TextCodec& codec, ChatFormat format, const std::string& system,
                          int64_t context)
-    : engine_(engine), codec_(codec), format_(std::move(format)), cache_(engine.config(), context) {
+    : engine_(engine), codec_(codec), format_(std::move(format)), cache_(engine.new_cache(context)) {
   if (!system.empty()) messages_.push_back({"system", system});
   first_turn_ = messages_.size();
 }

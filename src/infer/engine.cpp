@@ -8,6 +8,7 @@
 #include <cstring>
 #include <optional>
 
+#include "core/bf16.h"
 #include "core/checked.h"
 #include "core/error.h"
 #include "model/decoder_layer.h"
@@ -20,28 +21,72 @@
 
 namespace dsmoe {
 
-KvCache::KvCache(const ModelConfig& m, int64_t cap)
-    : layers(m.num_hidden_layers), capacity(cap), kv_dim(m.num_key_value_heads * m.head_dim()) {
+const char* kv_type_name(KvType t) { return t == KvType::BF16 ? "bf16" : "f32"; }
+
+KvType parse_kv_type(const std::string& s, const char* flag) {
+  if (s == "f32") return KvType::F32;
+  if (s == "bf16") return KvType::BF16;
+  usage_error("{} '{}': expected f32 or bf16", flag, s);
+}
+
+int64_t kv_type_bytes(KvType t) { return t == KvType::BF16 ? 2 : 4; }
+
+int64_t KvCache::bytes_per_token(const ModelConfig& m, KvType type) {
+  return 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim() * kv_type_bytes(type);
+}
+
+std::string kv_cache_note(const ModelConfig& m, KvType type, int64_t tokens) {
+  const int64_t per = KvCache::bytes_per_token(m, type);
+  return fmt::format("{}, {:.1f} KiB per token, {:.3f} GB for {} tokens", kv_type_name(type), per / 1024.0,
+                     (double)per * (double)tokens / 1e9, tokens);
+}
+
+KvCache::KvCache(const ModelConfig& m, int64_t cap, KvType t)
+    : layers(m.num_hidden_layers), capacity(cap), kv_dim(m.num_key_value_heads * m.head_dim()), type(t) {
   if (cap <= 0 || cap > m.max_position_embeddings)
     fail("KV cache capacity {} must be between 1 and max_position_embeddings ({})", cap, m.max_position_embeddings);
   const int64_t n = checked_numel({layers, capacity, kv_dim}, "KV cache size (layers x capacity x kv_dim)");
   try {
-    k.assign((size_t)n, 0.0f);
-    v.assign((size_t)n, 0.0f);
+    if (type == KvType::BF16) {
+      kh.assign((size_t)n, 0);
+      vh.assign((size_t)n, 0);
+    } else {
+      k.assign((size_t)n, 0.0f);
+      v.assign((size_t)n, 0.0f);
+    }
   } catch (const std::exception&) {
-    fail("cannot allocate a KV cache of capacity {} ({} layers x {} floats, {:.1f} GiB for keys and values)", cap,
-         layers, capacity * kv_dim, (double)n * 8 / (1 << 30));
+    fail("cannot allocate a {} KV cache of capacity {} ({} layers x {} values, {:.1f} GiB for keys and values)",
+         kv_type_name(type), cap, layers, capacity * kv_dim, (double)n * 2 * kv_type_bytes(type) / (1 << 30));
   }
 }
 
-InferenceEngine::InferenceEngine(const Model& model)
-    : view_(std::make_unique<InferenceWeights>(InferenceWeights::view(model))), W_(view_.get()), cfg_(model.config()) {
+void KvCache::append(int64_t layer, const float* k_rows, const float* v_rows, int64_t n) {
+  DSMOE_ASSERT(layer >= 0 && layer < layers && n >= 0 && len + n <= capacity, "KV cache append: layer {} rows {}+{} of {}",
+               layer, len, n, capacity);
+  const int64_t at = (layer * capacity + len) * kv_dim, count = n * kv_dim;
+  if (type == KvType::F32) {
+    std::memcpy(k.data() + at, k_rows, (size_t)count * 4);
+    std::memcpy(v.data() + at, v_rows, (size_t)count * 4);
+    return;
+  }
+  uint16_t* kd = kh.data() + at;
+  uint16_t* vd = vh.data() + at;
+  for (int64_t i = 0; i < count; ++i) {
+    kd[i] = f32_to_bf16(k_rows[i]);
+    vd[i] = f32_to_bf16(v_rows[i]);
+  }
+}
+
+InferenceEngine::InferenceEngine(const Model& model, KvType kv)
+    : view_(std::make_unique<InferenceWeights>(InferenceWeights::view(model))), W_(view_.get()), cfg_(model.config()),
+      kv_(kv) {
   cfg_.capacity_factor = 0;  // dropless at inference
   rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
 }
 
-InferenceEngine::InferenceEngine(const InferenceWeights& weights, TokenDispatcher* dispatcher, Communicator* group)
-    : W_(&weights), dispatcher_(dispatcher), group_(group), cfg_(weights.config()) {
+InferenceEngine::InferenceEngine(const InferenceWeights& weights, TokenDispatcher* dispatcher, Communicator* group,
+                                 KvType kv)
+    : W_(&weights), dispatcher_(dispatcher), group_(group), cfg_(weights.config()), kv_(kv) {
   cfg_.capacity_factor = 0;
   rope_ = ops::rope_table(cfg_.max_position_embeddings, cfg_.head_dim(), cfg_.rope_theta);
   const ExpertShard& sh = weights.shard();
@@ -113,12 +158,13 @@ void InferenceEngine::step(std::span<const Segment> segs, bool all_logits, std::
       int64_t r0 = 0;
       for (const Segment& s : segs) {
         KvCache& c = *s.cache;
-        float* kc = c.k_at(l);
-        float* vc = c.v_at(l);
-        std::memcpy(kc + c.len * kvd, k + r0 * kvd, (size_t)(s.n * kvd) * 4);
-        std::memcpy(vc + c.len * kvd, v + r0 * kvd, (size_t)(s.n * kvd) * 4);
+        c.append(l, k + r0 * kvd, v + r0 * kvd, s.n);
         const ops::AttentionShape as{1, s.n, c.len + s.n, Hq, Hkv, D};
-        ops::attention_forward(att + r0 * qd, nullptr, q + r0 * qd, kc, vc, as);
+        const int64_t at = l * c.capacity * kvd;
+        if (c.type == KvType::BF16)
+          ops::attention_forward(att + r0 * qd, nullptr, q + r0 * qd, c.kh.data() + at, c.vh.data() + at, as);
+        else
+          ops::attention_forward(att + r0 * qd, nullptr, q + r0 * qd, c.k.data() + at, c.v.data() + at, as);
         r0 += s.n;
       }
     };
@@ -188,8 +234,8 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
       fail("generate: prompt {} has {} tokens, more than max_position_embeddings ({})", i, p.size(), max_pos);
     // Generation stops at max_position_embeddings, so the cache never needs more; the sum is checked
     // (max_new_tokens near INT64_MAX would wrap to a negative capacity).
-    caches.emplace_back(m, std::min<int64_t>(max_pos, checked_add<int64_t>((int64_t)p.size(), o.max_new_tokens,
-                                                                           "generate: prompt length + max_new_tokens")));
+    caches.push_back(eng.new_cache(std::min<int64_t>(max_pos, checked_add<int64_t>((int64_t)p.size(), o.max_new_tokens,
+                                                                           "generate: prompt length + max_new_tokens"))));
     rngs.emplace_back(seed);
     segs.push_back(Segment{&caches[i], p.data(), (int64_t)p.size()});
   }
@@ -298,7 +344,7 @@ std::vector<std::vector<double>> score_sequences(InferenceEngine& eng, const std
   const int64_t P = world ? world->size() : 1, rank = world ? world->rank() : 0;
   const int64_t W = (int64_t)windows.size(), rounds = (W + P - 1) / P;
   std::optional<KvCache> cache;
-  if (longest >= 2) cache.emplace(m, std::min(ctx, longest));
+  if (longest >= 2) cache.emplace(eng.new_cache(std::min(ctx, longest)));
   std::vector<float> logits;
   int64_t scored = 0;
   for (int64_t round = 0; round < rounds; ++round) {

@@ -26,18 +26,36 @@
 
 namespace dsmoe {
 
-// Rotated keys and values of one sequence, fp32: k, v [layers, capacity, kv_heads * head_dim].
+// How a KV cache stores keys and values: fp32, or rounded to bf16 (nearest even, core/bf16.h) as
+// they are appended, which halves the cache (the attention widens them back to fp32 exactly, so
+// the only error is that rounding: 2^-9 relative per element).
+enum class KvType { F32, BF16 };
+const char* kv_type_name(KvType t);  // "f32" | "bf16"
+// "f32" | "bf16"; anything else is a UsageError naming `flag` (e.g. "--kv-cache").
+KvType parse_kv_type(const std::string& s, const char* flag);
+int64_t kv_type_bytes(KvType t);     // bytes per element: 4 | 2
+
+// Rotated keys and values of one sequence: k, v [layers, capacity, kv_heads * head_dim], in the
+// vectors of its type (k, v for F32; kh, vh holding bf16 bits for BF16; the others stay empty).
 struct KvCache {
   int64_t layers = 0, capacity = 0, kv_dim = 0;
   int64_t len = 0;  // positions filled (the next token's position)
+  KvType type = KvType::F32;
   std::vector<float> k, v;
+  std::vector<uint16_t> kh, vh;
   KvCache() = default;
-  KvCache(const ModelConfig& m, int64_t capacity);
-  float* k_at(int64_t layer) { return k.data() + layer * capacity * kv_dim; }
-  float* v_at(int64_t layer) { return v.data() + layer * capacity * kv_dim; }
+  KvCache(const ModelConfig& m, int64_t capacity, KvType type = KvType::F32);
   void clear() { len = 0; }
-  int64_t bytes() const { return (int64_t)(k.size() + v.size()) * 4; }
+  int64_t bytes() const { return 2 * layers * capacity * kv_dim * kv_type_bytes(type); }
+  // Keys and values of one token over all layers: what a cache of `tokens` positions allocates per token.
+  static int64_t bytes_per_token(const ModelConfig& m, KvType type);
+  // Stores rows [len, len + n) of `layer` from fp32 k, v [n, kv_dim] (rounded for BF16).
+  void append(int64_t layer, const float* k_rows, const float* v_rows, int64_t n);
 };
+
+// What the start-up line of a command says about its caches: "bf16, 48 KiB per token, 0.101 GB
+// for 2048 tokens" (tokens: the positions all of the command's caches hold together).
+std::string kv_cache_note(const ModelConfig& m, KvType type, int64_t tokens);
 
 // New tokens of one sequence in a step: they take positions cache->len, cache->len + 1, ...
 struct Segment {
@@ -49,14 +67,17 @@ struct Segment {
 class InferenceEngine {
  public:
   // fp32, viewing the model's parameters (no copy); the model must outlive the engine.
-  explicit InferenceEngine(const Model& model);
-  // Any storage; the weights must outlive the engine. Expert parallelism: the weights hold the
-  // dispatcher's routed experts only (InferenceWeights::shard), every MoE layer sends its rows to the
-  // experts' ranks (the training layer's dispatcher), and `group` (the dispatcher's expert-parallel
-  // communicator; both non-owning, outliving the engine) steps in lock-step: every rank of it must
-  // call step() the same number of times, with no segments when it has nothing to run.
+  explicit InferenceEngine(const Model& model, KvType kv = KvType::F32);
+  // Any storage; the weights must outlive the engine. kv: the storage of the caches made by
+  // new_cache (generation, scoring, chat, the server's slots); step() takes caches of either type.
+  // Expert parallelism: the weights hold the dispatcher's routed experts only
+  // (InferenceWeights::shard), every MoE layer sends its rows to the experts' ranks (the training
+  // layer's dispatcher), and `group` (the dispatcher's expert-parallel communicator; both
+  // non-owning, outliving the engine) steps in lock-step: every rank of it must call step() the same
+  // number of times, with no segments when it has nothing to run.
   explicit InferenceEngine(const InferenceWeights& weights, TokenDispatcher* dispatcher = nullptr,
-                           Communicator* group = nullptr);
+                           Communicator* group = nullptr, KvType kv = KvType::F32);
+  InferenceEngine(const InferenceWeights& weights, KvType kv) : InferenceEngine(weights, nullptr, nullptr, kv) {}
   const ModelConfig& config() const { return cfg_; }
   // True when several processes step together (expert parallelism).
   bool parallel() const { return group_ != nullptr && group_->size() > 1; }
@@ -64,6 +85,8 @@ class InferenceEngine {
   // one process. Collective over the group when parallel().
   bool any_rank_busy(bool mine);
   const InferenceWeights& weights() const { return *W_; }
+  KvType kv_type() const { return kv_; }
+  KvCache new_cache(int64_t capacity) const { return KvCache(cfg_, capacity, kv_); }
 
   // Runs the segments' tokens through the model and appends them to their caches (no segments: only
   // the parallel MoE layers' exchanges, for a rank with nothing to run). Logits rows
@@ -77,6 +100,7 @@ class InferenceEngine {
   TokenDispatcher* dispatcher_ = nullptr;
   Communicator* group_ = nullptr;
   ModelConfig cfg_;
+  KvType kv_ = KvType::F32;
   ops::RopeTable rope_;
   // scratch, grown as needed
   std::vector<int32_t> tokens_, pos_;
@@ -115,6 +139,8 @@ std::vector<GenerationResult> generate_batch(InferenceEngine& eng, const std::ve
 GenerationResult continue_sequence(InferenceEngine& eng, KvCache& cache, const std::vector<int32_t>& input,
                                    const SamplingOptions& o, Rng& rng,
                                    const std::function<bool(int32_t)>& on_token = {});
+
+// Caches come from eng.new_cache (the engine's KvType).
 
 // log p(tokens[t] | tokens[<t]) for t = 1..n-1 (n-1 values, fp64 log-softmax of fp32 logits), in
 // windows of at most `ctx` tokens (0 = max_position_embeddings) that overlap by one token, so every

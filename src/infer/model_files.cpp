@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "infer/chat_format.h"
 #include "io/safetensors.h"
 #include "io/tokenizer_files.h"
 #include "model/config.h"
@@ -41,7 +42,8 @@ void write_model_text_files(const std::string& dir, const TextCodec& codec, cons
     const std::string path = (fs::path(dir) / "tokenizer.json").string();
     write_file_atomic(path, codec.tokenizer_json());
     write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(),
-                      make_tokenizer_config(path, codec.bos_id(), codec.eos_id(), "").dump(2) + "\n");
+                      make_tokenizer_config(path, codec.bos_id(), codec.eos_id(),
+                                            ChatFormat::model_template(codec.spec()).text).dump(2) + "\n");
     return;
   }
   if (!copy_tokenizer_files(codec.spec(), dir))  // a tokenizer.json alone: say its BOS/EOS

@@ -50,9 +50,9 @@ std::string inference_fingerprint(const std::string& model_dir, const std::strin
   return s;
 }
 
-std::unique_ptr<InferenceEngine> ParallelInferenceModel::engine() {
+std::unique_ptr<InferenceEngine> ParallelInferenceModel::engine(KvType kv) {
   return std::make_unique<InferenceEngine>(*model.weights, layout.dispatcher.get(),
-                                           layout.dispatcher ? layout.groups.experts.get() : nullptr);
+                                           layout.dispatcher ? layout.groups.experts.get() : nullptr, kv);
 }
 
 ModelConfig inference_model_config(const std::string& dir) {

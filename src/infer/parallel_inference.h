@@ -33,7 +33,7 @@ struct ParallelInferenceModel {
   ExpertParallelLayout layout;
   InferenceModel model;
   // The engine over these weights, with the layout's dispatcher (none when expert_parallel == 1).
-  std::unique_ptr<InferenceEngine> engine();
+  std::unique_ptr<InferenceEngine> engine(KvType kv = KvType::F32);
 };
 // `expert_parallel`: inference_expert_parallel's.
 ParallelInferenceModel load_parallel_inference_model(Communicator& world, const std::string& dir, int64_t expert_parallel,

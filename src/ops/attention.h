@@ -18,6 +18,12 @@ struct AttentionShape {
 // probs [batch, q_heads, q_len, kv_len] saved for backward (may be null at inference).
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
                        const AttentionShape& s);
+// The same with keys and values stored as bf16 bits (the --kv-cache bf16 of inference; strides in
+// elements as above). Each key and value is widened to fp32 exactly, a chunk of keys at a time, and
+// the rest is the fp32 arithmetic above; only the chunking of the keys differs (256 keys
+// per product), so the products sum in a different order than the fp32 cache's one product.
+void attention_forward(float* out, float* probs, const float* q, const uint16_t* k, const uint16_t* v,
+                       const AttentionShape& s);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs, const float* q,
                         const float* k, const float* v, const AttentionShape& s);
 

@@ -139,7 +139,7 @@ SchedulerStats Scheduler::stats() const {
 
 void Scheduler::loop() {
   std::vector<Slot> slots(o_.parallel);
-  for (auto& s : slots) s.cache = KvCache(engine_.config(), o_.ctx);
+  for (auto& s : slots) s.cache = engine_.new_cache(o_.ctx);
   auto active = [&] {
     int64_t n = 0;
     for (const auto& s : slots) n += s.job != nullptr;

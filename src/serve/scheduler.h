@@ -1,5 +1,5 @@
 // Continuous batching for the server: one engine thread owns the InferenceEngine and `parallel`
-// sequence slots (each with its own KvCache of `ctx` tokens) and loops over ticks:
+// sequence slots (each with its own KvCache of `ctx` tokens, of the engine's KvType) and loops over ticks:
 //   1. admit waiting requests (a bounded queue) into free slots;
 //   2. one InferenceEngine::step over every active slot: a request still prefilling feeds at most
 //      `prefill_chunk` prompt tokens (so a long prompt does not stall the running streams for its

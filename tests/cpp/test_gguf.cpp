@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "core/rng.h"
+#include "infer/chat_format.h"
 #include "infer/engine.h"
 #include "infer/gguf_checkpoint.h"
 #include "infer/hf_checkpoint.h"
@@ -485,6 +486,77 @@ TEST(GgufModel, TokenizerEncodesTheSameIds) {
   write_file_atomic(tf, f.text);
   const LlamaResult lr = llama_logprobs(g, {{0, 1}}, tf);
   EXPECT_EQ(lr.tokens, orig.encode(f.text, false)) << "llama.cpp tokenizes the text differently";
+}
+
+// The chat template travels with the file: export writes the model's template as
+// tokenizer.chat_template, and `chat` / `serve` on the GGUF render conversations with it and with
+// the file's BOS / EOS token strings, exactly as on the folder (tokenizer_config.json). A re-export
+// (GGUF -> GGUF, GGUF -> HF folder) keeps it.
+TEST(GgufModel, ChatUsesTheFilesChatTemplate) {
+  Fixture& f = fixture();
+  const std::string dir = local("chat_run");
+  fs::remove_all(dir);
+  fs::copy(f.run_dir, dir, fs::copy_options::recursive);
+  const std::string tmpl =
+      "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+      "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}";
+  const json tc = make_tokenizer_config(dir + "/tokenizer.json", 0, 1, tmpl);
+  write_file_atomic(dir + "/tokenizer_config.json", tc.dump(2));
+  const std::string g = local("chat.gguf");
+  fs::remove(g);
+  const Shell e = dsmoe("export --format gguf --type f32 --model " + q(dir) + " --out " + q(g));
+  ASSERT_EQ(e.rc, 0) << e.out << e.err;
+  EXPECT_NE(e.out.find("chat template of " + dir + "/tokenizer_config.json"), std::string::npos) << e.out;
+  EXPECT_EQ(GgufFile(g).get_string("tokenizer.chat_template"), tmpl);
+
+  const std::vector<ChatMessage> msgs = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Why?"}};
+  const std::string bos = tc["bos_token"], eos = tc["eos_token"];
+  const std::string want = bos + "<system>Be brief.<user>Hi<assistant>Hello" + eos + "<user>Why?<assistant>";
+  const ChatFormat from_file = ChatFormat::load(g);
+  EXPECT_TRUE(from_file.from_model());
+  EXPECT_EQ(from_file.describe(), "chat_template from " + g + " (tokenizer.chat_template)");
+  EXPECT_EQ(from_file.bos_token(), bos);
+  EXPECT_EQ(from_file.eos_token(), eos);
+  EXPECT_EQ(from_file.render(msgs, true), want);
+  EXPECT_EQ(ChatFormat::load(dir).render(msgs, true), want);
+
+  // `chat` on the file and on the folder: the same conversation, the same greedy replies.
+  const std::string in = local("chat_in.txt");
+  write_file_atomic(in, "the model routes\nshared experts\n");
+  const std::string args = " --temperature 0 --max-new-tokens 6 --ctx 96 < " + q(in);
+  const Shell a = sh(std::string(DSMOE_BINARY) + " chat --model " + q(g) + args);
+  const Shell b = sh(std::string(DSMOE_BINARY) + " chat --model " + q(dir) + args);
+  ASSERT_EQ(a.rc, 0) << a.err;
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_NE(a.err.find("dsmoe: chat format: chat_template from " + g + " (tokenizer.chat_template)"), std::string::npos)
+      << a.err;
+  EXPECT_EQ(a.out, b.out) << "chat on the GGUF file:\n" << a.out << "\non the folder:\n" << b.out;
+
+  // Re-exports keep the template: GGUF -> GGUF and GGUF -> HF folder.
+  const std::string g2 = local("chat2.gguf");
+  fs::remove(g2);
+  const Shell e2 = dsmoe("export --format gguf --type q8_0 --model " + q(g) + " --out " + q(g2));
+  ASSERT_EQ(e2.rc, 0) << e2.out << e2.err;
+  EXPECT_EQ(GgufFile(g2).get_string("tokenizer.chat_template"), tmpl);
+  const std::string hf = local("chat_hf");
+  fs::remove_all(hf);
+  const Shell e3 = dsmoe("export --model " + q(g) + " --out " + q(hf));
+  ASSERT_EQ(e3.rc, 0) << e3.out << e3.err;
+  EXPECT_EQ(ChatFormat::load(hf).render(msgs, true), want);
+
+  // A file without a template: the DeepSeek default, said as such.
+  const std::string plain = local("plain_run");
+  fs::remove_all(plain);
+  fs::copy(f.run_dir, plain, fs::copy_options::recursive);
+  write_file_atomic(plain + "/tokenizer_config.json", make_tokenizer_config(plain + "/tokenizer.json", 0, 1, "").dump(2));
+  const std::string gp = local("plain.gguf");
+  fs::remove(gp);
+  ASSERT_EQ(dsmoe("export --format gguf --model " + q(plain) + " --out " + q(gp)).rc, 0);
+  EXPECT_EQ(GgufFile(gp).find("tokenizer.chat_template"), nullptr);
+  const ChatFormat dflt = ChatFormat::load(gp);
+  EXPECT_FALSE(dflt.from_model());
+  EXPECT_EQ(dflt.bos_token(), bos) << "the file's BOS token string, as a folder's tokenizer_config.json gives it";
 }
 
 // llama.cpp on dsmoe's f32 file: the same model in another engine. Both compute in fp32 with

@@ -281,6 +281,41 @@ TEST(HfCli, ComputeBf16ScoresWithinItsCostAndIsRefusedForOtherStorages) {
   EXPECT_NE(bad.err.find("--compute"), std::string::npos) << bad.err;
 }
 
+// --kv-cache bf16: the CLI's log-probs are the library's with a bf16 cache (KvType::BF16) bit for
+// bit (the flag reaches the engine; the attention over bf16 keys and values is checked against an
+// fp64 reference in test_ops_dense), they differ from the f32 cache's (the flag is not ignored), and
+// the mean NLL moves by less than the 0.5% a precision mode may cost (the budget of --compute).
+TEST(HfCli, Bf16KvCacheScoresAsTheLibraryAndWithinItsCost) {
+  Fixture& f = fixture();
+  const std::string ids = local_path("kv_ids.jsonl");
+  std::vector<int32_t> seq;
+  for (int i = 0; i < 60; ++i) seq.push_back((i * 53 + 7) % 256);
+  write_file_atomic(ids, json(seq).dump() + "\n");
+  Out a = run("score --model " + f.run_dir + " --ids-jsonl " + ids);
+  Out b = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --kv-cache bf16");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  ASSERT_EQ(b.rc, 0) << b.err;
+  const json ja = json::parse(a.out), jb = json::parse(b.out);
+  EXPECT_EQ(ja["kv_cache"], "f32");
+  EXPECT_EQ(jb["kv_cache"], "bf16");
+  // The start-up line gives the cache's size: 2 (K, V) x layers x kv_dim x 2 bytes per token.
+  const ModelConfig& m = f.cfg.model;
+  const std::string want_line = "dsmoe: KV cache: " + kv_cache_note(m, KvType::BF16, (int64_t)seq.size());
+  EXPECT_NE(b.err.find(want_line), std::string::npos) << "want: " << want_line << "\ngot: " << b.err;
+  EXPECT_EQ(KvCache::bytes_per_token(m, KvType::BF16) * 2, KvCache::bytes_per_token(m, KvType::F32));
+  InferenceEngine eng(*f.model, KvType::BF16);
+  const std::vector<double> want = score_tokens(eng, seq);
+  const auto got = jb["sequences"][0]["logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << "log p(token " << i + 1 << ")";
+  EXPECT_NE(ja["sequences"][0]["logprobs"], jb["sequences"][0]["logprobs"]) << "--kv-cache bf16 changed nothing";
+  const double na = ja["mean_nll"].get<double>(), nb = jb["mean_nll"].get<double>();
+  EXPECT_NEAR(nb, na, 0.005 * na) << "the bf16 KV cache moved the NLL by more than 0.5%";
+  Out bad = run("score --model " + f.run_dir + " --ids-jsonl " + ids + " --kv-cache f16");
+  EXPECT_EQ(bad.rc, 2) << bad.err;
+  EXPECT_NE(bad.err.find("--kv-cache"), std::string::npos) << bad.err;
+}
+
 }  // namespace
 
 namespace {

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "io/safetensors.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
@@ -103,6 +104,18 @@ class Oracle {
   bool ok_ = false;
   std::unique_ptr<SafeTensorsFile> f_;
 };
+
+// The shape of an attention oracle case, and how a failure names it.
+ops::AttentionShape attention_shape(const Oracle& o, int c) {
+  return {o.num(c, "batch"),   o.num(c, "q_len"),    o.num(c, "kv_len"),
+          o.num(c, "q_heads"), o.num(c, "kv_heads"), o.num(c, "head_dim")};
+}
+
+std::string describe(const ops::AttentionShape& s, int c) {
+  return "case " + std::to_string(c) + ": B=" + std::to_string(s.batch) + " q_len=" + std::to_string(s.q_len) +
+         " kv_len=" + std::to_string(s.kv_len) + " Hq=" + std::to_string(s.q_heads) + " Hkv=" +
+         std::to_string(s.kv_heads) + " D=" + std::to_string(s.head_dim);
+}
 
 #define CHECK_CLOSE(what, got, want, shape, tol) \
   EXPECT_TRUE(test::all_close(what, got, want, shape, (tol).atol, (tol).rtol))
@@ -241,12 +254,8 @@ TEST(DenseOps, Attention) {
   Oracle o("attention");
   ASSERT_TRUE(o.ok());
   for (int c = 0; c < o.cases(); ++c) {
-    ops::AttentionShape s{o.num(c, "batch"),   o.num(c, "q_len"),    o.num(c, "kv_len"),
-                          o.num(c, "q_heads"), o.num(c, "kv_heads"), o.num(c, "head_dim")};
-    SCOPED_TRACE("case " + std::to_string(c) + ": B=" + std::to_string(s.batch) + " q_len=" +
-                 std::to_string(s.q_len) + " kv_len=" + std::to_string(s.kv_len) + " Hq=" +
-                 std::to_string(s.q_heads) + " Hkv=" + std::to_string(s.kv_heads) + " D=" +
-                 std::to_string(s.head_dim));
+    const ops::AttentionShape s = attention_shape(o, c);
+    SCOPED_TRACE(describe(s, c));
     const auto q = o.f32(c, "q"), k = o.f32(c, "k"), v = o.f32(c, "v"), dout = o.f32(c, "dout");
     const auto out_ref = o.f32(c, "out"), probs_ref = o.f32(c, "probs"), dq_ref = o.f32(c, "dq"),
                dk_ref = o.f32(c, "dk"), dv_ref = o.f32(c, "dv");
@@ -289,6 +298,42 @@ TEST(DenseOps, Attention) {
                             v.data(), s);
     EXPECT_TRUE(bit_equal(dq2, dq));
     EXPECT_TRUE(bit_equal(dv2, dv));
+  }
+}
+
+// The bf16 KV cache of inference: keys and values rounded by dsmoe's f32_to_bf16 (core/bf16.h) must
+// be torch's bf16 rounding bit for bit, and attention over the bf16 bits must equal the fp64
+// attention of those rounded values. Widening bf16 to fp32 is exact, so what remains is the fp32
+// path's arithmetic on the same numbers, and its bound: K = D + kv_len rounded terms per chain (the
+// 256-key chunks only regroup the kv_len-term sums of P V and add no term).
+TEST(DenseOps, AttentionOverBf16KeysAndValues) {
+  Oracle o("attention_bf16_kv");
+  ASSERT_TRUE(o.ok());
+  for (int c = 0; c < o.cases(); ++c) {
+    const ops::AttentionShape s = attention_shape(o, c);
+    SCOPED_TRACE(describe(s, c));
+    const auto q = o.f32(c, "q"), k = o.f32(c, "k"), v = o.f32(c, "v");
+    const auto k_ref = o.f32(c, "k_bf16"), v_ref = o.f32(c, "v_bf16");
+    const auto out_ref = o.f32(c, "out"), probs_ref = o.f32(c, "probs");
+    std::vector<uint16_t> kh(k.size()), vh(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      kh[i] = f32_to_bf16(k[i]);
+      vh[i] = f32_to_bf16(v[i]);
+    }
+    for (size_t i = 0; i < k.size(); ++i)
+      if (bf16_to_f32(kh[i]) != k_ref[i] || bf16_to_f32(vh[i]) != v_ref[i]) {
+        ADD_FAILURE() << "element " << i << ": dsmoe rounds k " << k[i] << " -> " << bf16_to_f32(kh[i]) << ", v "
+                      << v[i] << " -> " << bf16_to_f32(vh[i]) << "; torch gives " << k_ref[i] << ", " << v_ref[i];
+        break;
+      }
+    std::vector<float> out(q.size(), NAN), probs(probs_ref.size(), NAN);
+    ops::attention_forward(out.data(), probs.data(), q.data(), kh.data(), vh.data(), s);
+    const double K_fwd = (double)(s.head_dim + s.kv_len);
+    CHECK_CLOSE("attention probs (bf16 K/V)", probs, probs_ref, o.shape(c, "probs"), reduction_tol(K_fwd, probs_ref));
+    CHECK_CLOSE("attention out (bf16 K/V)", out, out_ref, o.shape(c, "out"), reduction_tol(K_fwd, out_ref));
+    std::vector<float> out2(q.size(), NAN);
+    ops::attention_forward(out2.data(), nullptr, q.data(), kh.data(), vh.data(), s);
+    EXPECT_TRUE(bit_equal(out2, out)) << "probs = null (inference) must give the same output";
   }
 }
 

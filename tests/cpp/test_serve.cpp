@@ -126,6 +126,37 @@ TEST(Serve, ConcurrentRequestsEqualAlone) {
   EXPECT_GE(metric(m.raw, "dsmoe_peak_active_sequences"), 2) << m.raw;
 }
 
+// With --kv-cache bf16 the server's slots store keys and values in bf16 (said on stderr, half the
+// bytes): a greedy request still gets what `generate --kv-cache bf16` gives, and concurrent
+// requests fed in chunks get what they get alone (the rounding is per element, so it does not
+// depend on the batch or the chunking).
+TEST(Serve, Bf16KvCacheKeepsGenerateAndBatchingInvariance) {
+  Server s({"--parallel", "4", "--prefill-chunk", "4", "--kv-cache", "bf16"});
+  ASSERT_GT(s.port, 0);
+  const std::string err = test::cli::slurp(s.err);
+  EXPECT_NE(err.find("(KV cache: bf16, "), std::string::npos) << err;
+  const std::vector<std::string> prompts = {"a", "The rain in Spain", "Lorem ipsum dolor sit amet, consectetur",
+                                            "0123456789"};
+  std::vector<std::string> alone(prompts.size()), together(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const Reply r = post(s, "/v1/completions", completion_body(prompts[i], 100).dump());
+    ASSERT_EQ(r.status, 200) << r.raw;
+    alone[i] = r.body["choices"][0]["text"];
+    const json want = generate(prompts[i], 100, {"--kv-cache", "bf16"});
+    EXPECT_EQ(alone[i], want["text"]) << "prompt " << i << ": server vs generate --kv-cache bf16";
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    threads.emplace_back([&, i] {
+      const Reply r = post(s, "/v1/completions", completion_body(prompts[i], 100).dump());
+      if (r.status == 200) together[i] = r.body["choices"][0]["text"];
+    });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(together[i], alone[i]) << "prompt " << i;
+  const Reply m = get(s, "/metrics");
+  EXPECT_GE(metric(m.raw, "dsmoe_peak_active_sequences"), 2) << m.raw;
+}
+
 TEST(Serve, ChatEqualsRenderedPromptGeneration) {
   Server s;
   ASSERT_GT(s.port, 0);

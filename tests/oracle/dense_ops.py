@@ -1,7 +1,7 @@
 """PyTorch oracle for the dense ops (tests/cpp/test_ops_dense.cpp).
 
 usage: dense_ops.py OP SEED OUT.safetensors
-OP: linear | embedding | rmsnorm | rope | attention | cross_entropy | adamw
+OP: linear | embedding | rmsnorm | rope | attention | attention_bf16_kv | cross_entropy | adamw
 
 Draws fresh random inputs (and random upstream gradients) from SEED, rounds every input to fp32 so
 that dsmoe and the reference see the same numbers, computes forward and backward with autograd in
@@ -96,7 +96,11 @@ def main():
             put(c, "y", y); put(c, "dx", x.grad)
             put(c, "cos", cos[:, 0, :half]); put(c, "sin", sin[:, 0, :half])
             cases.append(dict(n=n, heads=heads, head_dim=hd, theta=repr(theta), max_pos=max_pos))
-    elif op == "attention":
+    elif op in ("attention", "attention_bf16_kv"):
+        # attention_bf16_kv: the inference cache that stores keys and values as bf16. The test gets
+        # the fp32 k, v and rounds them itself; the reference (forward only) attends over k, v
+        # rounded by torch (round to nearest even) and gives those rounded values as k_bf16, v_bf16.
+        bf16_kv = op == "attention_bf16_kv"
         shapes = [  # B, Tq, Tk, Hq, Hkv, D
             (2, 13, 13, 6, 2, 10),   # training, GQA
             (2, 5, 19, 6, 2, 12),    # q_len < kv_len, GQA
@@ -104,26 +108,36 @@ def main():
             (1, 150, 150, 3, 1, 16), # several 64-row blocks, MQA
             (1, 70, 100, 2, 1, 9),   # q_len < kv_len across blocks
         ]
+        if bf16_kv:  # the bf16 path widens 256 keys at a time: cross those chunks
+            shapes += [
+                (1, 1, 600, 4, 2, 16),   # one-token decode over three chunks, GQA
+                (1, 3, 513, 2, 2, 32),   # a chunk of one key at the end
+                (1, 70, 300, 2, 1, 9),   # prefill rows over two chunks
+            ]
         for c, (B, Tq, Tk, Hq, Hkv, D) in enumerate(shapes):
             q = leaf(randn(B, Tq, Hq * D))
             k = leaf(randn(B, Tk, Hkv * D))
             v = leaf(randn(B, Tk, Hkv * D))
             dout = randn(B, Tq, Hq * D)
             g = Hq // Hkv
+            ka, va = (k.detach().to(torch.bfloat16).to(F64), v.detach().to(torch.bfloat16).to(F64)) if bf16_kv else (k, v)
             q4 = q.view(B, Tq, Hq, D).transpose(1, 2)
-            k4 = k.view(B, Tk, Hkv, D).transpose(1, 2).repeat_interleave(g, dim=1)
-            v4 = v.view(B, Tk, Hkv, D).transpose(1, 2).repeat_interleave(g, dim=1)
+            k4 = ka.view(B, Tk, Hkv, D).transpose(1, 2).repeat_interleave(g, dim=1)
+            v4 = va.view(B, Tk, Hkv, D).transpose(1, 2).repeat_interleave(g, dim=1)
             s = (q4 @ k4.transpose(-1, -2)) / math.sqrt(D)
             i = torch.arange(Tq)[:, None]
             j = torch.arange(Tk)[None, :]
             s = s.masked_fill(j > i + (Tk - Tq), float("-inf"))
             p = torch.softmax(s, dim=-1)
             o = (p @ v4).transpose(1, 2).reshape(B, Tq, Hq * D)
-            o.backward(dout)
             for name, t in (("q", q), ("k", k), ("v", v), ("dout", dout)):
                 put(c, name, t, torch.float32)
             put(c, "out", o); put(c, "probs", p)
-            put(c, "dq", q.grad); put(c, "dk", k.grad); put(c, "dv", v.grad)
+            if bf16_kv:
+                put(c, "k_bf16", ka, torch.float32); put(c, "v_bf16", va, torch.float32)
+            else:
+                o.backward(dout)
+                put(c, "dq", q.grad); put(c, "dk", k.grad); put(c, "dv", v.grad)
             cases.append(dict(batch=B, q_len=Tq, kv_len=Tk, q_heads=Hq, kv_heads=Hkv, head_dim=D))
     elif op == "cross_entropy":
         for c, (n, V) in enumerate([(37, 1031), (8, 50)]):
