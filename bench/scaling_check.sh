@@ -23,12 +23,13 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, commit $(git rev-parse --short HEAD), $CONFIG, $STEPS steps"
 
 tok_s() { grep -o '[0-9.]* tok/s average' "$1" | tail -1 | cut -d' ' -f1; }
-train() {  # label, threads, launcher...
-  local label=$1 threads=$2
-  shift 2
+train() {  # label, threads, extra train flags (one word), launcher...
+  local label=$1 threads=$2 extra=$3
+  shift 3
   rm -rf "$work/$label"
+  # shellcheck disable=SC2086
   OMP_NUM_THREADS=$threads "$@" "$BUILD/dsmoe" train --config "$CONFIG" --data "$DATA" --out "$work/$label" \
-    --steps "$STEPS" --sample-tokens 0 >"$work/$label.log" 2>&1 || { cat "$work/$label.log"; exit 1; }
+    --steps "$STEPS" --sample-tokens 0 $extra >"$work/$label.log" 2>&1 || { cat "$work/$label.log"; exit 1; }
   tok_s "$work/$label.log"
 }
 
@@ -38,10 +39,10 @@ flops=$("$BUILD/dsmoe" info --config "$CONFIG" --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["train_flops_per_token"])')
 declare -a p1 p2 p1t2
 for r in $(seq "$REPS"); do
-  l=$(load); p1+=("$(train p1 1)"); echo "round $r: P=1 1 thread  ${p1[-1]} tok/s (load $l)"
-  l=$(load); p2+=("$(train p2 1 "${MPI[@]}" -x OMP_NUM_THREADS=1)")
+  l=$(load); p1+=("$(train p1 1 "")"); echo "round $r: P=1 1 thread  ${p1[-1]} tok/s (load $l)"
+  l=$(load); p2+=("$(train p2 1 "--ep=2" "${MPI[@]}" -x OMP_NUM_THREADS=1)")
   echo "round $r: P=2 --ep 2, 1 thread each ${p2[-1]} tok/s (load $l)"
-  l=$(load); p1t2+=("$(train p1t2 2)"); echo "round $r: P=1 2 threads ${p1t2[-1]} tok/s (load $l)"
+  l=$(load); p1t2+=("$(train p1t2 2 "")"); echo "round $r: P=1 2 threads ${p1t2[-1]} tok/s (load $l)"
 done
 med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 P1=$(med "${p1[@]}"); P2=$(med "${p2[@]}"); P1T2=$(med "${p1t2[@]}")
@@ -68,4 +69,14 @@ print(f"| P=2 predicted by dsmoe scaling | {pred_tps:.0f} | compute {row['comput
 print(f"| P=1, 2 threads (measured, same total threads) | {p1t2:.0f} | |")
 print(f"\nprediction / measurement at P=2: {pred_tps / p2:.2f}; P=2 over P=1 at 2 threads: {p2 / p1t2:.2f}")
 EOF
+python3 - "$work/p2/metrics.jsonl" <<'EOF2'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+comm = [sum(r["comm_s"][i] for r in rows if "comm_s" in r) for i in range(2)]
+step = [sum(r["step_s"][i] for r in rows if "step_s" in r) for i in range(2)]
+load = [r["max_load"] for r in rows]
+print(f"measured at P=2 (last round, metrics.jsonl): time inside collectives {comm[0]:.2f} / {comm[1]:.2f} s of "
+      f"{step[0]:.2f} / {step[1]:.2f} s of steps per rank ({100 * comm[0] / step[0]:.0f}% / {100 * comm[1] / step[1]:.0f}%: "
+      f"transfer plus waiting for the other rank); expert load max/mean {min(load):.2f}-{max(load):.2f}")
+EOF2
 echo "logs: $work"
