@@ -155,9 +155,7 @@ void add_scaling_commands(CLI::App& app) {
         ScalingEstimate s;
         try {
           if (fixed_ep > 0) {
-            // A limit of M devices needs M devices holding at least the k experts of a token.
-            if (limit > 0 && (limit > fixed_ep || limit * (m.n_routed_experts / fixed_ep) < m.num_experts_per_tok))
-              continue;
+            if (!device_limit_fits(m, fixed_ep, limit)) continue;  // no row: the limit cannot hold k experts
             l.expert_parallel = fixed_ep;
             s = estimate_training_step(m, hw, l);
           } else {

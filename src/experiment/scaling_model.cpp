@@ -75,7 +75,7 @@ void validate(const ModelConfig& m, const ScalingHardware& hw, const ScalingLayo
   if (l.device_limit < 0 || l.device_limit > E)
     fail("scaling model: the device limit {} is outside [0, {}] (0 = none; at most the expert-parallel size)",
          l.device_limit, E);
-  if (l.device_limit > 0 && m.is_moe() && l.device_limit * (m.n_routed_experts / E) < m.num_experts_per_tok)
+  if (!device_limit_fits(m, E, l.device_limit))
     fail("scaling model: a device limit of {} leaves {} experts, fewer than the {} a token is routed to", l.device_limit,
          l.device_limit * (m.n_routed_experts / E), m.num_experts_per_tok);
   if (l.comm_bytes < 1 || l.comm_bytes > 8) fail("scaling model: comm_bytes {} is outside [1, 8]", l.comm_bytes);
@@ -85,6 +85,12 @@ void validate(const ModelConfig& m, const ScalingHardware& hw, const ScalingLayo
 }
 
 }  // namespace
+
+bool device_limit_fits(const ModelConfig& m, int64_t expert_parallel, int64_t device_limit) {
+  if (device_limit == 0) return true;
+  return device_limit <= expert_parallel &&
+         (!m.is_moe() || device_limit * (m.n_routed_experts / expert_parallel) >= m.num_experts_per_tok);
+}
 
 double expected_devices_per_token(int64_t n_experts, int64_t devices, int64_t k, int64_t device_limit) {
   DSMOE_ASSERT(devices >= 1 && n_experts % devices == 0 && k >= 1 && k <= n_experts, "n {} E {} k {}", n_experts,
@@ -173,8 +179,7 @@ ScalingEstimate fastest_expert_parallel(const ModelConfig& m, const ScalingHardw
   ScalingEstimate best;
   int64_t best_e = 0;
   for (int64_t e : expert_parallel_choices(m, l.nodes * hw.ranks_per_node, hw.ranks_per_node)) {
-    if (l.device_limit > e || (l.device_limit > 0 && l.device_limit * (m.n_routed_experts / e) < m.num_experts_per_tok))
-      continue;
+    if (!device_limit_fits(m, e, l.device_limit)) continue;
     ScalingLayout c = l;
     c.expert_parallel = e;
     const ScalingEstimate s = estimate_training_step(m, hw, c);

@@ -72,6 +72,10 @@ double remote_rows_per_token(const ModelConfig& m, const ScalingLayout& l);
 // routed experts and divides G or is divided by it (only 1 for a dense model), ascending.
 std::vector<int64_t> expert_parallel_choices(const ModelConfig& m, int64_t ranks, int64_t ranks_per_node);
 
+// Whether a device limit of M (0: none) can hold a token's k experts on an expert-parallel size of E:
+// M <= E and the M devices' experts number at least k.
+bool device_limit_fits(const ModelConfig& m, int64_t expert_parallel, int64_t device_limit);
+
 // Throws dsmoe::Error naming the field when a value is out of range (E not dividing the ranks or the
 // experts, a device limit past E, a non-positive rate or bandwidth, ...).
 ScalingEstimate estimate_training_step(const ModelConfig& m, const ScalingHardware& hw, const ScalingLayout& l);
