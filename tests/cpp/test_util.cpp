@@ -234,10 +234,20 @@ void AdamTrajectoryBudget::add_step(Model& model, AdamW& adam, int64_t s, double
     for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i)
       gmax = std::max(gmax, std::fabs((double)g[i] / clip));
     g_err_[h] = std::max(g_err_[h], grad_rel * gmax * clip);  // the error of the CLIPPED gradient Adam saw
-    for (int64_t i = hf[h].offset; i < hf[h].offset + hf[h].numel; ++i) {
-      const double denom = std::sqrt(adam.v()[i] / bc2) + eps, r = std::fabs(adam.m()[i] / bc1) / denom;
-      const double dr = adam.v()[i] == 0.0f ? 0.0 : std::min(2 * R, (1 + r) * g_err_[h] / denom);
-      tol_[i] += lr * dr + 2 * u * std::fabs(model.params()[i]) + 6 * u * lr * r;
+    // Rows (first index) whose gradient has been exactly 0 at every step so far: no token reached
+    // them (an embedding row of an unseen token, an expert no token chose), so the oracle's is 0 as
+    // well and r = 0 on both sides. A lone exact 0 inside a live row is rounding (an fp32 sum that
+    // cancelled to 0 where the fp64 one is 1e-10): the oracle's r there can be anything up to
+    // g_err / eps, so it takes the general bound with v^ = 0.
+    const int64_t row = hf[h].shape.size() >= 2 ? hf[h].numel / hf[h].shape[0] : hf[h].numel;
+    for (int64_t r0 = hf[h].offset; r0 < hf[h].offset + hf[h].numel; r0 += row) {
+      bool untouched = true;
+      for (int64_t i = r0; i < r0 + row && untouched; ++i) untouched = adam.v()[i] == 0.0f;
+      for (int64_t i = r0; i < r0 + row; ++i) {
+        const double denom = std::sqrt(adam.v()[i] / bc2) + eps, r = std::fabs(adam.m()[i] / bc1) / denom;
+        const double dr = untouched ? 0.0 : std::min(2 * R, (1 + r) * g_err_[h] / denom);
+        tol_[i] += lr * dr + 2 * u * std::fabs(model.params()[i]) + 6 * u * lr * r;
+      }
     }
   }
 }

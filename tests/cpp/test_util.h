@@ -26,8 +26,9 @@ namespace dsmoe::test {
 // |dr| <= (1 + |r|) G / (sqrt(v^) + eps), never more than 2 R_s (R_s = max |r| over all gradient
 // histories, by Cauchy-Schwarz); an element's weight error grows per step by lr_s |dr| plus the fp32
 // rounding of the update (2u |p| + 6u lr_s |r|). m and v average past gradients, so their errors are
-// bounded by the largest G so far. v == 0 (every gradient so far exactly 0: no token reached the
-// element) gives r = 0 exactly on both sides.
+// bounded by the largest G so far. A row whose gradients have all been exactly 0 so far (no token
+// reached it) has r = 0 exactly on both sides; a single exact 0 in a live row is an fp32 sum that
+// cancelled, and gets the general bound.
 class AdamTrajectoryBudget {
  public:
   explicit AdamTrajectoryBudget(const Model& model, const TrainConfig& tc);
