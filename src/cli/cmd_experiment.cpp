@@ -29,10 +29,23 @@ void add_experiment_commands(CLI::App& app) {
   c->add_flag("--quick", *quick, "the suite's quick variant: tiny models, a few steps (a smoke run)");
   c->add_flag("--report-only", *report_only, "redraw the report from OUT/results.json without training");
   c->add_flag("--quiet", *quiet, "no progress lines");
+  auto shard = std::make_shared<std::string>();
+  c->add_option("--shard", *shard,
+                "I/N: train only every N-th run of the plan, starting at run I (0 <= I < N <= 64), in one of N "
+                "processes run side by side (each with its share of the threads); no analyses or report: run the "
+                "suite once more without --shard afterwards, which reuses every checkpoint");
   add_no_verify_flag(c, *no_verify);
   c->callback([=] {
     namespace fs = std::filesystem;
     nlohmann::json results;
+    if (*report_only && !shard->empty()) usage_error("--shard trains runs; it cannot go with --report-only");
+    long long shard_index = 0, shard_count = 1;  // flags are checked before the suite is read
+    if (!shard->empty()) {
+      char tail = 0;
+      if (std::sscanf(shard->c_str(), "%lld/%lld%c", &shard_index, &shard_count, &tail) != 2 || shard_count < 1 ||
+          shard_count > 64 || shard_index < 0 || shard_index >= shard_count)
+        usage_error("--shard: expected I/N with 0 <= I < N <= 64, got '{}'", *shard);
+    }
     if (*report_only) {
       const std::string p = (fs::path(*out) / "results.json").string();
       try {
@@ -46,7 +59,14 @@ void add_experiment_commands(CLI::App& app) {
       o.out_dir = *out;
       o.progress = !*quiet;
       o.checksums = checksums_of(*no_verify, "the suite's run checkpoints");
+      o.shard_index = shard_index;
+      o.shard_count = shard_count;
       results = experiment::run_suite(s, o);
+      if (o.shard_count > 1) {
+        std::printf("trained shard %lld/%lld of the suite; run it again without --shard to analyse and report\n",
+                    (long long)o.shard_index, (long long)o.shard_count);
+        return;
+      }
     }
     const std::string report = experiment::write_report(results, *out);
     std::printf("report: %s\n", report.c_str());

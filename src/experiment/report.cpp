@@ -604,6 +604,35 @@ std::string write_report(const json& results, const std::string& out_dir) {
         }
         md += "\n";
       }
+      // The shared experts' role per domain: the loss without them (nothing routed in their place).
+      std::vector<std::string> with_shared;
+      for (const auto& id : ids)
+        if (R.runs.at(id).front()["per_domain"].contains("loss_without_shared")) with_shared.push_back(id);
+      if (!with_shared.empty()) {
+        md += "\n## The shared experts per domain\n\nHeld-out loss per domain with the shared experts switched off at "
+              "evaluation (no routed expert added in their place), against the full model; mean over seeds, the "
+              "increase in parentheses. A shared expert that holds common knowledge hurts every domain when removed; "
+              "one that a domain leans on more shows a larger increase there.\n\n| model |";
+        for (const auto& d : domains) md += " " + md_escape(d) + " |";
+        md += "\n|---|";
+        for (size_t i = 0; i < domains.size(); ++i) md += "---|";
+        md += "\n";
+        for (const auto& id : with_shared) {
+          md += "| " + md_escape(R.label(id)) + " without shared |";
+          for (const auto& d : domains) {
+            double full = 0, without = 0;
+            int64_t n = 0;
+            for (const auto& run : R.runs.at(id)) {
+              if (!run.contains("per_domain") || !run["per_domain"].contains("loss_without_shared")) continue;
+              full += run["per_domain"]["loss"].at(d).get<double>();
+              without += run["per_domain"]["loss_without_shared"].at(d).get<double>();
+              ++n;
+            }
+            md += n ? fmt::format(" {:.4f} ({:+.4f}) |", without / (double)n, (without - full) / (double)n) : " - |";
+          }
+          md += "\n";
+        }
+      }
       md += "\n## Specialisation per domain (first seed)\n\nPer MoE layer: the mutual information between a token's "
             "domain and each of its routed expert selections, in nats and normalised by min(H(domain), H(expert)) "
             "(0 = routing ignores the domain); the mean over experts of the share of an expert's selections that come "

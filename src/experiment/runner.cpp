@@ -152,6 +152,15 @@ void analyse(const Suite& s, const SuiteModel& sm, bool first_seed, Model& model
     o.seq_len = t.seq_len;
     o.n_batches = t.eval_batches;
     run["per_domain"] = evaluate_domains(model, val, o);
+    if (m.is_moe() && m.n_shared_experts > 0) {  // the shared experts' role, domain by domain
+      RoutingOverride no_shared;
+      no_shared.drop_shared = true;
+      model.set_routing_override(no_shared);
+      o.expert_outputs = false;
+      const json without = evaluate_domains(model, val, o);
+      model.set_routing_override(RoutingOverride{});
+      run["per_domain"]["loss_without_shared"] = without.at("loss");
+    }
   }
 }
 
@@ -229,6 +238,20 @@ json run_suite(const Suite& s, const RunOptions& opt) {
         flops_total += plan.back().flops;
       }
 
+  if (opt.shard_count < 1 || opt.shard_index < 0 || opt.shard_index >= opt.shard_count)
+    fail("suite shard {}/{}: expected 0 <= index < count", opt.shard_index, opt.shard_count);
+  const bool sharded = opt.shard_count > 1;
+  if (sharded) {  // round robin over the plan: each shard gets every seed's mix of cheap and costly runs
+    std::vector<Planned> mine;
+    flops_total = 0;
+    for (size_t i = 0; i < plan.size(); ++i)
+      if ((int64_t)(i % (size_t)opt.shard_count) == opt.shard_index) {
+        mine.push_back(plan[i]);
+        flops_total += plan[i].flops;
+      }
+    plan = std::move(mine);
+  }
+
   double flops_done = 0, secs_training = 0;
   ProgressOptions po;
   po.enabled = opt.progress;
@@ -256,6 +279,24 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     double train_s = seconds_since(t_run);
     if (!std::isfinite(sum.val_loss)) fail("{}: validation loss is {}", dir, sum.val_loss);
 
+    if (!resume || sum.steps_done > 0) {  // the rate of runs actually trained now, not of reused ones
+      flops_done += plan[i].flops;
+      secs_training += seconds_since(t_run);
+    } else {
+      flops_total -= plan[i].flops;
+    }
+    const double eta = flops_done > 0 ? secs_training * (flops_total - flops_done) / flops_done : NAN;
+    const std::string where = sharded ? fmt::format("shard {}/{}", opt.shard_index, opt.shard_count) : "suite";
+    auto report_run = [&] {
+      progress.update((int64_t)i + 1,
+                      fmt::format("{} seed {}: val loss {:.4f} | trained in {} | {} {} elapsed, ETA {}", sm.id, seed,
+                                  sum.val_loss, fmt_secs(train_s), where, fmt_secs(seconds_since(t0)), fmt_secs(eta)),
+                      /*force=*/true);
+    };
+    if (sharded) {  // training only: the unsharded pass analyses and writes the results
+      report_run();
+      continue;
+    }
     double logged_elapsed = NAN;
     json run = {{"model", sm.id}, {"seed", seed}, {"dir", dir}, {"val_loss", sum.val_loss}};
     run["curve"] = read_curve((fs::path(dir) / "metrics.jsonl").string(), &logged_elapsed);
@@ -268,22 +309,12 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     analyse(s, sm, seed == sm.seeds.front(), model, val, run);
     run["analysis_s"] = seconds_since(t_an);
     res["runs"].push_back(std::move(run));
-
-    if (!resume || sum.steps_done > 0) {  // the rate of runs actually trained now, not of reused ones
-      flops_done += plan[i].flops;
-      secs_training += seconds_since(t_run);
-    } else {
-      flops_total -= plan[i].flops;
-    }
-    const double eta = flops_done > 0 ? secs_training * (flops_total - flops_done) / flops_done : NAN;
-    progress.update((int64_t)i + 1,
-                    fmt::format("{} seed {}: val loss {:.4f} | trained in {} | suite {} elapsed, ETA {}", sm.id, seed,
-                                sum.val_loss, fmt_secs(train_s), fmt_secs(seconds_since(t0)), fmt_secs(eta)),
-                    /*force=*/true);
+    report_run();
     // Partial results survive an interruption (the report can be drawn from them).
     res["wall_s"] = seconds_since(t0);
     write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
   }
+  if (sharded) return json();
   res["wall_s"] = seconds_since(t0);
   write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
   return res;

@@ -17,6 +17,10 @@ struct RunOptions {
   std::string out_dir;
   bool progress = true;  // the trainer's progress line and one line per run
   Checksums checksums = Checksums::Verify;  // of the run checkpoints reused or resumed (Skip: --no-verify)
+  // Training in several processes at once (`dsmoe experiment --shard I/N`): this process trains only
+  // the runs whose place in the plan is I modulo N, and neither analyses nor writes results.json;
+  // a last pass without a shard reuses every checkpoint, analyses and reports. 0/1 = everything.
+  int64_t shard_index = 0, shard_count = 1;
 };
 
 // Returns the results JSON (also written atomically to OUT/results.json):

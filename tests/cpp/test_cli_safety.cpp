@@ -319,6 +319,9 @@ TEST(CliSafety, OutOfRangeValuesAreUsageErrorsNamingTheFlagAndRange) {
       {{"eval", "--model", m, "--data", data, "--batches", "0"}, "--batches: 0 is out of range [1, "},
       {{"train", "--config", cfg, "--data", data, "--out", dir + "/r3", "--stpes", "3"}, "did you mean '--steps'?"},
       {{"trian"}, "did you mean 'train'?"},
+      {{"experiment", "--out", dir + "/x", "--shard", "2/2"}, "--shard: expected I/N with 0 <= I < N <= 64, got '2/2'"},
+      {{"experiment", "--out", dir + "/x", "--shard", "1/2x"}, "--shard: expected I/N"},
+      {{"experiment", "--out", dir + "/x", "--shard", "0/2", "--report-only"}, "cannot go with --report-only"},
   };
   for (const auto& c : cases) {
     Proc p = run_cli(c.args);
@@ -327,6 +330,7 @@ TEST(CliSafety, OutOfRangeValuesAreUsageErrorsNamingTheFlagAndRange) {
   }
   EXPECT_FALSE(fs::exists(dir + "/r2"));
   EXPECT_FALSE(fs::exists(dir + "/p"));
+  EXPECT_FALSE(fs::exists(dir + "/x"));
   // Nothing to score is an error, not perplexity 1.
   write_text(dir + "/empty.jsonl", "\n");
   Proc e = run_cli({"score", "--model", m, "--ids-jsonl", dir + "/empty.jsonl"});
