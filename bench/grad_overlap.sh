@@ -7,19 +7,11 @@
 # that spent waiting for the other rank.
 #   bench/grad_overlap.sh       CONFIG=configs/paper/gshard.json DATA=data/brown-bpe2k STEPS=40 REPS=3
 #                               BATCH=4 SEQ=128 (the micro-batch: the step's compute)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-unset OPENBLAS_CORETYPE
-BUILD="${BUILD:-build}"
-CONFIG="${CONFIG:-configs/paper/gshard.json}"
-DATA="${DATA:-data/brown-bpe2k}"
-STEPS="${STEPS:-40}"
-REPS="${REPS:-3}"
+STEPS_DEFAULT=40
+source "$(dirname "$0")/two_rank_training_env.sh"
 BATCH="${BATCH:-4}"
 SEQ="${SEQ:-128}"
-[ -d "$DATA" ] || { echo "grad_overlap: no prepared data at $DATA (scripts/quickstart.sh prepares it, or set DATA)"; exit 1; }
-MPI=(mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1)
-[ "$(id -u)" = 0 ] && MPI=(mpirun --allow-run-as-root --oversubscribe -np 2 -x OMP_NUM_THREADS=1)
+MPI+=(-x OMP_NUM_THREADS=1)
 work=$(mktemp -d /tmp/dsmoe-grad-overlap.XXXXXX)
 cfg="$work/config.json"
 cat >"$cfg" <<JSON

@@ -7,17 +7,8 @@
 #      from 1 and 2, and with P = 1 at 2 threads (the same total threads);
 # alternating P = 1 and P = 2 for REPS rounds, the load average recorded with each run.
 #   bench/scaling_check.sh        CONFIG=configs/paper/gshard.json DATA=data/brown-bpe2k STEPS=30 REPS=3
-set -euo pipefail
-cd "$(dirname "$0")/.."
-unset OPENBLAS_CORETYPE
-BUILD="${BUILD:-build}"
-CONFIG="${CONFIG:-configs/paper/gshard.json}"
-DATA="${DATA:-data/brown-bpe2k}"
-STEPS="${STEPS:-30}"
-REPS="${REPS:-3}"
-[ -d "$DATA" ] || { echo "scaling_check: no prepared data at $DATA (scripts/quickstart.sh prepares it, or set DATA)"; exit 1; }
-MPI=(mpirun --oversubscribe -np 2)
-[ "$(id -u)" = 0 ] && MPI=(mpirun --allow-run-as-root --oversubscribe -np 2)
+STEPS_DEFAULT=30
+source "$(dirname "$0")/two_rank_training_env.sh"
 work=$(mktemp -d /tmp/dsmoe-scaling-check.XXXXXX)
 load() { cut -d' ' -f1 /proc/loadavg; }
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, commit $(git rev-parse --short HEAD), $CONFIG, $STEPS steps"
