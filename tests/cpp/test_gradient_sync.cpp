@@ -4,7 +4,7 @@
 // the communicator of its kind (replicated: world; routed experts: the expert replicas), no bucket
 // exceeds its size, and a bucket starts only once backward will not change its floats (their values
 // when it starts are their final values, bit for bit). The multi-process sums themselves are
-// checked by test_parallel_training (overlapped and not: the same bits).
+// checked by test_parallel_training (overlapped and not: the same bits). And the switch's config key.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -147,6 +147,17 @@ TEST(GradientSync, BucketsStartOnlyWhenBackwardHasFinishedThem) {
   double sum = 0;
   for (float v : g.log.front().values) sum += std::fabs(v);
   EXPECT_GT(sum, 0);
+}
+
+// The switch is a config key: a boolean, read, and named when it is anything else.
+TEST(GradientSyncConfig, OverlapIsABooleanKeyOfParallel) {
+  nlohmann::json j = to_json(sync_config());
+  EXPECT_FALSE(parse_config(j, "c.json").parallel.overlap_grad_sync);
+  j["parallel"] = {{"overlap_grad_sync", true}};
+  EXPECT_TRUE(parse_config(j, "c.json").parallel.overlap_grad_sync);
+  j["parallel"] = {{"overlap_grad_sync", 1}};
+  EXPECT_TRUE(test::error_mentions([&] { parse_config(j, "c.json"); },
+                                   {"c.json", "parallel.overlap_grad_sync", "must be true or false", "1"}));
 }
 
 }  // namespace
