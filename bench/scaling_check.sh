@@ -7,17 +7,8 @@
 #      from 1 and 2, and with P = 1 at 2 threads (the same total threads);
 # alternating P = 1 and P = 2 for REPS rounds, the load average recorded with each run.
 #   bench/scaling_check.sh        CONFIG=configs/paper/gshard.json DATA=data/brown-bpe2k STEPS=30 REPS=3
-set -euo pipefail
-cd "$(dirname "$0")/.."
-unset OPENBLAS_CORETYPE
-BUILD="${BUILD:-build}"
-CONFIG="${CONFIG:-configs/paper/gshard.json}"
-DATA="${DATA:-data/brown-bpe2k}"
-STEPS="${STEPS:-30}"
-REPS="${REPS:-3}"
-[ -d "$DATA" ] || { echo "scaling_check: no prepared data at $DATA (scripts/quickstart.sh prepares it, or set DATA)"; exit 1; }
-MPI=(mpirun --oversubscribe -np 2)
-[ "$(id -u)" = 0 ] && MPI=(mpirun --allow-run-as-root --oversubscribe -np 2)
+STEPS_DEFAULT=30
+source "$(dirname "$0")/two_rank_training_env.sh"
 work=$(mktemp -d /tmp/dsmoe-scaling-check.XXXXXX)
 load() { cut -d' ' -f1 /proc/loadavg; }
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, commit $(git rev-parse --short HEAD), $CONFIG, $STEPS steps"
@@ -73,10 +64,13 @@ python3 - "$work/p2/metrics.jsonl" <<'EOF2'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 comm = [sum(r["comm_s"][i] for r in rows if "comm_s" in r) for i in range(2)]
+wait = [sum(r["comm_wait_s"][i] for r in rows if "comm_wait_s" in r) for i in range(2)]
 step = [sum(r["step_s"][i] for r in rows if "step_s" in r) for i in range(2)]
 load = [r["max_load"] for r in rows]
 print(f"measured at P=2 (last round, metrics.jsonl): time inside collectives {comm[0]:.2f} / {comm[1]:.2f} s of "
-      f"{step[0]:.2f} / {step[1]:.2f} s of steps per rank ({100 * comm[0] / step[0]:.0f}% / {100 * comm[1] / step[1]:.0f}%: "
-      f"transfer plus waiting for the other rank); expert load max/mean {min(load):.2f}-{max(load):.2f}")
+      f"{step[0]:.2f} / {step[1]:.2f} s of steps per rank ({100 * comm[0] / step[0]:.0f}% / {100 * comm[1] / step[1]:.0f}%), "
+      f"of which waiting for the other rank {wait[0]:.2f} / {wait[1]:.2f} s ({100 * wait[0] / step[0]:.0f}% / "
+      f"{100 * wait[1] / step[1]:.0f}%) and transfer {comm[0] - wait[0]:.3f} / {comm[1] - wait[1]:.3f} s; "
+      f"expert load max/mean {min(load):.2f}-{max(load):.2f}")
 EOF2
 echo "logs: $work"

@@ -160,12 +160,6 @@ ParallelInferenceModel load_for_inference(Communicator& world, const std::string
   return pm;
 }
 
-// Commands that run in one process only, started by mpirun with several.
-void refuse_under_mpirun(const char* command, const char* why) {
-  if (launched_by_mpi() && world_communicator()->size() > 1)
-    usage_error("{} runs in one process ({}): start it without mpirun", command, why);
-}
-
 // ---------------------------------------------------------------- generate
 
 struct GenerateArgs {

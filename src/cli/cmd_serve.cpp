@@ -43,6 +43,9 @@ std::string model_id(const ServeArgs& a) {
 }
 
 void cmd_serve(const ServeArgs& a) {
+  // Every rank would load the whole model and bind its own port: requests would not be spread over
+  // the ranks' experts, and all but one bind would fail.
+  refuse_under_mpirun("serve", "one HTTP server over one whole model; expert-parallel serving is not built");
   // A client that closes its connection must not kill the server with SIGPIPE: the failed write
   // is how a stream notices it is gone.
   signal(SIGPIPE, SIG_IGN);

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/mpi_communicator.h"
 #include "infer/parallel_inference.h"
 
 namespace dsmoe::cli {
@@ -54,6 +55,11 @@ void add_parallel_options(CLI::App* c, ParallelArgs& a, const std::string& ep_he
 }
 
 void apply_comm_timeout(const ParallelArgs& a) { set_collective_timeout(a.comm_timeout); }
+
+void refuse_under_mpirun(const char* command, const char* why) {
+  if (launched_by_mpi() && world_communicator()->size() > 1)
+    usage_error("{} runs in one process ({}): start it without mpirun", command, why);
+}
 
 int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t requested) {
   try {

@@ -38,6 +38,9 @@ void add_parallel_options(CLI::App* c, ParallelArgs& a, const std::string& ep_he
 void apply_comm_timeout(const ParallelArgs& a);
 // infer/parallel_inference.h's inference_expert_parallel, its refusal a usage error (exit 2).
 int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t requested);
+// For the commands that run in one process only: a usage error (exit 2) naming `command` and `why`
+// when mpirun started this one with others, before anything is loaded or written.
+void refuse_under_mpirun(const char* command, const char* why);
 
 // --compute auto|f32|bf16|int8 (infer/compute_mode.h) for the commands that run a model.
 void add_compute_option(CLI::App* c, std::string& compute);

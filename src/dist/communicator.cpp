@@ -26,6 +26,7 @@ void SingleProcessCommunicator::all_gather(const int64_t* send, int64_t* recv, i
 namespace {
 double g_timeout = kDefaultCollectiveTimeout;
 CollectiveClock g_clock;
+bool g_split_waiting = false;
 }  // namespace
 
 void set_collective_timeout(double seconds) {
@@ -34,10 +35,13 @@ void set_collective_timeout(double seconds) {
 }
 double collective_timeout() { return g_timeout; }
 CollectiveClock collective_clock() { return g_clock; }
-void add_collective_time(double seconds) {
+void add_collective_time(double seconds, double waiting) {
   g_clock.seconds += seconds;
+  g_clock.waiting += waiting;
   g_clock.calls++;
 }
+void set_split_collective_waiting(bool on) { g_split_waiting = on; }
+bool split_collective_waiting() { return g_split_waiting; }
 
 static std::vector<std::string> split_lines(const std::string& s) {
   std::vector<std::string> lines;

@@ -33,6 +33,14 @@ class Communicator {
   // recv [size * n] = every rank's n int64 values, in rank order.
   virtual void all_gather(const int64_t* send, int64_t* recv, int64_t n) = 0;
   virtual void barrier() = 0;
+  // Non-blocking sum (the same arithmetic as all_reduce_sum of the same n, so the same bits): starts
+  // it and returns; data must stay untouched until wait_started. Every rank starts the same sums in
+  // the same order (they are collectives like the rest).
+  virtual void start_all_reduce_sum(float* data, int64_t n) = 0;
+  // Lets the started collectives advance: MPI moves their data only inside its calls.
+  virtual void progress() = 0;
+  // Returns when every collective started on this communicator has completed.
+  virtual void wait_started() = 0;
   // The ranks that pass the same `color` form a new communicator, ordered by `key` (then by rank).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 };
@@ -50,6 +58,9 @@ class SingleProcessCommunicator final : public Communicator {
   void broadcast(void*, int64_t, int) override {}
   void all_gather(const int64_t* send, int64_t* recv, int64_t n) override;
   void barrier() override {}
+  void start_all_reduce_sum(float*, int64_t) override {}
+  void progress() override {}
+  void wait_started() override {}
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SingleProcessCommunicator>(); }
 };
 
@@ -68,11 +79,18 @@ double collective_timeout();
 
 // Wall time this process has spent inside collectives of every communicator, and how many it ran
 // (the communication share of a step is a difference of two readings). Implementations add to it.
+// `waiting` is the part of `seconds` spent waiting for the other ranks to arrive (load imbalance, not
+// data moving): with set_split_collective_waiting(true) every blocking collective first passes a
+// barrier, whose time is waiting; barriers count as waiting whatever the setting; seconds - waiting
+// is then the transfer (the collective proper, entered by all ranks within a barrier's latency).
 struct CollectiveClock {
-  double seconds = 0;
+  double seconds = 0, waiting = 0;
   int64_t calls = 0;
 };
 CollectiveClock collective_clock();
-void add_collective_time(double seconds);
+void add_collective_time(double seconds, double waiting = 0);
+// Process-wide, off by default (a barrier's latency per collective); every rank must set the same.
+void set_split_collective_waiting(bool on);
+bool split_collective_waiting();
 
 }  // namespace dsmoe

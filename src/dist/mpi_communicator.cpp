@@ -66,9 +66,9 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_sum(int64_t* d, int64_t n) override { reduce(d, n, MPI_INT64_T); }
   void all_to_all(const int64_t* send, int64_t* recv, int64_t per_rank) override {
     const int c = as_int(per_rank, "all_to_all");
-    MPI_Request req;
-    check(MPI_Ialltoall(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, &req), "MPI_Ialltoall");
-    wait(req, "MPI_Alltoall");
+    run("MPI_Alltoall", [&](MPI_Request* req) {
+      check(MPI_Ialltoall(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, req), "MPI_Ialltoall");
+    });
   }
   void all_to_allv(const float* send, const int64_t* send_counts, float* recv, const int64_t* recv_counts) override {
     std::vector<int> sc((size_t)size_), sd((size_t)size_), rc((size_t)size_), rd((size_t)size_);
@@ -81,26 +81,43 @@ class MpiCommunicator final : public Communicator {
       so += send_counts[r];
       ro += recv_counts[r];
     }
-    MPI_Request req;
-    check(MPI_Ialltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_, &req),
-          "MPI_Ialltoallv");
-    wait(req, "MPI_Alltoallv");
+    run("MPI_Alltoallv", [&](MPI_Request* req) {
+      check(MPI_Ialltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_, req),
+            "MPI_Ialltoallv");
+    });
   }
   void broadcast(void* data, int64_t bytes, int root) override {
-    MPI_Request req;
-    check(MPI_Ibcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &req), "MPI_Ibcast");
-    wait(req, "MPI_Bcast");
+    const int c = as_int(bytes, "broadcast");
+    run("MPI_Bcast", [&](MPI_Request* req) { check(MPI_Ibcast(data, c, MPI_BYTE, root, comm_, req), "MPI_Ibcast"); });
   }
   void all_gather(const int64_t* send, int64_t* recv, int64_t n) override {
     const int c = as_int(n, "all_gather");
-    MPI_Request req;
-    check(MPI_Iallgather(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, &req), "MPI_Iallgather");
-    wait(req, "MPI_Allgather");
+    run("MPI_Allgather", [&](MPI_Request* req) {
+      check(MPI_Iallgather(send, c, MPI_INT64_T, recv, c, MPI_INT64_T, comm_, req), "MPI_Iallgather");
+    });
   }
   void barrier() override {
-    MPI_Request req;
-    check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
-    wait(req, "MPI_Barrier");
+    const double t = barrier_wait();
+    add_collective_time(t, t);
+  }
+  void start_all_reduce_sum(float* d, int64_t n) override {
+    for (int64_t o = 0; o < n; o += kPiece) {
+      pending_.emplace_back();
+      check(MPI_Iallreduce(MPI_IN_PLACE, d + o, (int)std::min(kPiece, n - o), MPI_FLOAT, MPI_SUM, comm_,
+                           &pending_.back()),
+            "MPI_Iallreduce");
+    }
+  }
+  void progress() override {
+    if (pending_.empty()) return;
+    int done = 0;
+    check(MPI_Testall((int)pending_.size(), pending_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Iallreduce");
+    if (done) pending_.clear();
+  }
+  void wait_started() override {
+    if (pending_.empty()) return;
+    add_collective_time(poll(pending_, "MPI_Allreduce (started)"));
+    pending_.clear();
   }
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm sub;
@@ -110,17 +127,20 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // Large buffers go in pieces: MPI's count is an int.
+  static constexpr int64_t kPiece = int64_t(1) << 28;
+
   // Every collective is started non-blocking and polled here, so that a rank whose peers died or
   // hang gives up after collective_timeout() with an error instead of blocking forever (a blocking
   // MPI call cannot be interrupted). Polling yields the core (ranks may outnumber cores) and, once a
-  // wait is long, sleeps between polls.
-  void wait(MPI_Request& req, const char* call) {
+  // wait is long, sleeps between polls. Returns the seconds it took.
+  double poll(std::vector<MPI_Request>& reqs, const char* call) {
     using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
     const double limit = collective_timeout();
     int done = 0;
     for (int64_t polls = 0;; ++polls) {
-      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call);
+      check(MPI_Testall((int)reqs.size(), reqs.data(), &done, MPI_STATUSES_IGNORE), call);
       if (done) break;
       const double waited = std::chrono::duration<double>(clock::now() - t0).count();
       if (limit > 0 && waited > limit)
@@ -134,21 +154,34 @@ class MpiCommunicator final : public Communicator {
         sched_yield();
       }
     }
-    add_collective_time(std::chrono::duration<double>(clock::now() - t0).count());
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  double barrier_wait() {
+    std::vector<MPI_Request> req(1);
+    check(MPI_Ibarrier(comm_, &req[0]), "MPI_Ibarrier");
+    return poll(req, "MPI_Barrier");
+  }
+  // One blocking collective: `start` starts it into the request; with split_collective_waiting() a
+  // barrier first, whose time is the waiting for the last rank (CollectiveClock).
+  template <class Start>
+  void run(const char* call, Start&& start) {
+    const double waiting = split_collective_waiting() && size_ > 1 ? barrier_wait() : 0;
+    std::vector<MPI_Request> req(1);
+    start(&req[0]);
+    add_collective_time(waiting + poll(req, call), waiting);
   }
   void reduce(void* d, int64_t n, MPI_Datatype t) {
-    // Large buffers go in pieces: MPI's count is an int.
-    const int64_t piece = int64_t(1) << 28;
     int size = 0;
     MPI_Type_size(t, &size);
-    for (int64_t o = 0; o < n; o += piece) {
-      const int cnt = (int)std::min(piece, n - o);
-      MPI_Request req;
-      check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(d) + o * size, cnt, t, MPI_SUM, comm_, &req),
-            "MPI_Iallreduce");
-      wait(req, "MPI_Allreduce");
+    for (int64_t o = 0; o < n; o += kPiece) {
+      const int cnt = (int)std::min(kPiece, n - o);
+      run("MPI_Allreduce", [&](MPI_Request* req) {
+        check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(d) + o * size, cnt, t, MPI_SUM, comm_, req),
+              "MPI_Iallreduce");
+      });
     }
   }
+  std::vector<MPI_Request> pending_;  // started by start_all_reduce_sum
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;

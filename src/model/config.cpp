@@ -241,9 +241,11 @@ Config parse_config(const json& j, const std::string& source) {
     const json& p = j["parallel"];
     if (!p.is_object()) fail("{}: key 'parallel' must be an object", source);
     for (auto it = p.begin(); it != p.end(); ++it)
-      if (it.key() != "expert_parallel_size") fail("{}: unknown key 'parallel.{}'", source, it.key());
+      if (it.key() != "expert_parallel_size" && it.key() != "overlap_grad_sync")
+        fail("{}: unknown key 'parallel.{}'", source, it.key());
     Reader pr{p, source, "parallel."};
     pr.get("expert_parallel_size", c.parallel.expert_parallel_size);
+    pr.get("overlap_grad_sync", c.parallel.overlap_grad_sync);
   }
   validate(c, source);
   return c;

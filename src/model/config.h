@@ -115,6 +115,9 @@ struct TrainConfig {
 // --ep): not a property of the model, so it is not saved with it (a run resumes with any layout).
 struct ParallelConfig {
   int64_t expert_parallel_size = 1;  // E: ranks that split every MoE layer's routed experts (P / E replicas)
+  // Start each gradient bucket's all-reduce as soon as backward has finished it (train/gradient_sync.h),
+  // instead of after the whole backward. The same sums, the same bits; only the timing differs.
+  bool overlap_grad_sync = false;
 };
 
 struct Config {

@@ -1,6 +1,7 @@
 // A TokenDispatcher that forwards every call to another and counts the rows its forward dispatches
 // move: rows sent to and received from each rank of the dispatcher's group (the backward moves the
-// same rows again, the other way). For the per-rank traffic in metrics.jsonl.
+// same rows again, the other way). The one count of the expert-parallel traffic: metrics.jsonl's
+// rows per rank pair, and the all-to-all bytes derived from them (train/trainer.cpp add_rank_metrics).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -241,7 +241,7 @@ void Model::ensure_grad_buffers() {
   }
 }
 
-void Model::backward(float lm_scale, bool with_aux) {
+void Model::backward(float lm_scale, bool with_aux, const std::function<void(int64_t)>& grads_final_from) {
   if (!forward_done_) fail("Model::backward: no completed forward to differentiate (call forward with targets first)");
   if (targets_.empty()) fail("Model::backward: the last forward had no targets (nothing to differentiate)");
   if (with_aux && !last_forward_aux_)
@@ -265,6 +265,12 @@ void Model::backward(float lm_scale, bool with_aux) {
   }
   zero(d_resid_, N * H);  // dL/d(residual stream), carried down through the layers
   ops::rmsnorm_backward(d_resid_.data(), G_.final_norm, d_ln_.data(), x_final_.data(), P_.final_norm, rstdf_.data(), N, H);
+  // The layout is embed, layers 0..L-1, final_norm, lm_head (model/params.h), each layer one range
+  // starting at its input norm: what is done so far is everything from the start of what came last.
+  auto done_from = [&](const float* first_tensor) {
+    if (grads_final_from) grads_final_from((int64_t)(first_tensor - grads_.data()));
+  };
+  done_from(G_.final_norm);
 
   for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_[l];
@@ -297,8 +303,10 @@ void Model::backward(float lm_scale, bool with_aux) {
     ops::linear_backward(d_ln_.data(), G.k, d_k_.data(), a.ln1.data(), W.k, N, H, Hkv * D, 1.0f, mode);
     ops::linear_backward(d_ln_.data(), G.v, d_v_.data(), a.ln1.data(), W.v, N, H, Hkv * D, 1.0f, mode);
     ops::rmsnorm_backward(d_resid_.data(), G.input_norm, d_ln_.data(), a.x.data(), W.input_norm, a.rstd1.data(), N, H);
+    done_from(G.input_norm);
   }
   ops::embedding_backward(G_.embed, d_resid_.data(), tokens_.data(), N, H);
+  done_from(G_.embed);
 }
 
 }  // namespace dsmoe

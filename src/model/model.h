@@ -6,6 +6,7 @@
 // into the gradient buffer (same layout as the parameters), llm.c style.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -61,7 +62,10 @@ class Model {
   // lm_scale * dCE, every aux loss with gradient 1 (when with_aux). Accumulates into grads().
   // Throws dsmoe::Error without a completed forward, or with with_aux after a forward without
   // compute_aux (its aux statistics were not computed: absent on a fresh model, stale otherwise).
-  void backward(float lm_scale, bool with_aux);
+  // grads_final_from(o), when given, is called as backward goes down the model, each time every
+  // gradient at offsets >= o of grads() is complete (after lm_head and the final norm, after each
+  // layer, last with 0 after the embedding): for gradient all-reduces overlapped with backward.
+  void backward(float lm_scale, bool with_aux, const std::function<void(int64_t)>& grads_final_from = {});
 
   // Evaluation-only routing change applied by every later forward without compute_aux (the paper's
   // specialization analyses; see RoutingOverride). Validated here against the config (throws

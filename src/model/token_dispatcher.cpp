@@ -80,22 +80,17 @@ void AllToAllTokenDispatcher::dispatch(std::vector<float>& xs, const float* x, c
         st.expert_row_source[(size_t)r++] = (int32_t)(block_start[(size_t)(s * L + j)] + i);
     st.expert_offsets[(size_t)j + 1] = r;
   }
-  st.bytes_sent = st.bytes_received = 0;
   fit(st.home, st.plan.rows() * H);
   ops::dispatch_gather(st.home.data(), x, st.plan, H);
   to_experts(xs, st.home.data(), H, st);
 }
 
 void AllToAllTokenDispatcher::to_experts(std::vector<float>& to, const float* home, int64_t H, DispatchState& st) {
-  const int64_t R = ep_.size(), me = ep_.rank(), rows = (int64_t)st.expert_row_source.size();
+  const int64_t R = ep_.size(), rows = (int64_t)st.expert_row_source.size();
   std::vector<int64_t> sc((size_t)R), rc((size_t)R);
   for (int64_t q = 0; q < R; ++q) {
     sc[(size_t)q] = checked_mul(st.send_rows[(size_t)q], H, "all-to-all floats");
     rc[(size_t)q] = checked_mul(st.recv_rows[(size_t)q], H, "all-to-all floats");
-    if (q != me) {
-      st.bytes_sent += sc[(size_t)q] * (int64_t)sizeof(float);
-      st.bytes_received += rc[(size_t)q] * (int64_t)sizeof(float);
-    }
   }
   fit(st.stage, rows * H);
   ep_.all_to_allv(home, sc.data(), st.stage.data(), rc.data());
@@ -110,7 +105,7 @@ void AllToAllTokenDispatcher::to_experts(std::vector<float>& to, const float* ho
 }
 
 void AllToAllTokenDispatcher::to_tokens(float* home, const float* from, int64_t H, DispatchState& st) {
-  const int64_t R = ep_.size(), me = ep_.rank(), rows = (int64_t)st.expert_row_source.size();
+  const int64_t R = ep_.size(), rows = (int64_t)st.expert_row_source.size();
   fit(st.stage, rows * H);
   float* stage = st.stage.data();
 #pragma omp parallel for schedule(static)
@@ -122,10 +117,6 @@ void AllToAllTokenDispatcher::to_tokens(float* home, const float* from, int64_t 
   for (int64_t q = 0; q < R; ++q) {
     sc[(size_t)q] = st.recv_rows[(size_t)q] * H;  // sizes checked by to_experts
     rc[(size_t)q] = st.send_rows[(size_t)q] * H;
-    if (q != me) {
-      st.bytes_sent += sc[(size_t)q] * (int64_t)sizeof(float);
-      st.bytes_received += rc[(size_t)q] * (int64_t)sizeof(float);
-    }
   }
   ep_.all_to_allv(stage, sc.data(), home, rc.data());
 }

@@ -33,7 +33,6 @@ struct DispatchState {
   std::vector<int32_t> expert_row_source;     // [rows]: expert-grouped row -> row of the received buffer
   std::vector<float> home, stage;        // [plan rows, H] at the token's rank; [received rows, H]
   std::vector<float> home_ys;            // [plan rows, H]: expert outputs back at the token's rank
-  int64_t bytes_sent = 0, bytes_received = 0;  // by this layer's last forward (+ backward)
 };
 
 class TokenDispatcher {

@@ -3,27 +3,53 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
 #include "train/optimizer.h"
 
 namespace dsmoe {
 
+GradientSync::GradientSync(const ParamLayout& layout, ParallelGroups& groups, int64_t bucket_floats)
+    : groups_(groups) {
+  DSMOE_ASSERT(bucket_floats > 0, "gradient bucket of {} floats", bucket_floats);
+  if (groups.world->size() == 1) return;
+  const auto& ts = layout.tensors();
+  auto experts = [&](size_t i) { return ts[i].routed_experts && groups.expert_parallel > 1; };
+  // Runs of consecutive tensors of one kind, from the last tensor down, each cut into buckets from
+  // its end (the layout is contiguous: a run is one range of the buffer).
+  size_t j = ts.size();
+  while (j > 0) {
+    const bool kind = experts(j - 1);
+    size_t i = j;
+    while (i > 0 && experts(i - 1) == kind) --i;
+    const int64_t begin = ts[i].offset, end = ts[j - 1].offset + ts[j - 1].numel;
+    Communicator* comm = kind ? groups.expert_replicas.get() : groups.world;
+    if (comm->size() > 1)
+      for (int64_t e = end; e > begin; e -= bucket_floats) {
+        const int64_t b = std::max(begin, e - bucket_floats);
+        buckets_.push_back({b, e - b, comm});
+      }
+    j = i;
+  }
+}
+
+void GradientSync::ready_from(float* grads, int64_t from) {
+  for (; started_ < buckets_.size() && buckets_[started_].offset >= from; ++started_)
+    buckets_[started_].comm->start_all_reduce_sum(grads + buckets_[started_].offset, buckets_[started_].count);
+  groups_.world->progress();
+  if (groups_.expert_replicas) groups_.expert_replicas->progress();
+}
+
+void GradientSync::finish(float* grads) {
+  if (groups_.world->size() == 1) return;
+  groups_.world->barrier();
+  ready_from(grads, 0);
+  groups_.world->wait_started();
+  if (groups_.expert_replicas) groups_.expert_replicas->wait_started();
+}
+
 void all_reduce_gradients(const ParamLayout& layout, std::vector<float>& grads, ParallelGroups& groups,
                           int64_t bucket_floats) {
-  if (groups.world->size() == 1) return;
-  // Runs of consecutive tensors of one kind, cut into buckets.
-  const auto& ts = layout.tensors();
-  size_t i = 0;
-  while (i < ts.size()) {
-    const bool experts = ts[i].routed_experts && groups.expert_parallel > 1;
-    size_t j = i;
-    int64_t end = ts[i].offset;
-    while (j < ts.size() && (ts[j].routed_experts && groups.expert_parallel > 1) == experts) end = ts[j].offset + ts[j++].numel;
-    Communicator& comm = experts ? *groups.expert_replicas : *groups.world;
-    if (comm.size() > 1)
-      for (int64_t o = ts[i].offset; o < end; o += bucket_floats)
-        comm.all_reduce_sum(grads.data() + o, std::min(bucket_floats, end - o));
-    i = j;
-  }
+  GradientSync(layout, groups, bucket_floats).finish(grads.data());
 }
 
 static double sum_squares(const float* g, int64_t n) {

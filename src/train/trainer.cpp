@@ -6,12 +6,14 @@
 #include <filesystem>
 #include <csignal>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <nlohmann/json.hpp>
 
 #include <omp.h>
 
 #include "core/blas_env.h"
+#include "core/checked.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/progress.h"
@@ -107,7 +109,7 @@ static double load_imbalance(const std::vector<int64_t>& load) {
 }
 
 StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch,
-                      ParallelGroups* par) {
+                      ParallelGroups* par, bool overlap_grad_sync) {
   StepResult r;
   std::vector<int32_t> x, y;
   Communicator* world = par && par->world->size() > 1 ? par->world : nullptr;
@@ -117,6 +119,8 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
          "slice of every micro-batch", tc.batch_size, P);
   const int64_t local_batch = tc.batch_size / P, slice = local_batch * tc.seq_len;
   model.zero_grads();
+  std::optional<GradientSync> sync;
+  if (par) sync.emplace(model.layout(), *par);
   for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
     next_batch(micro, x, y);
     const int64_t tokens = tc.batch_size * tc.seq_len;
@@ -147,16 +151,11 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
       fail("step {}: non-finite loss (lm {}, expert aux {}, device aux {}, comm aux {}) in micro-batch {}; training "
            "stopped", step, lm, expert_aux, device_aux, comm_aux, micro);
     // The LM gradient is averaged over all counted tokens of the step; the aux ones are not scaled.
-    model.backward(1.0f / (float)(n_targets * (double)tc.grad_accum), true);
-    const int64_t ep_rank = par && par->experts ? par->experts->rank() : 0;
-    for (int64_t l = 0; l < model.config().num_hidden_layers; ++l)
-      if (const MoeActivations* a = model.moe_activations(l)) {
-        const DispatchState& d = a->dispatch;
-        r.a2a_bytes_sent += d.bytes_sent;  // the layer's forward + backward of this micro-batch
-        r.a2a_bytes_received += d.bytes_received;
-        for (size_t q = 0; q < d.send_rows.size(); ++q)
-          if ((int64_t)q != ep_rank) r.a2a_slots_leaving += d.send_rows[q];
-      }
+    // The gradients are final only in the last micro-batch's backward.
+    std::function<void(int64_t)> grads_final_from;
+    if (sync && overlap_grad_sync && micro == tc.grad_accum - 1)
+      grads_final_from = [&](int64_t from) { sync->ready_from(model.grads().data(), from); };
+    model.backward(1.0f / (float)(n_targets * (double)tc.grad_accum), true, grads_final_from);
     r.lm_loss += lm / (double)tc.grad_accum;
     r.expert_aux += expert_aux / (double)tc.grad_accum;
     r.device_aux += device_aux / (double)tc.grad_accum;
@@ -183,7 +182,7 @@ StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t s
       }
     }
   }
-  if (par) all_reduce_gradients(model.layout(), model.grads(), *par);
+  if (sync) sync->finish(model.grads().data());
   r.grad_norm = par ? global_grad_norm(model.layout(), model.grads(), *par) : grad_norm(model.grads());
   if (!std::isfinite(r.grad_norm)) {
     const std::string bad = first_nonfinite(model.layout(), model.grads());
@@ -239,41 +238,68 @@ static Config config_for_layout(Config cfg, int64_t P) {
 
 // The per-rank fields of a metrics row of a multi-process run, gathered from every rank (a
 // collective: every rank calls it for the same rows): "comm_s" and "step_s" (seconds inside
-// collectives / in training steps since the previous row), and with expert parallelism
-// "rows_sent"[r][s] / "rows_received"[s][r] (rows of the MoE layers' forward dispatches from rank r
-// to rank s, itself included; zero between ranks of different expert-parallel groups) and
-// "expert_rows"[s] (rows rank s's experts computed). Returns the mean over ranks of comm_s / step_s.
-static double add_rank_metrics(nlohmann::json& rec, Communicator& world, const std::vector<int64_t>& sent,
-                               const std::vector<int64_t>& received, double comm_s, double step_s, bool traffic) {
+// collectives / in training steps since the previous row) and "comm_wait_s" (the part of comm_s
+// spent waiting for the other ranks to arrive: load imbalance, not transfer; dist/communicator.h
+// CollectiveClock). With expert parallelism also "rows_sent"[r][s] / "rows_received"[s][r] (rows of
+// the MoE layers' forward dispatches from rank r to rank s, itself included; zero between ranks of
+// different expert-parallel groups), "expert_rows"[s] (rows rank s's experts computed), and what
+// those rows make on the wire, derived from them (one count, not two): "a2a_slots_leaving"[r] (A_r,
+// rows r sent to other ranks) and "a2a_bytes_sent"[r] = "a2a_bytes_received"[r] = 8 H (A_r + B_r)
+// with B_r the rows r received from other ranks. A training step moves every such row four times,
+// H fp32 each: the forward's dispatch (A_r out, B_r in) and combine (B_r out, A_r in), and their
+// backwards again. Over all ranks that is 16 H x the slots leaving their rank (the formula).
+// Returns the mean over ranks of comm_s / step_s and of comm_wait_s / step_s.
+struct CommShare {
+  double total = -1, waiting = -1;
+};
+static CommShare add_rank_metrics(nlohmann::json& rec, Communicator& world, const std::vector<int64_t>& sent,
+                                  const std::vector<int64_t>& received, double comm_s, double wait_s, double step_s,
+                                  bool traffic, int64_t hidden) {
   const int64_t P = world.size();
   std::vector<int64_t> mine(sent);
   mine.insert(mine.end(), received.begin(), received.end());
   mine.push_back((int64_t)std::llround(comm_s * 1e9));
+  mine.push_back((int64_t)std::llround(wait_s * 1e9));
   mine.push_back((int64_t)std::llround(step_s * 1e9));
-  const int64_t per = 2 * P + 2;
+  const int64_t per = 2 * P + 3;
   std::vector<int64_t> all((size_t)(per * P));
   world.all_gather(mine.data(), all.data(), per);
-  nlohmann::json comm = nlohmann::json::array(), steps = nlohmann::json::array(), tx = nlohmann::json::array(),
-                 rx = nlohmann::json::array(), rows = nlohmann::json::array();
-  double share = 0;
+  nlohmann::json comm = nlohmann::json::array(), waits = nlohmann::json::array(), steps = nlohmann::json::array(),
+                 tx = nlohmann::json::array(), rx = nlohmann::json::array(), rows = nlohmann::json::array(),
+                 leaving = nlohmann::json::array(), bytes = nlohmann::json::array();
+  CommShare share{0, 0};
   for (int64_t r = 0; r < P; ++r) {
     const int64_t* a = all.data() + r * per;
-    const double c = (double)a[2 * P] / 1e9, t = (double)a[2 * P + 1] / 1e9;
+    const double c = (double)a[2 * P] / 1e9, w = (double)a[2 * P + 1] / 1e9, t = (double)a[2 * P + 2] / 1e9;
     comm.push_back(c);
+    waits.push_back(w);
     steps.push_back(t);
-    share += t > 0 ? c / t / (double)P : 0;
+    share.total += t > 0 ? c / t / (double)P : 0;
+    share.waiting += t > 0 ? w / t / (double)P : 0;
     tx.push_back(std::vector<int64_t>(a, a + P));
     rx.push_back(std::vector<int64_t>(a + P, a + 2 * P));
-    int64_t computed = 0;
-    for (int64_t q = 0; q < P; ++q) computed += a[P + q];
+    int64_t computed = 0, out = 0, in = 0;
+    for (int64_t q = 0; q < P; ++q) {
+      computed += a[P + q];
+      if (q != r) {
+        out += a[q];
+        in += a[P + q];
+      }
+    }
     rows.push_back(computed);
+    leaving.push_back(out);
+    bytes.push_back(checked_mul(2 * (int64_t)sizeof(float) * hidden, out + in, "all-to-all bytes"));
   }
   rec["comm_s"] = comm;
+  rec["comm_wait_s"] = waits;
   rec["step_s"] = steps;
   if (traffic) {
     rec["rows_sent"] = tx;
     rec["rows_received"] = rx;
     rec["expert_rows"] = rows;
+    rec["a2a_slots_leaving"] = leaving;
+    rec["a2a_bytes_sent"] = bytes;
+    rec["a2a_bytes_received"] = bytes;
   }
   return share;
 }
@@ -298,11 +324,15 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
          opt.data_dir, train_data.vocab_size, train_data.tokenizer, mc.vocab_size);
   // Ranks that would train different things must not start (they would deadlock or diverge).
   check_same_on_all_ranks(world,
-                          fmt::format("{}\nexpert_parallel_size {}\ndata {}\ntrain {}\nval {}\nout {}{}{}\n",
-                                      to_json(cfg).dump(2), cfg.parallel.expert_parallel_size, opt.data_dir,
+                          fmt::format("{}\nexpert_parallel_size {}\noverlap_grad_sync {}\ndata {}\ntrain {}\nval {}\n"
+                                      "out {}{}{}\n",
+                                      to_json(cfg).dump(2), cfg.parallel.expert_parallel_size,
+                                      cfg.parallel.overlap_grad_sync, opt.data_dir,
                                       split_fingerprint(train_data), split_fingerprint(val_data), opt.out_dir,
                                       opt.resume ? " --resume" : "", opt.force ? " --force" : ""),
                           "config, layout, data and run folder");
+  // The metrics split each rank's time in collectives into waiting for the others and transfer.
+  set_split_collective_waiting(P > 1);
   ExpertParallelLayout layout = make_expert_parallel_layout(world, mc, cfg.parallel.expert_parallel_size);
   ParallelGroups& groups = layout.groups;
   const int64_t ep = groups.expert_parallel;
@@ -397,8 +427,6 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   int64_t steps_since_log = 0;
   double lm_acc = 0, aux_acc = 0, dev_acc = 0, comm_acc = 0, side_s_since_log = 0;
   int64_t dropped_since_log = 0;
-  // Per rank, summed over the logged steps: all-to-all bytes sent, received, slots leaving the rank.
-  std::vector<std::vector<int64_t>> traffic_since_log(3, std::vector<int64_t>((size_t)P, 0));
   const int64_t first_step = st.step + 1;
   progress.start_at(st.step, last_step);
   bool charts_warned = false;
@@ -436,16 +464,18 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
   // Since the last metrics row, this rank's: rows sent to / received from each world rank by the
   // MoE layers' forward dispatches, seconds inside collectives and seconds of training steps.
   std::vector<int64_t> rows_sent((size_t)P, 0), rows_received((size_t)P, 0);
-  double comm_s_since_log = 0, step_s_since_log = 0;
+  double comm_s_since_log = 0, wait_s_since_log = 0, step_s_since_log = 0;
   for (int64_t step = first_step; step <= last_step; ++step) {
     if (tally) tally->reset();
     const CollectiveClock comm0 = collective_clock();
     const auto step_t0 = Clock::now();
     StepResult r = train_step(
         model, optimizer, tc, step,
-        [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) { sampler.next(xi, yi); }, &groups);
+        [&](int64_t, std::vector<int32_t>& xi, std::vector<int32_t>& yi) { sampler.next(xi, yi); }, &groups,
+        cfg.parallel.overlap_grad_sync);
     step_s_since_log += seconds_since(step_t0);
     comm_s_since_log += collective_clock().seconds - comm0.seconds;
+    wait_s_since_log += collective_clock().waiting - comm0.waiting;
     if (tally) {
       const int64_t group_start = world.rank() / ep * ep;  // world rank of expert-parallel rank 0 of this group
       for (int64_t j = 0; j < ep; ++j) {
@@ -463,13 +493,6 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
     dev_acc += dev;
     comm_acc += r.comm_aux;
     dropped_since_log += r.dropped;
-    if (ep > 1) {  // every rank's traffic, in rank order, for rank 0's metrics
-      const int64_t mine[3] = {r.a2a_bytes_sent, r.a2a_bytes_received, r.a2a_slots_leaving};
-      std::vector<int64_t> all((size_t)(3 * P));
-      world.all_gather(mine, all.data(), 3);
-      for (int64_t q = 0; q < P; ++q)
-        for (int64_t c = 0; c < 3; ++c) traffic_since_log[(size_t)c][(size_t)q] += all[(size_t)(3 * q + c)];
-    }
     ++steps_since_log;
     ++sum.steps_run;
     sum.steps_done = step;
@@ -528,19 +551,14 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
         rec["routing_entropy"] = h;
       }
       if (mc.capacity_factor > 0) rec["dropped"] = dropped_since_log;  // slots, summed over the logged steps
-      if (ep > 1) {
-        rec["a2a_bytes_sent"] = traffic_since_log[0];  // per rank, forward + backward, all MoE layers
-        rec["a2a_bytes_received"] = traffic_since_log[1];
-        rec["a2a_slots_leaving"] = traffic_since_log[2];
-      }
       if (do_eval) rec["val_loss"] = val;
-      double comm_share = -1;
+      CommShare comm_share;
       if (P > 1) {
-        comm_share = add_rank_metrics(rec, world, rows_sent, rows_received, comm_s_since_log, step_s_since_log,
-                                      tally != nullptr);
+        comm_share = add_rank_metrics(rec, world, rows_sent, rows_received, comm_s_since_log, wait_s_since_log,
+                                      step_s_since_log, tally != nullptr, mc.hidden_size);
         std::fill(rows_sent.begin(), rows_sent.end(), 0);
         std::fill(rows_received.begin(), rows_received.end(), 0);
-        comm_s_since_log = step_s_since_log = 0;
+        comm_s_since_log = wait_s_since_log = step_s_since_log = 0;
       }
       if (root) {
         metrics << rec.dump() << "\n";
@@ -554,12 +572,12 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                               mc.comm_aux_alpha > 0 ? fmt::format(" comm {:.4f}", comm_acc / steps_since_log) : "",
                               imbalance);
       if (do_eval) detail += fmt::format(" | val {:.4f}", val);
-      if (comm_share >= 0) detail += fmt::format(" | comm {:.0f}%", 100 * comm_share);
+      if (comm_share.total >= 0)
+        detail += fmt::format(" | comm {:.0f}% (wait {:.0f}%)", 100 * comm_share.total, 100 * comm_share.waiting);
       progress.update(step, detail, /*force=*/true);
       sum.final_lm_loss = lm_acc / steps_since_log;
       lm_acc = aux_acc = dev_acc = comm_acc = side_s_since_log = 0;
       dropped_since_log = 0;
-      for (auto& v : traffic_since_log) std::fill(v.begin(), v.end(), 0);
       steps_since_log = 0;
       t_log = now;
     }

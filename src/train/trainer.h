@@ -21,10 +21,6 @@ struct ParallelGroups;
 struct StepResult {
   double lm_loss = 0, expert_aux = 0, device_aux = 0, comm_aux = 0;  // means over the micro-batches
   int64_t dropped = 0;                                 // capacity-dropped slots: all ranks, layers, micro-batches
-  // This rank's all-to-all traffic of the step, summed over MoE layers and micro-batches, forward and
-  // backward (model/token_dispatcher.h: rows to the experts' ranks and back, bytes to and from OTHER
-  // ranks), and its (token, expert) slots whose expert is on another rank. 0 without --ep.
-  int64_t a2a_bytes_sent = 0, a2a_bytes_received = 0, a2a_slots_leaving = 0;
   double grad_norm = 0;                                // before clipping
   double lr = 0;
   double max_load = 0;                                 // max over MoE layers of max/mean expert load
@@ -44,9 +40,10 @@ using BatchFn = std::function<void(int64_t micro, std::vector<int32_t>& inputs, 
 // still gives the whole micro-batch (every rank draws the same one) and this rank trains on its slice,
 // rows [rank * batch / P, (rank + 1) * batch / P); losses, the gradient, its norm and every NaN/Inf
 // check are global, so every rank gets the same StepResult (and stops at the same step, with the same
-// message) as one process would.
+// message) as one process would. overlap_grad_sync: the gradient buckets' all-reduces start during
+// the last micro-batch's backward (train/gradient_sync.h; the same result).
 StepResult train_step(Model& model, AdamW& opt, const TrainConfig& tc, int64_t step, const BatchFn& next_batch,
-                      ParallelGroups* par = nullptr);
+                      ParallelGroups* par = nullptr, bool overlap_grad_sync = false);
 
 struct TrainOptions {
   Communicator* world = nullptr;  // the processes training together (null = this one alone); rank 0 writes

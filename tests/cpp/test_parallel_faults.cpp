@@ -261,6 +261,9 @@ class MirrorOfTwo final : public Communicator {
     if (differ_ >= 0 && differ_ < n) recv[n + differ_] ^= 1;
   }
   void barrier() override {}
+  void start_all_reduce_sum(float*, int64_t) override {}
+  void progress() override {}
+  void wait_started() override {}
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<MirrorOfTwo>(differ_); }
 
  private:
@@ -294,8 +297,9 @@ TEST(ReplicaCheck, NamesTheTensorWhoseCopiesDiffer) {
 
 // metrics.jsonl of a 4-process run (expert-parallel 2 x data-parallel 2): per step and rank, the rows
 // sent and received agree (sent by r to s = received by s from r), are zero across expert-parallel
-// groups, sum to the routed assignments of the rank's tokens, and the communication time lies
-// inside the step time; the progress line shows the communication share.
+// groups, sum to the routed assignments of the rank's tokens, give the all-to-all bytes, and the
+// communication time lies inside the step time and its waiting inside it; the progress line shows
+// the communication share and its waiting part.
 TEST(ParallelMetrics, PerRankTrafficAndCommTimeAreConsistent) {
   const FaultSetup& s = setup();
   const std::string run = scratch("metrics");
@@ -304,7 +308,8 @@ TEST(ParallelMetrics, PerRankTrafficAndCommTimeAreConsistent) {
   a.insert(a.end(), {"--ep", "2"});
   const Proc p = run_mpi(4, a);
   ASSERT_TRUE(p.ok()) << p.describe();
-  EXPECT_TRUE(contains(p.err, " | comm ")) << p.err;  // the progress line's communication share
+  // the progress line's communication share, and the part of it spent waiting for the other ranks
+  EXPECT_TRUE(contains(p.err, " | comm ") && contains(p.err, "% (wait ")) << p.err;
   const Config cfg = load_config(s.config);
   const ModelConfig& m = cfg.model;
   int64_t moe_layers = 0;
@@ -339,6 +344,21 @@ TEST(ParallelMetrics, PerRankTrafficAndCommTimeAreConsistent) {
       const double c = row["comm_s"][r].get<double>(), t = row["step_s"][r].get<double>();
       EXPECT_GE(c, 0) << at;
       EXPECT_LE(c, t) << at << ": rank " << r;
+      // The waiting (in the barrier before each collective) is part of the time in collectives, and
+      // every step has some: the dispatches and the gradient all-reduce each pass one.
+      const double w = row["comm_wait_s"][r].get<double>();
+      EXPECT_GT(w, 0) << at << ": rank " << r;
+      EXPECT_LE(w, c) << at << ": rank " << r;
+      // The bytes on the wire, from these rows: each row leaving rank r (sent to another rank) and each
+      // row arriving from another rank travels once each way in forward and again in backward.
+      int64_t out = 0, in = 0;
+      for (int q = 0; q < P; ++q)
+        if (q != r) {
+          out += sent[r][q];
+          in += recv[r][q];
+        }
+      EXPECT_EQ(row["a2a_slots_leaving"][r].get<int64_t>(), out) << at << ": rank " << r;
+      EXPECT_EQ(row["a2a_bytes_sent"][r].get<int64_t>(), 8 * m.hidden_size * (out + in)) << at << ": rank " << r;
     }
   }
 }

@@ -195,5 +195,23 @@ TEST(ExpertShardLoading, ReadsOnlyTheShardsExperts) {
             moe_layers * (m.n_routed_experts - shard.count) * 3 * H * I * 4);
 }
 
+// The one-process commands refuse to run under mpirun, with exit 2 and a message, before they load
+// anything or (serve) bind a port: P servers of one whole model each would not be expert parallelism.
+TEST(ParallelInferenceErrors, ServeAndChatRefuseSeveralProcesses) {
+  const Fixture& f = fixture();
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  for (const Case& c : {Case{{"serve", "--model", f.run, "--port", "0"}, "serve runs in one process"},
+                        Case{{"chat", "--model", f.run}, "chat runs in one process"}}) {
+    const Proc p = run_mpi(2, c.args, 60);
+    EXPECT_EQ(p.exit_code, 2) << p.describe();
+    EXPECT_FALSE(p.signaled) << p.describe();
+    EXPECT_TRUE(contains(p.err, c.message) && contains(p.err, "start it without mpirun")) << p.err;
+    EXPECT_FALSE(contains(p.err, "listening on")) << p.err;
+  }
+}
+
 }  // namespace
 }  // namespace dsmoe

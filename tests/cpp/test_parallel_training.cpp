@@ -3,7 +3,8 @@
 // accumulation, clipping and warmup; per-step LM loss, both aux losses and gradient norm, and every
 // parameter of the checkpoint rank 0 writes, for a DeepSeekMoE config (1 shared + 8 fine-grained
 // routed experts, top-2, first layer dense, expert- and device-level balance losses with D = 2) with
-// sequence-level and batch-level balance statistics.
+// sequence-level and batch-level balance statistics, norm_topk_prob off and on, DeepSeek-V2's routing
+// and capacity, and the paper's GShard, Switch and Hash baselines (Variant below).
 //
 // The regime is chosen so that the comparison is well-posed, not to widen any tolerance:
 //  - lr 3e-3: the budget below is first order in the weights' differences, which holds while the
@@ -31,7 +32,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <map>
 
@@ -54,15 +58,32 @@ using namespace test::cli;
 
 constexpr double kRel = 2e-5;  // test_model's gradient budget against the exact (fp64) gradient
 
-// The routing variants on top of the DeepSeekMoE config (D = n_device_groups = 2 in every one, so a
-// run at P = 4 with --ep 4 still has the one-process partition):
-//   plain     softmax top-2 over 8 experts
+// The routing variants (D = n_device_groups = 2 in every one, so a run at P = 4 with --ep 4 still has
+// the one-process partition). On the DeepSeekMoE config (1 shared + 8 fine-grained routed experts):
+//   plain     softmax top-2 over 8 experts, norm_topk_prob off
+//   normtopk  plain with norm_topk_prob on (the chosen gates renormalised to sum to 1)
 //   v2        DeepSeek-V2 device-limited routing, one group per device (n_group 2, topk_group M = 1:
 //             a token's experts lie on one device), the communication loss, norm_topk_prob on
 //   capacity  v2 plus the per-device capacity (cf 1.0: each of the 2 devices keeps at most half of
 //             the micro-batch's slots, the highest-affinity ones), which binds on most steps
-enum class Variant { Plain, V2, Capacity };
-const char* variant_name(Variant v) { return v == Variant::Plain ? "" : v == Variant::V2 ? "_v2" : "_capacity"; }
+// The paper's baselines (configs/paper/): no shared expert, 8 experts of the standard FFN width
+// (intermediate_size 64), the expert-level balance loss only:
+//   gshard    learned top-2
+//   switch    learned top-1 (the gate is the chosen expert's probability: nothing renormalised)
+//   hash      top-1 by a fixed hash of the token id, gate 1, no router and no balance loss
+enum class Variant { Plain, NormTopk, V2, Capacity, GShard, Switch, Hash };
+const char* variant_name(Variant v) {
+  switch (v) {
+    case Variant::Plain: return "";
+    case Variant::NormTopk: return "_normtopk";
+    case Variant::V2: return "_v2";
+    case Variant::Capacity: return "_capacity";
+    case Variant::GShard: return "_gshard";
+    case Variant::Switch: return "_switch";
+    case Variant::Hash: return "_hash";
+  }
+  return "?";
+}
 
 json parallel_config(bool seq_aux, Variant v = Variant::Plain) {
   json j = json{{"num_hidden_layers", 3},
@@ -79,10 +100,15 @@ json parallel_config(bool seq_aux, Variant v = Variant::Plain) {
                 {"eval_batches", 2},
                 {"eval_interval", 0},
                 {"log_interval", 1}}}};
-  if (v != Variant::Plain)
+  if (v == Variant::NormTopk) j.merge_patch({{"norm_topk_prob", true}});
+  if (v == Variant::V2 || v == Variant::Capacity)
     j.merge_patch({{"topk_method", "group_limited_greedy"}, {"n_group", 2}, {"topk_group", 1}, {"comm_aux_alpha", 0.05},
                    {"norm_topk_prob", true}});
   if (v == Variant::Capacity) j.merge_patch({{"capacity_factor", 1.0}});
+  if (v == Variant::GShard || v == Variant::Switch || v == Variant::Hash)
+    j.merge_patch({{"n_shared_experts", 0}, {"moe_intermediate_size", 64}, {"device_aux_alpha", 0.0},
+                   {"num_experts_per_tok", v == Variant::GShard ? 2 : 1}});
+  if (v == Variant::Hash) j.merge_patch({{"router_type", "hash"}, {"aux_loss_alpha", 0.0}});
   return j;
 }
 
@@ -162,9 +188,20 @@ const Fixture& fixture(bool seq_aux, Variant v = Variant::Plain) {
                                          variant_name(v) + "_" + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  f.data = make_dataset((fs::path(dir) / "data").string());
   f.config_path = write_config(dir, "config.json", parallel_config(seq_aux, v));
   f.cfg = load_config(f.config_path);
+  // Top-k routing is discontinuous: a decision whose k-th and (k+1)-th probabilities lie within the
+  // runs' rounding difference may go either way, and then the trajectories part by far more than any
+  // reduction-order budget. With random data that happens about once in ~250 layout runs (seen at
+  // DSMOE_TEST_SEED=411202083, P4_EP4_batchaux_switch: one top-1 decision of step 6 flipped, the
+  // gradient norm moved by 1e-3 relative). A margin guard as test_model's does not help here: that
+  // decision's margin was 2e-5, while the runs' routing probabilities part by up to ~1e-5 by step
+  // 10, and the smallest of a trajectory's ~2500 margins is 1e-5..8e-5 on most draws. So the data
+  // comes from a fixed seed (every layout passes on it; the MPI runs are deterministic, so the test
+  // is too), DSMOE_PARALLEL_DATA_SEED to try others.
+  const char* seed = std::getenv("DSMOE_PARALLEL_DATA_SEED");
+  f.data = test::make_word_dataset((fs::path(dir) / "data").string(), 12000, 2000,
+                                   seed ? std::strtoull(seed, nullptr, 10) : 1);
   f.ref = reference_run(f.cfg, f.data);
   return cache.emplace(std::make_pair(seq_aux, v), std::move(f)).first->second;
 }
@@ -173,8 +210,10 @@ void expect_run_matches(const Fixture& f, const std::string& run, const std::str
   const auto rows = read_metrics(run);
   const auto& ref = f.ref;
   ASSERT_EQ(rows.size(), ref.steps.size()) << what << ": metrics.jsonl rows";
+  double worst_lm = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     const StepResult& r = ref.steps[i];
+    worst_lm = std::max(worst_lm, std::fabs(rows[i]["lm_loss"].get<double>() - r.lm_loss) / std::fabs(r.lm_loss));
     const double drift = ref.loss_drift[i];
     const std::string at = what + " step " + std::to_string(i + 1) + " (drift bound " + std::to_string(drift) + ")";
     EXPECT_EQ(rows[i]["step"].get<int64_t>(), (int64_t)i + 1) << at;
@@ -196,7 +235,8 @@ void expect_run_matches(const Fixture& f, const std::string& run, const std::str
     EXPECT_TRUE(test::all_close_each(what + " parameter after 10 steps " + t.name, got.data(),
                                      ref.params.data() + t.offset, ref.tol.data() + t.offset, t.numel, t.shape));
   }
-  std::printf("[ stats    ] %s: the worst parameter uses %.2g of its budget\n", what.c_str(), worst);
+  std::printf("[ stats    ] %s: the worst parameter uses %.2g of its budget; LM loss differs by %.2g relative at "
+              "most\n", what.c_str(), worst, worst_lm);
 }
 
 TEST_P(ParallelTraining, MatchesOneProcess) {
@@ -214,36 +254,68 @@ TEST_P(ParallelTraining, MatchesOneProcess) {
   const Proc p = run_mpi(l.processes, args, 180);
   ASSERT_TRUE(p.ok()) << p.describe();
   expect_run_matches(f, run, layout_name(l));
-  // The all-to-all traffic per rank: a slot whose expert is on another rank moves its row there and
-  // the expert's output back (forward), then the output's gradient there and the input's gradient
-  // back (backward): 4 rows of hidden_size floats, 16 * H bytes, whoever sends them. So over all ranks
-  // bytes sent = bytes received = 16 * H * slots leaving (the formula 2 k H bytes x the fraction of
-  // tokens leaving, forward and again backward).
+  // The all-to-all traffic per step. Every routed (token, expert) slot of the step that survives the
+  // capacity is one row of a forward dispatch (from its token's rank to its expert's, possibly the
+  // same): the rows the ranks sent sum to tokens x k x MoE layers x micro-batches - dropped, and each
+  // count of a sender equals its receiver's (two ranks' own counts of one exchange). The bytes are
+  // derived from those rows (train/trainer.cpp add_rank_metrics): a slot whose expert is on another
+  // rank moves its row there and the expert's output back (forward), then the output's gradient
+  // there and the input's gradient back (backward), 4 rows of hidden_size floats, so over all ranks
+  // bytes = 16 * H * slots leaving (the formula 2 k H bytes x the fraction of tokens leaving,
+  // forward and again backward).
   if (l.expert_parallel == 1) return;
   const int64_t H = f.cfg.model.hidden_size;
-  for (const auto& row : read_metrics(run)) {
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < f.cfg.model.num_hidden_layers; ++i) moe_layers += f.cfg.model.is_moe_layer(i);
+  const TrainConfig& tc = f.cfg.train;
+  const int64_t slots = tc.batch_size * tc.seq_len * tc.grad_accum * f.cfg.model.num_experts_per_tok * moe_layers;
+  const auto rows = read_metrics(run);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
     const std::string at = layout_name(l) + " step " + std::to_string(row["step"].get<int64_t>());
-    ASSERT_TRUE(row.contains("a2a_bytes_sent") && row.contains("a2a_slots_leaving")) << at << ": " << row.dump();
-    int64_t sent = 0, received = 0, leaving = 0;
+    ASSERT_TRUE(row.contains("a2a_bytes_sent") && row.contains("a2a_slots_leaving") && row.contains("rows_sent"))
+        << at << ": " << row.dump();
+    const auto sent = row["rows_sent"].get<std::vector<std::vector<int64_t>>>();
+    const auto recv = row["rows_received"].get<std::vector<std::vector<int64_t>>>();
+    ASSERT_EQ(sent.size(), (size_t)l.processes) << at;
     ASSERT_EQ(row["a2a_bytes_sent"].size(), (size_t)l.processes) << at;
+    int64_t routed = 0, bytes = 0, leaving = 0, leaving_rows = 0;
     for (size_t q = 0; q < (size_t)l.processes; ++q) {
-      sent += row["a2a_bytes_sent"][q].get<int64_t>();
-      received += row["a2a_bytes_received"][q].get<int64_t>();
+      for (size_t t = 0; t < (size_t)l.processes; ++t) {
+        EXPECT_EQ(sent[q][t], recv[t][q]) << at << ": rank " << q << " -> " << t;
+        routed += sent[q][t];
+        if (t != q) leaving_rows += sent[q][t];
+      }
+      bytes += row["a2a_bytes_sent"][q].get<int64_t>();
+      EXPECT_EQ(row["a2a_bytes_received"][q].get<int64_t>(), row["a2a_bytes_sent"][q].get<int64_t>()) << at;
       leaving += row["a2a_slots_leaving"][q].get<int64_t>();
     }
+    EXPECT_EQ(routed, slots - f.ref.steps[i].dropped) << at << ": rows dispatched";
     EXPECT_GT(leaving, 0) << at;
-    EXPECT_EQ(sent, received) << at;
-    EXPECT_EQ(sent, 16 * H * leaving) << at;
+    EXPECT_EQ(leaving, leaving_rows) << at;
+    EXPECT_EQ(bytes, 16 * H * leaving) << at;
   }
 }
 
+// Every config at the three layouts of two and four processes: expert-parallel 2, expert-parallel 4,
+// and expert-parallel 2 x data-parallel 2 (and the DeepSeekMoE one data-parallel only at P = 2).
 INSTANTIATE_TEST_SUITE_P(Layouts, ParallelTraining,
                          ::testing::Values(Layout{2, 1, true}, Layout{2, 1, false}, Layout{2, 2, true},
                                            Layout{2, 2, false}, Layout{4, 2, true}, Layout{4, 2, false},
+                                           Layout{4, 4, true},
+                                           Layout{2, 2, true, Variant::NormTopk},
+                                           Layout{4, 4, false, Variant::NormTopk},
+                                           Layout{4, 2, true, Variant::NormTopk},
                                            Layout{2, 2, true, Variant::V2}, Layout{4, 4, false, Variant::V2},
                                            Layout{2, 2, true, Variant::Capacity},
                                            Layout{4, 2, false, Variant::Capacity},
-                                           Layout{4, 4, true, Variant::Capacity}),
+                                           Layout{4, 4, true, Variant::Capacity},
+                                           Layout{2, 2, true, Variant::GShard}, Layout{4, 4, false, Variant::GShard},
+                                           Layout{4, 2, true, Variant::GShard},
+                                           Layout{2, 2, true, Variant::Switch}, Layout{4, 4, false, Variant::Switch},
+                                           Layout{4, 2, true, Variant::Switch},
+                                           Layout{2, 2, true, Variant::Hash}, Layout{4, 4, true, Variant::Hash},
+                                           Layout{4, 2, true, Variant::Hash}),
                          [](const auto& info) { return layout_name(info.param); });
 
 // One logical checkpoint: a run saved by 4 processes (expert-parallel 2 x data-parallel 2) resumes on 2
@@ -263,6 +335,37 @@ TEST(ParallelTrainingResume, SavedWithOneLayoutResumesWithAnother) {
   p = run_cli(args({"--resume"}), 180);
   ASSERT_TRUE(p.ok()) << p.describe();
   expect_run_matches(f, run, "P4_EP2 -> P2_EP2 -> P1");
+}
+
+// The gradient all-reduce overlapped with backward (--overlap-grad-sync) sums the same buckets with the
+// same collectives as after backward, so it gives the same bits, here at 4 processes (expert-parallel
+// 2 x data-parallel 2: replicated buckets over 4 ranks, expert buckets over 2), where a different
+// grouping of the sum would change the last bits.
+TEST(ParallelTrainingOverlap, SameBitsAsAllReduceAfterBackward) {
+  const Fixture& f = fixture(false);
+  const std::string after = scratch("after_backward"), overlapped = scratch("overlapped");
+  auto args = [&](const std::string& run, bool overlap) {
+    auto a = train_args(f.config_path, f.data, run);
+    a.insert(a.end(), {"--ep", "2"});
+    if (overlap) a.push_back("--overlap-grad-sync");
+    return a;
+  };
+  Proc p = run_mpi(4, args(after, false), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  p = run_mpi(4, args(overlapped, true), 180);
+  ASSERT_TRUE(p.ok()) << p.describe();
+  expect_run_matches(f, overlapped, "P4_EP2 overlapped");
+  const auto a = read_metrics(after), b = read_metrics(overlapped);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* key : {"lm_loss", "expert_aux", "device_aux", "grad_norm"})
+      EXPECT_EQ(a[i][key].get<double>(), b[i][key].get<double>()) << key << " at step " << i + 1;
+  SafeTensorsFile ca((fs::path(after) / "checkpoint.safetensors").string());
+  SafeTensorsFile cb((fs::path(overlapped) / "checkpoint.safetensors").string());
+  for (const auto& t : f.ref.hf) {
+    const std::vector<float> x = ca.read_f32(t.name, t.shape), y = cb.read_f32(t.name, t.shape);
+    EXPECT_TRUE(test::all_close(t.name, y.data(), x.data(), t.numel, t.shape, 0, 0));
+  }
 }
 
 // Without mpirun the binary is one process, and `dsmoe train` is exactly the reference's steps.

@@ -123,9 +123,13 @@ static ::testing::AssertionResult close_with(const std::string& what, const floa
 }
 
 std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens) {
+  return make_word_dataset(dir, train_tokens, val_tokens, test_seed());
+}
+
+std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens, uint64_t seed) {
   static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dogs ", "run ", "fast ", "and ",
                                 "birds ", "sing\n"};
-  Rng rng(test_seed());
+  Rng rng(seed);
   auto text = [&](size_t n) {
     TokenSplit s;
     s.vocab_size = 256;

@@ -105,5 +105,7 @@ double bf16_value(uint16_t h);
 // A small byte-level dataset (vocab 256): words drawn from a fixed list (learnable structure) by an
 // RNG seeded from test_seed(), saved as DIR's train and val splits. Returns dir.
 std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens);
+// The same, drawn from `seed` instead of test_seed().
+std::string make_word_dataset(const std::string& dir, size_t train_tokens, size_t val_tokens, uint64_t seed);
 
 }  // namespace dsmoe::test
