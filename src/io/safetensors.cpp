@@ -88,11 +88,16 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path, Checksums checksums) :
 }
 
 // The rules of the reference implementation (huggingface/safetensors, read_metadata + validate),
-// so that dsmoe accepts exactly the files the Python library accepts: a header of at most
-// kMaxHeaderBytes holding one JSON object (padded at the end with spaces only), known dtypes,
+// so that dsmoe accepts the files the Python library accepts: a header of at most kMaxHeaderBytes
+// holding one JSON object, padded at the end with JSON whitespace only (the writers pad with
+// spaces; serde_json, and the reference's test_whitespace_padded_header, also take tab, CR and LF;
+// a NUL is refused), known dtypes,
 // non-negative dims whose product times the dtype size does not overflow and equals the tensor's
 // byte span, spans that tile the data section from 0 to its end in order (no gap, no overlap, no
-// trailing bytes), unique names, and __metadata__ a string -> string map.
+// trailing bytes), unique names, and __metadata__ a string -> string map. One rule is stricter than
+// the library: the header must start with '{', as the format's specification says (the library
+// still takes leading whitespace; its own check is commented out "for 0.4.0"). No writer puts
+// whitespace there.
 void SafeTensorsFile::parse_header() {
   const std::string& path = path_;
   const uint8_t* base = (const uint8_t*)map_;
@@ -104,9 +109,10 @@ void SafeTensorsFile::parse_header() {
   if (hlen > map_size_ - 8)
     fail("{}: truncated or not a safetensors file: header length {} exceeds file size {}", path, hlen, map_size_);
   std::string text((const char*)base + 8, hlen);
-  const size_t last = text.find_last_not_of(' ');
+  const size_t last = text.find_last_not_of(" \t\r\n");
   if (text.empty() || text[0] != '{' || last == std::string::npos || text[last] != '}')
-    fail("{}: safetensors header must be a JSON object padded only with spaces (starts with {:?}, ends with {:?})",
+    fail("{}: safetensors header must be a JSON object starting with '{{', padded at the end only with whitespace "
+         "(starts with {:?}, ends with {:?})",
          path, text.substr(0, 1), last == std::string::npos ? std::string() : text.substr(last, 1));
   text.resize(last + 1);
   // nlohmann keeps the last of repeated keys; the reference refuses them, and so do we (a repeated

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -151,8 +152,9 @@ Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s) {
   const std::string out = base + ".out", err = base + ".err";
   // As root Open MPI refuses to start without --allow-run-as-root; --oversubscribe: more ranks than
   // this machine's cores. One OpenMP thread per rank (-x passes the variable to every rank).
-  std::vector<std::string> argv = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", std::to_string(np),
-                                   "-x", "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY=passive", DSMOE_BINARY};
+  std::vector<std::string> argv = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", std::to_string(np)};
+  for (const std::string& o : mpirun_options()) argv.push_back(o);
+  argv.push_back(DSMOE_BINARY);
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<std::string> path_argv = argv;
   path_argv[0] = "/usr/bin/mpirun";
@@ -160,6 +162,13 @@ Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s) {
   fs::remove(out);
   fs::remove(err);
   return p;
+}
+
+std::vector<std::string> mpirun_options() {
+  std::vector<std::string> o = {"-x", "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY=passive"};
+  if (const char* asan = std::getenv("ASAN_OPTIONS"); asan && *asan)
+    o.insert(o.end(), {"-x", std::string("ASAN_OPTIONS=") + asan + ":fast_unwind_on_malloc=0"});
+  return o;
 }
 
 bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }

@@ -42,6 +42,11 @@ Proc run_cli(const std::vector<std::string>& args, double timeout_s = 120, const
 // `mpirun -np np dsmoe args...` on this machine: oversubscribed, allowed as root, one OpenMP thread
 // per rank.
 Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s = 120);
+// The mpirun options every test's ranks get: one OpenMP thread, a passive wait policy and, in a
+// sanitized run (ASAN_OPTIONS set), ASan's full unwinder at malloc. Open MPI leaves allocations
+// of MPI_Init unfreed in plugins it unloads at MPI_Finalize; the fast unwinder stops at those
+// unloaded frames, and only a whole stack reaches the libmpi frame fuzz/lsan.supp names.
+std::vector<std::string> mpirun_options();
 
 bool contains(const std::string& hay, const std::string& needle);
 

@@ -34,8 +34,9 @@ using namespace test::cli;
 using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> mpirun_prefix() {
-  return {"/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1", "-x",
-          "OMP_WAIT_POLICY=passive"};
+  std::vector<std::string> p = {"/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe"};
+  for (const std::string& o : mpirun_options()) p.push_back(o);
+  return p;
 }
 
 struct FaultSetup {

@@ -92,12 +92,70 @@ TEST(SafeTensorsFormat, RefusesAHeaderOverTheReferenceLimit) {
                       {"100000001", "limit of 100000000"}));
 }
 
-TEST(SafeTensorsFormat, RefusesHeaderPaddingOtherThanSpaces) {
+TEST(SafeTensorsFormat, RefusesHeaderPaddingOtherThanWhitespace) {
   EXPECT_TRUE(refused(raw_file("nul_pad", "{" + f32("a", 1, 0, 4) + "}" + std::string(3, '\0'), std::string(4, '\0')),
-                      {"padded only with spaces"}));
-  EXPECT_TRUE(refused(raw_file("lead_space", " {}", ""), {"JSON object"}));
+                      {"padded at the end only with whitespace"}));
+  EXPECT_TRUE(refused(raw_file("lead_space", " {}", ""), {"JSON object starting with '{'"}));
   EXPECT_TRUE(refused(raw_file("array", "[]", ""), {"JSON object"}));
-  EXPECT_TRUE(refused(raw_file("garbage", "{}x", ""), {"padded only with spaces"}));
+  EXPECT_TRUE(refused(raw_file("garbage", "{}x", ""), {"padded at the end only with whitespace"}));
+}
+
+// The cases of the reference's own test suite (huggingface/safetensors, safetensors/src/tensor.rs:
+// test_deserialization, test_empty_shapes_allowed, test_zero_sized_tensor, test_whitespace_padded_header,
+// test_header_too_small, test_invalid_header_length, test_invalid_header_non_utf8,
+// test_invalid_header_not_json, test_invalid_info, test_validation_overflow, test_json_attack,
+// test_metadata_incomplete_buffer), each with the verdict the reference gives it.
+TEST(SafeTensorsFormat, TheReferenceSuitesCasesGetTheReferencesVerdicts) {
+  const std::string i32_2x2 = "\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}";
+  // Accepted: a 2x2 I32; a scalar (shape [] holds one element); a [2, 0] tensor with no data at all;
+  // a header padded with CR, space, tab and LF.
+  {
+    SafeTensorsFile f(raw_file("ref_2x2", "{" + i32_2x2 + "}", std::string(16, '\0')));
+    EXPECT_EQ(f.read_i32("test", {2, 2}), std::vector<int32_t>(4, 0));
+  }
+  {
+    SafeTensorsFile f(raw_file("ref_scalar", "{\"test\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[0,4]}}",
+                               std::string("\x07\0\0\0", 4)));
+    EXPECT_TRUE(f.get("test").shape.empty());
+    EXPECT_EQ(f.read_i32("test"), std::vector<int32_t>{7});
+  }
+  {
+    SafeTensorsFile f(raw_file("ref_zero", "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,0],\"data_offsets\":[0,0]}}", ""));
+    EXPECT_EQ(f.get("test").shape, (std::vector<int64_t>{2, 0}));
+    EXPECT_TRUE(f.read_i32("test").empty());
+  }
+  EXPECT_TRUE(SafeTensorsFile(raw_file("ref_ws_pad", "{}\r \t\n", "")).tensors().empty());
+  // Refused: a file shorter than the 8 length bytes (here empty), a header length past the end of
+  // the file, a header that is not UTF-8, one that is not JSON, a shape whose size differs from
+  // its span, shapes whose size overflows 64 bits, ten tensors sharing one span, and data bytes
+  // after or missing from the last tensor.
+  const std::string empty_path = test::tmp_path("stf_ref_empty.safetensors");
+  std::ofstream(empty_path, std::ios::binary).flush();
+  EXPECT_TRUE(refused(empty_path, {"truncated", "at least 8"}));
+  EXPECT_TRUE(refused(raw_file("ref_len_past_end", "", "", 60), {"header length 60 exceeds file size 8"}));
+  EXPECT_TRUE(refused(raw_file("ref_non_utf8", "\xff", ""), {"JSON object"}));
+  EXPECT_TRUE(refused(raw_file("ref_non_utf8_key", "{\"\xff\":1}", ""), {"not valid JSON"}));
+  EXPECT_TRUE(refused(raw_file("ref_not_json", "{", ""), {"JSON object"}));
+  EXPECT_TRUE(refused(raw_file("ref_not_json_inside", "{\"a\":}", ""), {"not valid JSON"}));
+  EXPECT_TRUE(refused(raw_file("ref_invalid_info", "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,4]}}",
+                               std::string(4, '\0')),
+                      {"'test'", "needs 16 bytes but data_offsets give 4"}));
+  EXPECT_TRUE(refused(raw_file("ref_overflow_dim",
+                               "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,18446744073709551614],\"data_offsets\":[0,16]}}",
+                               std::string(16, '\0')),
+                      {"'test'", "non-negative integers"}));
+  EXPECT_TRUE(refused(raw_file("ref_overflow_bytes",
+                               "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,9223372036854775807],\"data_offsets\":[0,16]}}",
+                               std::string(16, '\0')),
+                      {"'test'", "overflows"}));
+  std::string attack = "{";
+  for (int i = 0; i < 10; ++i)
+    attack += (i ? "," : "") + std::string("\"weight_") + std::to_string(i) +
+              "\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}";
+  EXPECT_TRUE(refused(raw_file("ref_json_attack", attack + "}", std::string(16, '\0')), {"overlap"}));
+  EXPECT_TRUE(refused(raw_file("ref_extra_bytes", "{" + i32_2x2 + "}", std::string(16, '\0') + "extra_bogus_data_for_polyglot_file"),
+                      {"34 bytes after the last tensor"}));
+  EXPECT_TRUE(refused(raw_file("ref_missing_bytes", "{" + i32_2x2 + "}", std::string(14, '\0')), {"'test'", "outside the 14 data bytes"}));
 }
 
 TEST(SafeTensorsFormat, RefusesUnknownDtypes) {
