@@ -588,11 +588,17 @@ std::string write_report(const json& results, const std::string& out_dir) {
     if (!ids.empty()) {
       const std::vector<std::string> domains = R.runs.at(ids.front()).front()["per_domain"].at("domains");
       md += "## Held-out loss per domain\n\nEach domain's held-out documents evaluated on the same number of windows "
-            "(mean ± sample standard deviation over seeds; nats per token).\n\n| model |";
-      for (const auto& d : domains) md += " " + md_escape(d) + " |";
-      md += "\n|---|";
-      for (size_t i = 0; i < domains.size(); ++i) md += "---|";
-      md += "\n";
+            "(mean ± sample standard deviation over seeds; nats per token).\n\n";
+      // A table with a "model" column and one column per domain.
+      const auto domain_table_header = [&] {
+        std::string h = "| model |";
+        for (const auto& d : domains) h.append(" ").append(md_escape(d)).append(" |");
+        h += "\n|---|";
+        for (size_t i = 0; i < domains.size(); ++i) h += "---|";
+        h += "\n";
+        return h;
+      };
+      md += domain_table_header();
       for (const auto& id : ids) {
         md += "| " + md_escape(R.label(id)) + " |";
         for (const auto& d : domains) {
@@ -612,11 +618,8 @@ std::string write_report(const json& results, const std::string& out_dir) {
         md += "\n## The shared experts per domain\n\nHeld-out loss per domain with the shared experts switched off at "
               "evaluation (no routed expert added in their place), against the full model; mean over seeds, the "
               "increase in parentheses. A shared expert that holds common knowledge hurts every domain when removed; "
-              "one that a domain leans on more shows a larger increase there.\n\n| model |";
-        for (const auto& d : domains) md += " " + md_escape(d) + " |";
-        md += "\n|---|";
-        for (size_t i = 0; i < domains.size(); ++i) md += "---|";
-        md += "\n";
+              "one that a domain leans on more shows a larger increase there.\n\n";
+        md += domain_table_header();
         for (const auto& id : with_shared) {
           md += "| " + md_escape(R.label(id)) + " without shared |";
           for (const auto& d : domains) {
