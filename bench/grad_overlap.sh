@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gradient all-reduce after backward against overlapped with it (--overlap-grad-sync,
+# The gradient all-reduce after backward (--no-overlap-grad-sync) against overlapped with it (the default,
 # train/gradient_sync.h), data-parallel at P = 2, one thread per rank: every gradient float is
 # all-reduced, and the step is small, so the all-reduce is a large share of it. The two settings
 # alternate for REPS rounds, the load average recorded with each run; per run the median step time
@@ -37,7 +37,7 @@ print(f"step {1e3 * statistics.median(step):.1f} ms (median), comm {100 * statis
 PY
 }
 for r in $(seq "$REPS"); do
-  echo "round $r: after backward (load $(cut -d' ' -f1 /proc/loadavg)): $(run after "")"
+  echo "round $r: after backward (load $(cut -d' ' -f1 /proc/loadavg)): $(run after --no-overlap-grad-sync)"
   echo "round $r: overlapped     (load $(cut -d' ' -f1 /proc/loadavg)): $(run overlap --overlap-grad-sync)"
 done
 rm -rf "$work"

@@ -368,10 +368,12 @@ void add_model_commands(CLI::App& app) {
                          "expert-parallel size under mpirun (overrides parallel.expert_parallel_size): the routed "
                          "experts of every MoE layer split over E ranks, P / E data-parallel replicas");
     auto ep = std::shared_ptr<int64_t>(par, &par->ep);
-    auto overlap = std::make_shared<bool>(false);
-    c->add_flag("--overlap-grad-sync", *overlap,
-                "under mpirun: start each gradient bucket's all-reduce while backward still runs (sets "
-                "parallel.overlap_grad_sync; the same result)");
+    auto overlap = std::make_shared<bool>(true);
+    CLI::Option* overlap_flag =
+        c->add_flag("--overlap-grad-sync,!--no-overlap-grad-sync", *overlap,
+                    "under mpirun: start each gradient bucket's all-reduce while backward still runs, or "
+                    "(--no-...) only after the whole backward (overrides parallel.overlap_grad_sync, default "
+                    "on; the same result either way)");
     c->add_option("--stop-after", opt->stop_after, "stop after this step (checkpointed), e.g. to test resume")
         ->check(int_in(1, 1000000000));
     c->add_flag("--quiet", *quiet, "no progress output");
@@ -399,7 +401,7 @@ void add_model_commands(CLI::App& app) {
         }
         config.parallel.expert_parallel_size = *ep;
       }
-      if (*overlap) config.parallel.overlap_grad_sync = true;
+      if (overlap_flag->count() > 0) config.parallel.overlap_grad_sync = *overlap;
       apply_comm_timeout(*par);
       const std::unique_ptr<Communicator> world = world_communicator();
       const bool root = world->rank() == 0;

@@ -116,8 +116,9 @@ struct TrainConfig {
 struct ParallelConfig {
   int64_t expert_parallel_size = 1;  // E: ranks that split every MoE layer's routed experts (P / E replicas)
   // Start each gradient bucket's all-reduce as soon as backward has finished it (train/gradient_sync.h),
-  // instead of after the whole backward. The same sums, the same bits; only the timing differs.
-  bool overlap_grad_sync = false;
+  // instead of after the whole backward. The same sums, the same bits; only the timing differs. On by
+  // default: measured faster on the quiet 2-core machine (bench/RESULTS.md, "gradient overlap").
+  bool overlap_grad_sync = true;
 };
 
 struct Config {

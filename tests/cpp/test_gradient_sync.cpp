@@ -152,6 +152,8 @@ TEST(GradientSync, BucketsStartOnlyWhenBackwardHasFinishedThem) {
 // The switch is a config key: a boolean, read, and named when it is anything else.
 TEST(GradientSyncConfig, OverlapIsABooleanKeyOfParallel) {
   nlohmann::json j = to_json(sync_config());
+  EXPECT_TRUE(parse_config(j, "c.json").parallel.overlap_grad_sync);  // on unless switched off
+  j["parallel"] = {{"overlap_grad_sync", false}};
   EXPECT_FALSE(parse_config(j, "c.json").parallel.overlap_grad_sync);
   j["parallel"] = {{"overlap_grad_sync", true}};
   EXPECT_TRUE(parse_config(j, "c.json").parallel.overlap_grad_sync);

@@ -337,7 +337,7 @@ TEST(ParallelTrainingResume, SavedWithOneLayoutResumesWithAnother) {
   expect_run_matches(f, run, "P4_EP2 -> P2_EP2 -> P1");
 }
 
-// The gradient all-reduce overlapped with backward (--overlap-grad-sync) sums the same buckets with the
+// The gradient all-reduce overlapped with backward (the default) sums the same buckets with the
 // same collectives as after backward, so it gives the same bits, here at 4 processes (expert-parallel
 // 2 x data-parallel 2: replicated buckets over 4 ranks, expert buckets over 2), where a different
 // grouping of the sum would change the last bits.
@@ -347,7 +347,7 @@ TEST(ParallelTrainingOverlap, SameBitsAsAllReduceAfterBackward) {
   auto args = [&](const std::string& run, bool overlap) {
     auto a = train_args(f.config_path, f.data, run);
     a.insert(a.end(), {"--ep", "2"});
-    if (overlap) a.push_back("--overlap-grad-sync");
+    a.push_back(overlap ? "--overlap-grad-sync" : "--no-overlap-grad-sync");
     return a;
   };
   Proc p = run_mpi(4, args(after, false), 180);
