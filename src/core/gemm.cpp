@@ -1,5 +1,7 @@
 #include "core/gemm.h"
 
+#include "core/gemm_kernel.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,8 +12,23 @@ namespace dsmoe {
 
 namespace {
 
+// One single-threaded product. Where core/gemm_kernel reproduces OpenBLAS's rounding it runs instead
+// (no packing of A or B, no separate zeroing of C for beta 0: bench/RESULTS.md "Small-model
+// training"); B^T is then transposed into a per-thread scratch first, a small copy for the weights
+// of the small models (the lm_head, whose copy would not be small, is transposed once per forward
+// by Model instead).
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  // Only where OpenBLAS would run the product on this thread: called outside a parallel region with
+  // several OpenMP threads it threads it itself, and its threaded driver cuts K differently.
+  const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
+  if (single_threaded && gemm_exact_available() && gemm_exact_applies(M, N, K)) {
+    if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    thread_local std::vector<float> bt;
+    if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));
+    transpose_for_gemm(bt.data(), B, ldb, N, K);
+    return gemm_exact(trans_a, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+  }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
               (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }

@@ -6,6 +6,8 @@
 
 #include "core/buffers.h"
 #include "core/error.h"
+#include "core/gemm.h"
+#include "core/gemm_kernel.h"
 #include "core/rng.h"
 #include "ops/attention.h"
 #include "ops/bf16_gemm.h"
@@ -204,9 +206,21 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     // more times (and backward no longer zeroes [N, V] gradients to accumulate into).
     fit(d_logits_, N * V);
     const int64_t rows = std::max<int64_t>(16, ((int64_t(1) << 18) / V) / 16 * 16);
+    // fp32 with core/gemm_kernel: the lm_head transposed once ([H, V]) for all the blocks, so that
+    // no block's product copies the [V, H] weight again (OpenBLAS packed it per block: half the
+    // time of the lm_head's forward at hidden 64). The same products, the same rounding.
+    const bool transposed = exact && gemm_exact_available() && gemm_exact_applies(std::min(rows, N), V, H);
+    if (transposed) {
+      fit(lm_head_t_, H * V);
+      transpose_for_gemm(lm_head_t_.data(), P_.lm_head, H, V, H);
+    }
     for (int64_t r0 = 0; r0 < N; r0 += rows) {
       const int64_t n = std::min(rows, N - r0);
-      ops::linear_forward(logits_.data() + r0 * V, lnf_.data() + r0 * H, P_.lm_head, n, H, V, mode);
+      if (transposed && gemm_exact_applies(n, V, H))
+        gemm(false, false, n, V, H, 1.0f, lnf_.data() + r0 * H, H, lm_head_t_.data(), V, 0.0f, logits_.data() + r0 * V,
+             V);
+      else
+        ops::linear_forward(logits_.data() + r0 * V, lnf_.data() + r0 * H, P_.lm_head, n, H, V, mode);
       ops::cross_entropy_forward_backward(losses_.data() + r0, d_logits_.data() + r0 * V, logits_.data() + r0 * V,
                                           targets + r0, n, V);
     }

@@ -126,6 +126,7 @@ class Model {
   std::vector<int32_t> tokens_, targets_, pos_;
   std::vector<LayerActs> acts_;
   std::vector<float> x_final_, lnf_, rstdf_, logits_, losses_, ffn_out_;
+  std::vector<float> lm_head_t_;  // the lm_head transposed [H, V] for the training forward (fp32, core/gemm_kernel)
   std::vector<MoeStats> moe_stats_;
   RoutingOverride override_;
   RoutingStats* routing_stats_ = nullptr;

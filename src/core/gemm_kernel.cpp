@@ -1,0 +1,170 @@
+#include "core/gemm_kernel.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace dsmoe {
+
+namespace {
+
+// OpenBLAS 0.3.21's SGEMM_DEFAULT_Q and GEMM_UNROLL_M for the SkylakeX / Cooperlake kernels (the
+// chunking of K in driver/level3/level3.c), as measured (tests/cpp/test_gemm_kernel.cpp).
+constexpr int64_t kChunkQ = 320;
+constexpr int64_t kUnrollM = 16;
+
+// Length of the K chunk starting with `left` elements still to do (level3.c's min_l).
+int64_t chunk_len(int64_t left) {
+  if (left >= 2 * kChunkQ) return kChunkQ;
+  if (left > kChunkQ) return (left / 2 + kUnrollM - 1) / kUnrollM * kUnrollM;
+  return left;
+}
+
+#ifdef __AVX512F__
+// One tile of R rows x NV vectors of 16 columns over one K chunk: acc = sum_k a_ik b_kj in k order
+// (fma from 0), then c = fma(alpha, acc, c) (c = 0 when load_c is false: beta 0, first chunk).
+// `last` masks the columns of the last vector. A points at op(A)[i0][k0], B at B[k0][j0].
+// The accumulators are named variables, not an array: GCC 12 kept an array of __m512 in memory and
+// stored all of it at every k (half the speed).
+#define DSMOE_RV(X) X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(0, 4) X(0, 5) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(1, 5) \
+  X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(2, 4) X(2, 5) X(3, 0) X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(3, 5)                  \
+  X(4, 0) X(4, 1) X(4, 2) X(4, 3) X(4, 4) X(4, 5) X(5, 0) X(5, 1) X(5, 2) X(5, 3) X(5, 4) X(5, 5)                  \
+  X(6, 0) X(6, 1) X(6, 2) X(6, 3) X(6, 4) X(6, 5) X(7, 0) X(7, 1) X(7, 2) X(7, 3) X(7, 4) X(7, 5)
+#define DSMOE_R(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define DSMOE_V(X) X(0) X(1) X(2) X(3) X(4) X(5)
+template <int R, int NV, bool TA>
+void tile(int64_t kc, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+          __mmask16 last, bool load_c) {
+  static_assert(R >= 1 && R <= 8 && NV >= 1 && NV <= 6, "tile shape");
+#define DSMOE_DECL(r, v) __m512 c##r##v = _mm512_setzero_ps();
+  DSMOE_RV(DSMOE_DECL)
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* bk = B + k * ldb;
+#define DSMOE_LOADB(v)                                                                                   \
+  __m512 b##v = _mm512_setzero_ps();                                                                      \
+  if constexpr (NV > v) b##v = v + 1 < NV ? _mm512_loadu_ps(bk + 16 * v) : _mm512_maskz_loadu_ps(last, bk + 16 * v);
+    DSMOE_V(DSMOE_LOADB)
+#define DSMOE_BCAST(r) \
+  __m512 a##r = _mm512_setzero_ps(); \
+  if constexpr (R > r) a##r = _mm512_set1_ps(TA ? A[k * lda + r] : A[r * lda + k]);
+    DSMOE_R(DSMOE_BCAST)
+#define DSMOE_FMA(r, v) \
+  if constexpr (R > r && NV > v) c##r##v = _mm512_fmadd_ps(a##r, b##v, c##r##v);
+    DSMOE_RV(DSMOE_FMA)
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+#define DSMOE_STORE(r, v)                                                                    \
+  if constexpr (R > r && NV > v) {                                                           \
+    float* c = C + r * ldc + 16 * v;                                                          \
+    const __mmask16 m = v + 1 < NV ? (__mmask16)0xFFFF : last;                                \
+    const __m512 cv = load_c ? _mm512_maskz_loadu_ps(m, c) : _mm512_setzero_ps();             \
+    _mm512_mask_storeu_ps(c, m, _mm512_fmadd_ps(al, c##r##v, cv));                            \
+  }
+  DSMOE_RV(DSMOE_STORE)
+#undef DSMOE_DECL
+#undef DSMOE_LOADB
+#undef DSMOE_BCAST
+#undef DSMOE_FMA
+#undef DSMOE_STORE
+}
+#undef DSMOE_RV
+#undef DSMOE_R
+#undef DSMOE_V
+
+using TileFn = void (*)(int64_t, float, const float*, int64_t, const float*, int64_t, float*, int64_t, __mmask16, bool);
+
+// Rows per tile for NV vectors: about 24 accumulators of the 32 registers, the rest for B and A.
+constexpr int rows_for(int nv) { return nv <= 3 ? 8 : (nv == 4 ? 6 : 4); }
+
+template <int NV, bool TA, int... Rs>
+constexpr TileFn pick_rows(int r, std::integer_sequence<int, Rs...>) {
+  TileFn fns[] = {&tile<Rs + 1, NV, TA>...};
+  return fns[r - 1];
+}
+
+template <bool TA>
+TileFn pick(int r, int nv) {
+  switch (nv) {
+    case 1: return pick_rows<1, TA>(r, std::make_integer_sequence<int, rows_for(1)>{});
+    case 2: return pick_rows<2, TA>(r, std::make_integer_sequence<int, rows_for(2)>{});
+    case 3: return pick_rows<3, TA>(r, std::make_integer_sequence<int, rows_for(3)>{});
+    case 4: return pick_rows<4, TA>(r, std::make_integer_sequence<int, rows_for(4)>{});
+    case 5: return pick_rows<5, TA>(r, std::make_integer_sequence<int, rows_for(5)>{});
+    default: return pick_rows<6, TA>(r, std::make_integer_sequence<int, rows_for(6)>{});
+  }
+}
+#endif
+
+}  // namespace
+
+void transpose_for_gemm(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K) {
+  constexpr int64_t kTile = 16;
+  for (int64_t j0 = 0; j0 < N; j0 += kTile)
+    for (int64_t k0 = 0; k0 < K; k0 += kTile)
+      for (int64_t j = j0; j < std::min(N, j0 + kTile); ++j)
+        for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k) out[k * N + j] = Bt[j * ldb + k];
+}
+
+bool gemm_exact_applies(int64_t M, int64_t N, int64_t K) {
+  return (double)M * (double)N * (double)K > kSmallMatrixMNK;
+}
+
+bool gemm_exact_available() {
+#ifdef __AVX512F__
+  static const bool ok = [] {
+    const char* off = std::getenv("DSMOE_NO_EXACT_GEMM");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f")) return false;
+    const char* core = openblas_get_corename();
+    return std::strcmp(core, "Cooperlake") == 0 || std::strcmp(core, "SkylakeX") == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+#ifdef __AVX512F__
+  if (M <= 0 || N <= 0) return;
+  DSMOE_ASSERT(gemm_exact_applies(M, N, K), "gemm_exact on a {}x{}x{} product (OpenBLAS's small-matrix path)", M, N, K);
+  if (beta != 0.0f && beta != 1.0f)  // the level-3 driver scales C first (its beta kernel)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] *= beta;
+  // Column tiles: all of N in one tile up to 6 vectors (96 columns), else tiles of 4 vectors.
+  const int64_t vecs = (N + 15) / 16;
+  const int64_t tile_vecs = vecs <= 6 ? vecs : 4;
+  for (int64_t k0 = 0; k0 < K;) {
+    const int64_t kc = chunk_len(K - k0);
+    const bool load_c = !(k0 == 0 && beta == 0.0f);
+    for (int64_t j0 = 0; j0 < N; j0 += 16 * tile_vecs) {
+      const int64_t cols = std::min(N - j0, 16 * tile_vecs);
+      const int nv = (int)((cols + 15) / 16);
+      const int rem = (int)(cols - 16 * (nv - 1));
+      const __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+      const int R = rows_for(nv);
+      const TileFn full = trans_a ? pick<true>(R, nv) : pick<false>(R, nv);
+      const float* b = B + k0 * ldb + j0;
+      for (int64_t i0 = 0; i0 < M; i0 += R) {
+        const int r = (int)std::min<int64_t>(R, M - i0);
+        const TileFn fn = r == R ? full : (trans_a ? pick<true>(r, nv) : pick<false>(r, nv));
+        const float* a = trans_a ? A + k0 * lda + i0 : A + i0 * lda + k0;
+        fn(kc, alpha, a, lda, b, ldb, C + i0 * ldc + j0, ldc, last, load_c);
+      }
+    }
+    k0 += kc;
+  }
+#else
+  (void)trans_a, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)B, (void)ldb, (void)beta, (void)C,
+      (void)ldc;
+#endif
+}
+
+}  // namespace dsmoe
