@@ -7,6 +7,9 @@
 //                         the bandwidth that implies; compare with Ceiling_ReadBandwidth of the same
 //                         run (bench/infer_bench.sh prints the ratio).
 //   Infer_Prefill/<type>/<compute>  one prompt of 128 tokens: tokens/s, per --compute mode.
+//   Infer_Product/<type>/<compute>/<rows>  one routed expert's gate_up product ([2816, 2048]) of a few
+//                         to a few hundred activation rows, weights from DRAM: where int8 stops being
+//                         faster than bf16 (the row limit of --compute mixed, ops/qlinear.h).
 //   Infer_DecodeLongContext/kv:<0|1>  q8 decode steps at 2048 to 2303 tokens of context with an
 //                         f32 (0) or bf16 (1) KV cache (--kv-cache): tokens/s and the cache bytes
 //                         a step reads (keys and values of every position, every layer).
@@ -101,15 +104,16 @@ BENCHMARK(Infer_Decode)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMil
 
 // type 0..2: the storages above; compute 0: fp32 activations (the exact path), 1: bf16 (activations
 // rounded to bf16, oneDNN: ops/bf16_gemm.h), 2: int8 (activations quantized per 32, AVX512-VNNI:
-// ops/int8_gemm.h; q8 / q4 only). All combinations run in one invocation, so they share its load.
-const ops::Compute kComputes[] = {ops::Compute::F32, ops::Compute::BF16, ops::Compute::INT8};
+// ops/int8_gemm.h; q8 / q4 only), 3: mixed (int8 for products of few rows, bf16 for many). All combinations run in one invocation, so they share its load.
+const ops::Compute kComputes[] = {ops::Compute::F32, ops::Compute::BF16, ops::Compute::INT8, ops::Compute::MIXED};
 
 void Infer_Prefill(benchmark::State& state) {
   const WType t = kTypes[state.range(0)];
   const ops::Compute c = kComputes[state.range(1)];
-  if (c == ops::Compute::INT8 && t == WType::BF16) return state.SkipWithError("compute int8 needs q8 or q4 weights");
-  if (c == ops::Compute::BF16 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
-  if (c == ops::Compute::INT8 && !ops::int8_gemm_available()) return state.SkipWithError("no AVX512-VNNI on this CPU");
+  const bool int8 = c == ops::Compute::INT8 || c == ops::Compute::MIXED;
+  if (int8 && t == WType::BF16) return state.SkipWithError("compute int8 / mixed needs q8 or q4 weights");
+  if (c != ops::Compute::F32 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
+  if (int8 && !ops::int8_gemm_available()) return state.SkipWithError("no AVX512-VNNI on this CPU");
   state.SetLabel(std::string(ops::wtype_name(t)) + ", compute " + ops::compute_name(c));
   InferenceWeights& w = weights(t);
   w.set_compute(c);
@@ -128,7 +132,7 @@ void Infer_Prefill(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter((double)n, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(Infer_Prefill)
-    ->ArgsProduct({{0, 1, 2}, {0, 1, 2}})
+    ->ArgsProduct({{0, 1, 2}, {0, 1, 2, 3}})
     ->ArgNames({"type", "compute"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
@@ -164,6 +168,50 @@ void Infer_DecodeLongContext(benchmark::State& state) {
   state.counters["cache MB/token"] = (double)KvCache::bytes_per_token(w.config(), kv) * (context + steps / 2) / 1e6;
 }
 BENCHMARK(Infer_DecodeLongContext)->DenseRange(0, 1)->ArgName("kv")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+
+// One [2816, 2048] q8 or q4 matrix (a routed expert's gate_up at the 16B's shapes) times `rows`
+// activation rows, cycling over a ring of such matrices of 1 GiB so the weights come from DRAM, as
+// each expert's do in a prefill or a batched decode step. compute 1: bf16, 2: int8, 3: mixed.
+void Infer_Product(benchmark::State& state) {
+  const WType t = kTypes[state.range(0)];
+  const ops::Compute c = kComputes[state.range(1)];
+  const int64_t n = state.range(2), R = 2816, K = 2048, rb = ops::WeightMat::row_bytes_of(t, K);
+  if (c != ops::Compute::F32 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
+  if (c != ops::Compute::F32 && c != ops::Compute::BF16 && !ops::int8_gemm_available())
+    return state.SkipWithError("no AVX512-VNNI on this CPU");
+  state.SetLabel(std::string(ops::wtype_name(t)) + ", compute " + ops::compute_name(c));
+  const int64_t ring = std::max<int64_t>(2, (int64_t(1) << 30) / (R * rb));
+  std::vector<HugeBuffer> data, scales;
+  std::vector<ops::WeightMat> mats;
+  Rng rng(7);
+  for (int64_t i = 0; i < ring; ++i) {
+    data.emplace_back((size_t)(R * rb));
+    scales.emplace_back((size_t)(R * K / 32 * 2));
+    uint8_t* d = (uint8_t*)data.back().data();
+    for (int64_t j = 0; j < R * rb; j += 8) {
+      const uint64_t v = rng.next_u64();
+      std::memcpy(d + j, &v, (size_t)std::min<int64_t>(8, R * rb - j));
+    }
+    uint16_t* sc = (uint16_t*)scales.back().data();
+    std::fill(sc, sc + R * K / 32, f32_to_bf16(0.01f));
+    mats.push_back({t, R, K, data.back().data(), sc, c});
+  }
+  std::vector<float> x((size_t)(n * K)), y((size_t)(n * R));
+  for (float& v : x) v = (float)rng.normal();
+  int64_t i = 0;
+  for (auto _ : state) {
+    ops::qlinear_forward(y.data(), x.data(), mats[i], n);
+    i = (i + 1) % ring;
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * R * K, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(Infer_Product)
+    ->ArgsProduct({{1, 2}, {1, 2, 3}, {16, 32, 48, 64, 96, 128, 256}})
+    ->ArgNames({"type", "compute", "rows"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 

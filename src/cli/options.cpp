@@ -73,11 +73,13 @@ int64_t checked_expert_parallel(const ModelConfig& m, int64_t processes, int64_t
 
 void add_compute_option(CLI::App* c, std::string& compute) {
   c->add_option("--compute", compute,
-                "operand precision of prefill products: auto (the fastest mode costing under 0.5% perplexity: "
-                "bf16 for bf16/q8/q4 weights on an AVX512_BF16 CPU, else f32), f32 (exact), bf16 (bf16, q8 or q4 "
-                "weights), int8 (q8 or q4 weights, AVX512-VNNI: activations quantized per 32)")
+                "operand precision of products of more than 8 rows (prefill, batched decode): auto (the fastest "
+                "mode costing under 0.5% perplexity: mixed for q8/q4 weights, bf16 for bf16 weights, as this CPU "
+                "allows; f32 for f32 weights), f32 (exact), bf16 (bf16, q8 or q4 weights), int8 (q8 or q4 weights, "
+                "AVX512-VNNI: activations quantized per 32), mixed (q8 or q4: int8 for products of up to 48 rows, "
+                "bf16 above)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "int8"}));
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "int8", "mixed"}));
 }
 
 void add_kv_cache_option(CLI::App* c, std::string& kv_cache) {

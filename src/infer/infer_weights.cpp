@@ -65,7 +65,7 @@ InferenceWeights InferenceWeights::convert(const Model& model, WType type) {
 
 void InferenceWeights::set_compute(ops::Compute c) {
   DSMOE_ASSERT((c == ops::Compute::F32 || type_ != WType::F32) &&
-                   (c != ops::Compute::INT8 || type_ == WType::Q8 || type_ == WType::Q4),
+                   ((c != ops::Compute::INT8 && c != ops::Compute::MIXED) || type_ == WType::Q8 || type_ == WType::Q4),
                "compute {} with {} weights", ops::compute_name(c), ops::wtype_name(type_));
   compute_ = c;
   for (Slot& s : slots_)

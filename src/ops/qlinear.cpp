@@ -40,6 +40,7 @@ const char* compute_name(Compute c) {
     case Compute::F32: return "f32";
     case Compute::BF16: return "bf16";
     case Compute::INT8: return "int8";
+    case Compute::MIXED: return "mixed";
   }
   return "?";
 }
@@ -417,11 +418,17 @@ void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
   if (n <= 0 || w.rows == 0) return;
   if (w.type == WType::F32)
     return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows, w.f32_mode ? *w.f32_mode : MatmulMode{});
-  if (n <= kGemvMaxRows) gemv(y, x, w, n);
-  else if (w.compute == Compute::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
-  else if (w.compute == Compute::INT8) {
+  if (n <= kGemvMaxRows) return gemv(y, x, w, n);
+  Compute c = w.compute;
+  if (c == Compute::MIXED) {
+    DSMOE_ASSERT(bf16_gemm_available(), "compute mixed without AVX512_BF16");
+    c = n <= kMixedInt8MaxRows ? Compute::INT8 : Compute::BF16;
+  }
+  if (c == Compute::BF16 && bf16_gemm_available()) bf16_prefill(y, x, w, n);
+  else if (c == Compute::INT8) {
     DSMOE_ASSERT(int8_gemm_available() && (w.type == WType::Q8 || w.type == WType::Q4),
-                 "compute int8 with {} weights{}", wtype_name(w.type), int8_gemm_available() ? "" : " without AVX512-VNNI");
+                 "compute {} with {} weights{}", compute_name(w.compute), wtype_name(w.type),
+                 int8_gemm_available() ? "" : " without AVX512-VNNI");
     int8_prefill(y, x, w, n);
   } else tiled_gemm(y, x, w, n);
 }

@@ -45,8 +45,12 @@ struct MatmulMode;  // ops/matmul.h
 //         block's sum scaled and accumulated in fp32 (ops/int8_gemm.h states the rule and the
 //         bound). Four times the arithmetic per instruction of fp32. Requires int8_gemm_available()
 //         (qlinear_forward fails otherwise: the choice is checked in infer/compute_mode.h).
-enum class Compute : uint8_t { F32, BF16, INT8 };
-const char* compute_name(Compute c);  // "f32", "bf16", "int8"
+//   MIXED q8 / q4 weights only: INT8 for a product of at most kMixedInt8MaxRows rows (a routed
+//         expert's share of a prompt, a batched decode step), BF16 above (attention, shared experts
+//         and the dense layer over a prompt), each where it measured faster (bench Infer_Product).
+//         Requires both kernels (int8_gemm_available() and bf16_gemm_available()).
+enum class Compute : uint8_t { F32, BF16, INT8, MIXED };
+const char* compute_name(Compute c);  // "f32", "bf16", "int8", "mixed"
 
 struct WeightMat {
   WType type = WType::F32;
@@ -78,6 +82,8 @@ struct WeightMat {
 // (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16, or with compute
 // INT8 the activations are quantized once and q8 / q4 tiles repacked for the int8 kernel (ops/int8_gemm.h).
 constexpr int64_t kGemvMaxRows = 8;
+// Compute MIXED: products of up to this many rows run INT8, larger ones BF16.
+constexpr int64_t kMixedInt8MaxRows = 48;
 void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n);
 
 // out [n, w.cols] = fp32 rows r0 .. r0+n-1 of W (the embedding lookup, the prefill tiles, tests).

@@ -16,6 +16,7 @@
 #include "core/rng.h"
 #include "infer/compute_mode.h"
 #include "ops/bf16_gemm.h"
+#include "ops/int8_gemm.h"
 #include "ops/qlinear.h"
 #include "test_util.h"
 
@@ -167,8 +168,13 @@ TEST(Bf16Gemm, QlinearUsesItForPrefillOnly) {
 
 TEST(Bf16Gemm, ComputeChoiceFollowsTheFlagAndTheStorage) {
   const Compute hw = ops::bf16_gemm_available() ? Compute::BF16 : Compute::F32;
+  // auto: bf16 for bf16 weights; for q8 / q4 mixed where both kernels run, else the one that does.
+  const bool vnni = ops::int8_gemm_available(), bf16 = ops::bf16_gemm_available();
+  const Compute quantized = vnni && bf16 ? Compute::MIXED : vnni ? Compute::INT8 : hw;
+  EXPECT_EQ(choose_compute("auto", WType::BF16).compute, hw);
+  EXPECT_EQ(choose_compute("auto", WType::Q8).compute, quantized);
+  EXPECT_EQ(choose_compute("auto", WType::Q4).compute, quantized);
   for (WType t : {WType::BF16, WType::Q8, WType::Q4}) {
-    EXPECT_EQ(choose_compute("auto", t).compute, hw) << ops::wtype_name(t);
     EXPECT_EQ(choose_compute("bf16", t).compute, hw) << ops::wtype_name(t);
     EXPECT_EQ(choose_compute("f32", t).compute, Compute::F32) << ops::wtype_name(t);
   }

@@ -313,6 +313,38 @@ TEST(Int8Gemm, QlinearUsesItForPrefillOnlyAndPropagatesNaN) {
   }
 }
 
+// Compute MIXED is, bit for bit, INT8 for products of up to kMixedInt8MaxRows rows and BF16 above
+// (and the GEMV in decode): each side of the limit, q8 and q4.
+TEST(Int8Gemm, MixedIsInt8UpToItsRowLimitAndBf16Above) {
+  SKIP_WITHOUT_VNNI();
+  if (!ops::bf16_gemm_available()) GTEST_SKIP() << "no AVX512_BF16";
+  const int64_t R = 70, K = 96;
+  for (WType t : {WType::Q8, WType::Q4}) {
+    QMat m = make_weights(t, R, K, 41);
+    WeightMat mixed = m.w, int8c = m.w, bf16c = m.w, f32c = m.w;
+    mixed.compute = Compute::MIXED;
+    int8c.compute = Compute::INT8;
+    bf16c.compute = Compute::BF16;
+    for (int64_t n : {ops::kGemvMaxRows, ops::kGemvMaxRows + 1, ops::kMixedInt8MaxRows, ops::kMixedInt8MaxRows + 1,
+                      int64_t{130}}) {
+      const std::vector<float> x = randn(n * K, 50 + n, 1.0f);
+      std::vector<float> ym((size_t)(n * R)), ye((size_t)(n * R)), yo((size_t)(n * R));
+      const bool few = n <= ops::kMixedInt8MaxRows;
+      const WeightMat& expect = n <= ops::kGemvMaxRows ? f32c : few ? int8c : bf16c;
+      const WeightMat& other = few ? bf16c : int8c;
+      ops::qlinear_forward(ym.data(), x.data(), mixed, n);
+      ops::qlinear_forward(ye.data(), x.data(), expect, n);
+      ops::qlinear_forward(yo.data(), x.data(), other, n);
+      EXPECT_EQ(std::memcmp(ym.data(), ye.data(), ym.size() * 4), 0)
+          << ops::wtype_name(t) << " n " << n << ": mixed is not compute " << ops::compute_name(expect.compute);
+      if (n > ops::kGemvMaxRows)
+        EXPECT_NE(std::memcmp(ym.data(), yo.data(), ym.size() * 4), 0)
+            << ops::wtype_name(t) << " n " << n << ": mixed equals compute " << ops::compute_name(other.compute)
+            << " too (the test cannot tell them apart)";
+    }
+  }
+}
+
 TEST(Int8Gemm, ComputeChoiceRefusesWhatItCannotRun) {
   for (WType t : {WType::F32, WType::BF16}) {
     try {
@@ -335,6 +367,12 @@ TEST(Int8Gemm, ComputeChoiceRefusesWhatItCannotRun) {
         EXPECT_NE(std::string(e.what()).find("AVX512-VNNI"), std::string::npos) << e.what();
       }
     }
+  }
+  for (WType t : {WType::F32, WType::BF16}) EXPECT_THROW(choose_compute("mixed", t), UsageError);
+  if (ops::int8_gemm_available() && ops::bf16_gemm_available()) {
+    const ComputeChoice c = choose_compute("mixed", WType::Q8);
+    EXPECT_EQ(c.compute, Compute::MIXED);
+    EXPECT_NE(c.note.find("up to " + std::to_string(ops::kMixedInt8MaxRows) + " rows"), std::string::npos) << c.note;
   }
   EXPECT_THROW(choose_compute("int4", WType::Q8), UsageError);
 }
