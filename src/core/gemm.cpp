@@ -12,6 +12,10 @@ namespace dsmoe {
 
 namespace {
 
+// The largest B^T (floats) that sgemm transposes per call for gemm_exact: 4 MB, the size of L2 + a
+// share of L3; every weight of the issue-16 models is smaller (hidden 64 x vocab 8192 = 0.5M floats).
+constexpr int64_t kMaxTransposedFloats = int64_t(1) << 20;
+
 // One single-threaded product. Where core/gemm_kernel reproduces OpenBLAS's rounding it runs instead
 // (no packing of A or B, no separate zeroing of C for beta 0: bench/RESULTS.md "Small-model
 // training"); B^T is then transposed into a per-thread scratch first, a small copy for the weights
@@ -22,7 +26,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   // Only where OpenBLAS would run the product on this thread: called outside a parallel region with
   // several OpenMP threads it threads it itself, and its threaded driver cuts K differently.
   const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
-  if (single_threaded && gemm_exact_available() && gemm_exact_applies(M, N, K)) {
+  // A B^T is transposed per call, so only a small one (the small models' weights): the transpose of
+  // a large weight costs more than packing saves, and with few rows (f32 decode of a 16B-shaped
+  // model: one row times a [10944, 2048] weight) it is the whole cost (bench/RESULTS.md
+  // "Small-model training"). Either path gives the same bits.
+  const bool small_bt = !trans_b || N * K <= kMaxTransposedFloats;
+  if (single_threaded && small_bt && gemm_exact_available() && gemm_exact_applies(M, N, K)) {
     if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     thread_local std::vector<float> bt;
     if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));
