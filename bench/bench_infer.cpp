@@ -169,39 +169,46 @@ void Infer_DecodeLongContext(benchmark::State& state) {
 }
 BENCHMARK(Infer_DecodeLongContext)->DenseRange(0, 1)->ArgName("kv")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
+// [R, K] matrices of storage t (constant bytes, scales 0.01: the kernels' speed does not depend on
+// the values) filling 1 GiB, at least 2, so that cycling over them reads the weights from DRAM and
+// not from the last-level cache (260 MiB on the machine of bench/RESULTS.md), as a decode step or a
+// prefill's experts do.
+struct MatrixRing {
+  std::vector<HugeBuffer> data, scales;
+  std::vector<ops::WeightMat> mats;
+  MatrixRing(WType t, int64_t R, int64_t K, ops::Compute c = ops::Compute::F32) {
+    const int64_t rb = ops::WeightMat::row_bytes_of(t, K), blocks = (K + 31) / 32;
+    const int64_t n = std::max<int64_t>(2, (int64_t(1) << 30) / (R * rb));
+    for (int64_t i = 0; i < n; ++i) {
+      data.emplace_back((size_t)(R * rb));
+      std::memset(data.back().data(), 0x11, data.back().size());
+      scales.emplace_back((size_t)(R * blocks * 2));
+      uint16_t* sc = (uint16_t*)scales.back().data();
+      std::fill(sc, sc + R * blocks, f32_to_bf16(0.01f));
+      mats.push_back({t, R, K, data.back().data(), ops::WeightMat::has_scales(t) ? sc : nullptr, c});
+    }
+  }
+};
+
 // One [2816, 2048] q8 or q4 matrix (a routed expert's gate_up at the 16B's shapes) times `rows`
-// activation rows, cycling over a ring of such matrices of 1 GiB so the weights come from DRAM, as
-// each expert's do in a prefill or a batched decode step. compute 1: bf16, 2: int8, 3: mixed.
+// activation rows, cycling over a MatrixRing, so the weights come from DRAM as each expert's do in a
+// prefill or a batched decode step. compute 1: bf16, 2: int8, 3: mixed.
 void Infer_Product(benchmark::State& state) {
   const WType t = kTypes[state.range(0)];
   const ops::Compute c = kComputes[state.range(1)];
-  const int64_t n = state.range(2), R = 2816, K = 2048, rb = ops::WeightMat::row_bytes_of(t, K);
+  const int64_t n = state.range(2), R = 2816, K = 2048;
   if (c != ops::Compute::F32 && !ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16 on this CPU");
   if (c != ops::Compute::F32 && c != ops::Compute::BF16 && !ops::int8_gemm_available())
     return state.SkipWithError("no AVX512-VNNI on this CPU");
   state.SetLabel(std::string(ops::wtype_name(t)) + ", compute " + ops::compute_name(c));
-  const int64_t ring = std::max<int64_t>(2, (int64_t(1) << 30) / (R * rb));
-  std::vector<HugeBuffer> data, scales;
-  std::vector<ops::WeightMat> mats;
+  const MatrixRing ring(t, R, K, c);
   Rng rng(7);
-  for (int64_t i = 0; i < ring; ++i) {
-    data.emplace_back((size_t)(R * rb));
-    scales.emplace_back((size_t)(R * K / 32 * 2));
-    uint8_t* d = (uint8_t*)data.back().data();
-    for (int64_t j = 0; j < R * rb; j += 8) {
-      const uint64_t v = rng.next_u64();
-      std::memcpy(d + j, &v, (size_t)std::min<int64_t>(8, R * rb - j));
-    }
-    uint16_t* sc = (uint16_t*)scales.back().data();
-    std::fill(sc, sc + R * K / 32, f32_to_bf16(0.01f));
-    mats.push_back({t, R, K, data.back().data(), sc, c});
-  }
   std::vector<float> x((size_t)(n * K)), y((size_t)(n * R));
   for (float& v : x) v = (float)rng.normal();
   int64_t i = 0;
   for (auto _ : state) {
-    ops::qlinear_forward(y.data(), x.data(), mats[i], n);
-    i = (i + 1) % ring;
+    ops::qlinear_forward(y.data(), x.data(), ring.mats[i], n);
+    i = (i + 1) % (int64_t)ring.mats.size();
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * R * K, benchmark::Counter::kIsIterationInvariantRate,
@@ -218,32 +225,20 @@ BENCHMARK(Infer_Product)
 namespace {
 
 // One projection at a time, [16384, 2048] (64 MiB in bf16), times one activation row, cycling over a
-// ring of such matrices of 1 GiB in all, so that (as in a decode step) the weights come from DRAM and
-// not from the last-level cache (260 MiB on the machine of bench/RESULTS.md): the GEMV's streaming
-// rate per storage, without the rest of a decode step.
+// MatrixRing: the GEMV's streaming rate per storage from DRAM, without the rest of a decode step.
 void Infer_Gemv(benchmark::State& state) {
   const WType t = kTypes[state.range(0)];
   state.SetLabel(ops::wtype_name(t));
-  const int64_t R = 16384, K = 2048, rb = ops::WeightMat::row_bytes_of(t, K);
-  const int64_t ring = std::max<int64_t>(2, (int64_t(1) << 30) / (R * rb));
-  std::vector<HugeBuffer> data, scales;
-  std::vector<ops::WeightMat> mats;
-  for (int64_t i = 0; i < ring; ++i) {
-    data.emplace_back((size_t)(R * rb));
-    scales.emplace_back((size_t)(R * K / 32 * 2));
-    std::memset(data.back().data(), 0x11, data.back().size());
-    uint16_t* sc = (uint16_t*)scales.back().data();
-    std::fill(sc, sc + R * K / 32, f32_to_bf16(0.01f));
-    mats.push_back({t, R, K, data.back().data(), ops::WeightMat::has_scales(t) ? sc : nullptr});
-  }
+  const int64_t R = 16384, K = 2048;
+  const MatrixRing ring(t, R, K);
   std::vector<float> x(K, 0.5f), y(R);
   int64_t i = 0;
   for (auto _ : state) {
-    ops::qlinear_forward(y.data(), x.data(), mats[i], 1);
-    i = (i + 1) % ring;
+    ops::qlinear_forward(y.data(), x.data(), ring.mats[i], 1);
+    i = (i + 1) % (int64_t)ring.mats.size();
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GB/s"] = benchmark::Counter((double)mats[0].bytes(), benchmark::Counter::kIsIterationInvariantRate,
+  state.counters["GB/s"] = benchmark::Counter((double)ring.mats[0].bytes(), benchmark::Counter::kIsIterationInvariantRate,
                                               benchmark::Counter::kIs1000);
 }
 BENCHMARK(Infer_Gemv)->DenseRange(0, 2)->ArgName("type")->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -19,8 +19,8 @@ constexpr int64_t kMaxTransposedFloats = int64_t(1) << 20;
 // One single-threaded product. Where core/gemm_kernel reproduces OpenBLAS's rounding it runs instead
 // (no packing of A or B, no separate zeroing of C for beta 0: bench/RESULTS.md "Small-model
 // training"); B^T is then transposed into a per-thread scratch first, a small copy for the weights
-// of the small models (the lm_head, whose copy would not be small, is transposed once per forward
-// by Model instead).
+// of the small models (the lm_head, which every row block of the training forward multiplies, is
+// transposed once per forward by Model instead of once per block).
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   // Only where OpenBLAS would run the product on this thread: called outside a parallel region with

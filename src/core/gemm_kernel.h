@@ -32,8 +32,8 @@ bool gemm_exact_applies(int64_t M, int64_t N, int64_t K);
 // when gemm_exact_available() and gemm_exact_applies(M, N, K) (required), and OpenBLAS runs the
 // product single-threaded (inside an OpenMP parallel region, or with one OpenMP thread: its
 // threaded driver cuts K in other chunks, (K + 1) / 2 for the last two).
-// B is never transposed: a caller with B^T transposes it into a buffer first (once per weight
-// update for the lm_head; core/gemm does it per call for small B).
+// B is never transposed: a caller with B^T transposes it into a buffer first (once per training
+// forward for the lm_head; core/gemm does it per call for small B).
 void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
