@@ -34,6 +34,11 @@ void add_experiment_commands(CLI::App& app) {
                 "I/N: train only every N-th run of the plan, starting at run I (0 <= I < N <= 64), in one of N "
                 "processes run side by side (each with its share of the threads); no analyses or report: run the "
                 "suite once more without --shard afterwards, which reuses every checkpoint");
+  auto seeds = std::make_shared<std::vector<long long>>();
+  c->add_option("--seeds", *seeds,
+                "train and report only these of the suite's seeds, comma-separated (a partial suite: e.g. the first "
+                "seed of every model; a later run with more seeds reuses these runs)")
+      ->delimiter(',');
   add_no_verify_flag(c, *no_verify);
   c->callback([=] {
     namespace fs = std::filesystem;
@@ -46,6 +51,12 @@ void add_experiment_commands(CLI::App& app) {
           shard_count > 64 || shard_index < 0 || shard_index >= shard_count)
         usage_error("--shard: expected I/N with 0 <= I < N <= 64, got '{}'", *shard);
     }
+    if (*report_only && !seeds->empty()) usage_error("--seeds selects runs to train; it cannot go with --report-only");
+    std::vector<uint64_t> keep;
+    for (long long seed : *seeds) {
+      if (seed < 0) usage_error("--seeds: {} is not a non-negative integer", seed);
+      keep.push_back((uint64_t)seed);
+    }
     if (*report_only) {
       const std::string p = (fs::path(*out) / "results.json").string();
       try {
@@ -54,7 +65,8 @@ void add_experiment_commands(CLI::App& app) {
         fail("{}: not a results file: {}", p, e.what());
       }
     } else {
-      const experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
+      experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
+      if (!keep.empty()) experiment::restrict_seeds(s, keep);
       experiment::RunOptions o;
       o.out_dir = *out;
       o.progress = !*quiet;

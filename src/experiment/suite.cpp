@@ -206,4 +206,21 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
   return s;
 }
 
+void restrict_seeds(Suite& s, const std::vector<uint64_t>& keep) {
+  auto kept = [&](uint64_t seed) { return std::find(keep.begin(), keep.end(), seed) != keep.end(); };
+  for (uint64_t seed : keep) {
+    bool used = false;
+    for (const auto& m : s.models) used = used || std::find(m.seeds.begin(), m.seeds.end(), seed) != m.seeds.end();
+    if (!used) fail("{}: no model of the suite is trained with seed {}", s.path, seed);
+  }
+  std::erase_if(s.seeds, [&](uint64_t seed) { return !kept(seed); });
+  for (auto& m : s.models) {
+    const std::vector<uint64_t> all = m.seeds;
+    std::erase_if(m.seeds, [&](uint64_t seed) { return !kept(seed); });
+    if (m.seeds.empty())
+      fail("{}: model '{}' is trained with seeds {} only, none of them among the seeds kept", s.path, m.id,
+           json(all).dump());
+  }
+}
+
 }  // namespace dsmoe::experiment

@@ -51,4 +51,9 @@ struct Suite {
 // section. data_override (if not empty) replaces "data".
 Suite load_suite(const std::string& path, bool quick, const std::string& data_override = "");
 
+// Keeps only the given seeds of the suite and of each model (a partial suite: the first seed of every
+// model, say, when the whole one does not fit the time there is). Fails, naming it, on a seed no model
+// trains and on a model left without a seed.
+void restrict_seeds(Suite& s, const std::vector<uint64_t>& keep);
+
 }  // namespace dsmoe::experiment

@@ -442,3 +442,25 @@ TEST(Experiment, MixedSuiteKeepsThePapersParameterMatches) {
   EXPECT_EQ(tokens(s), 10 * tokens(brown));
   EXPECT_EQ(s.models.front().config.model.vocab_size, 8192);
 }
+
+// `dsmoe experiment --seeds`: a partial suite keeps the listed seeds of the suite and of each model,
+// and refuses a seed no model trains or a model it would leave without runs.
+TEST(Experiment, RestrictSeedsKeepsTheListedSeedsOfEveryModel) {
+  const std::string mixed = std::string(DSMOE_SOURCE_DIR) + "/configs/paper-mixed/suite.json";
+  Suite s = load_suite(mixed, false);
+  ASSERT_EQ(s.seeds, (std::vector<uint64_t>{1, 2, 3}));
+  restrict_seeds(s, {1});
+  EXPECT_EQ(s.seeds, (std::vector<uint64_t>{1}));
+  for (const auto& m : s.models) EXPECT_EQ(m.seeds, (std::vector<uint64_t>{1})) << m.id;
+
+  s = load_suite(mixed, false);
+  restrict_seeds(s, {3, 2});
+  EXPECT_EQ(s.seeds, (std::vector<uint64_t>{2, 3}));  // the suite's order, not the flag's
+  EXPECT_EQ(s.find("dense")->seeds, (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(s.find("ablation-1s-1of15")->seeds, (std::vector<uint64_t>{2}));  // trained with [1, 2] only
+
+  s = load_suite(mixed, false);
+  EXPECT_TRUE(test::error_mentions([&] { restrict_seeds(s, {3}); }, {"ablation-1s-1of15", "[1,2]"}));
+  s = load_suite(mixed, false);
+  EXPECT_TRUE(test::error_mentions([&] { restrict_seeds(s, {1, 9}); }, {"seed 9"}));
+}

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -192,42 +193,71 @@ void check_against_oracle(const std::string& name, const Precisions& pr) {
     }
   }
 
-  // --- 10 optimizer steps with accumulation, clipping and the schedule ---
+  // --- 10 optimizer steps with accumulation, clipping and the schedule, checked two ways ---
   //
-  // Tolerances of the trajectory, derived per element and per step rather than one slack for all:
-  // one slack large enough for the worst element (an element whose gradient is ~0 can flip its Adam
-  // step by 2 lr) would be far larger than weight decay's whole effect on a typical element
-  // (sum_s lr_s * wd * |p| ~ 8e-3 * 0.1 * 0.02 = 1.5e-5), and could not tell a missing decay.
+  // Replayed: every step starts from the oracle's own weights and AdamW moments (traj.state.S.*), so
+  // it is compared at the oracle's point: the routing of each micro-batch exactly, the summed gradient
+  // to kRel like step 1's, the LM loss, gradient norm and lr, and the updated weights element by
+  // element against a one-step budget (below).
   //
-  // Gradients: step 1's gradients match the oracle to kRel * (max |g| of the tensor + |g|) (checked
-  // above), so |dg| <= G_t = 2 kRel max|g_t| per element of HF tensor t at every step (the later
-  // steps' gradients are taken at weights that differ by the budget below, a relative change of
-  // <= 1e-6 for almost every element: second order against kRel = 2e-5, which is itself ~60x the
-  // measured fp32 error; so it is folded into G_t). m and v are averages of past gradients, so their
-  // errors are bounded by the largest G_t so far.
-  // Adam's direction r = m^/(sqrt(v^) + eps), m^ = m/bc1, v^ = v/bc2: to first order
-  // |dr| <= (1 + |r|) G_t / (sqrt(v^) + eps) (dm^ <= G_t; dv^ <= 2 |g| G_t moves sqrt(v^) by <= G_t),
-  // and never more than 2 R_s, where R_s = max |r| over all gradient histories (Cauchy-Schwarz:
-  // R_s = (1-b1)/bc1 sqrt(sum_k<s (b1^2/b2)^k) sqrt(bc2/(1-b2)), ~1.0 here). Element i's weight
-  // error grows per step by lr_s |dr| plus the fp32 rounding of the update itself (decay product,
-  // sqrt, two divisions, add, multiply, subtract: 2u |p| + 6u lr_s |r|; the oracle is fp64).
-  // Summed over the steps: tol_i. Elements with well-conditioned gradients get ~1e-8; the few with
-  // tiny gradients get up to ~2 sum lr_s. The engine's own m, v and gradients set the budget (they
-  // agree with the oracle's to within it).
-  load_weights(f, model);  // same start as the oracle's trajectory
-  const std::vector<float> p0 = model.params();
-  AdamW opt(model.layout(), cfg.train);
+  // Free-running: the engine's own 10 steps, the trajectory a user gets: the LM losses within the
+  // first-order drift of the accumulated budget, the gradient norms, and (printed) its routing.
+  // Its final weights are not asserted element by element, because no per-element budget of a free
+  // run is rigorous: an element whose gradient is ~0 can flip its Adam step by 2 lr (legitimately,
+  // by rounding), a weight error of ~1e-3 relative, and that error moves the gradients of the weights
+  // downstream of it by first order, beyond any kRel-based gradient budget (measured: group_limited
+  // at DSMOE_TEST_SEED=220041941, the accumulated budget used 1.3x on lm_head[21, 23] and
+  // experts.5.up_proj[6, 23], with every routing decision equal). The worst ratio is printed.
+  //
+  // The one-step budget. A replayed step's gradient matches the oracle's to kRel * (max |g| of the
+  // tensor + |g|) (checked), so |dg| <= G = 2 kRel max|g| per element of HF tensor t; m^ = m/bc1 and
+  // v^ = v/bc2 move by <= G and <= 2 |g| G, so Adam's direction r = m^/(sqrt(v^) + eps) moves, to
+  // first order, by |dr| <= (1 + |r|) G / (sqrt(v^) + eps), and never more than 2 R_s, where
+  // R_s = max |r| over all gradient histories (Cauchy-Schwarz: R_s = (1-b1)/bc1
+  // sqrt(sum_k<s (b1^2/b2)^k) sqrt(bc2/(1-b2)), ~1.0 here): lr_s |dr|, plus the fp32 rounding of the
+  // update (decay product, sqrt, two divisions, add, multiply, subtract: 2u |p| + 6u lr_s |r|; the
+  // oracle is fp64), plus the fp32 files (the start weights and the next ones, 0.5 ulp <= u |p| each;
+  // the moments, u relative each, moving r by <= 1.5u |r|): 2u |p| + 2u lr_s |r|. Well-conditioned
+  // elements get ~1e-9; those with tiny gradients up to 2 lr_s. test::AdamTrajectoryBudget computes
+  // it from the engine's own m, v and gradients (they agree with the oracle's within it). The budget
+  // must resolve weight decay: dropping it would move a matrix element by lr_s wd |p| in the step,
+  // which fails the check wherever that exceeds twice the budget; required for at least a quarter of
+  // the (element, step) pairs, so a missing or wrong decay fails thousands of them and cannot pass.
+  const double u = std::ldexp(1.0, -24);
   auto traj_tokens = f.read_i32("traj.tokens", {steps, accum, B, T + 1});
   const auto lm_ref = test::read_f64(f, "traj.lm_loss");
   const auto gn_ref = test::read_f64(f, "traj.grad_norm");
   const auto lr_ref = test::read_f64(f, "traj.lr");
   const auto& hf = model.layout().hf_tensors();
-  test::AdamTrajectoryBudget budget(model, cfg.train);
-  const std::vector<double>& tol = budget.tol();
-  double worst_gn = 0;  // bf16: largest relative gradient-norm deviation after step 1 (printed)
-  double lr_sum = 0, decay_keep = 1;  // sum of lr_s; prod (1 - lr_s wd): the decay's factor on a matrix
-  for (int64_t s = 1; s <= steps; ++s) {
-    StepResult sr = train_step(model, opt, cfg.train, s, [&](int64_t micro, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
+  const auto traj_margin = test::read_f64(f, "traj.route.margin");
+  std::map<int64_t, std::vector<int32_t>> traj_ids;
+  for (int64_t l = 0; l < m.num_hidden_layers; ++l)
+    if (model.moe_activations(l) && f.has("traj.route.idx." + std::to_string(l)))
+      traj_ids[l] = f.read_i32("traj.route.idx." + std::to_string(l), {steps, accum, B * T, m.num_experts_per_tok});
+  // The routing of micro-batch `micro` of step s, still in the model's activations after its forward.
+  // The oracle drew each micro-batch with its margin >= --min-margin at its weights, so the replay,
+  // at those weights, must route exactly like it. The free run's weights differ from the oracle's by
+  // more than any rigorous bound (above), so its routing differences are counted and printed.
+  int64_t free_flips = 0;
+  auto check_routes = [&](const Model& mdl, const std::string& run, int64_t s, int64_t micro) {
+    const bool replayed = &mdl != &model;
+    for (const auto& [l, ids] : traj_ids) {
+      const MoeActivations* a = mdl.moe_activations(l);
+      const int64_t k = m.num_experts_per_tok, off = ((s - 1) * accum + micro) * B * T * k;
+      ASSERT_EQ((int64_t)a->ids.size(), B * T * k);
+      for (int64_t i = 0; i < B * T * k; ++i)
+        if (!replayed)
+          free_flips += a->ids[i] != ids[off + i];
+        else
+          ASSERT_EQ(a->ids[i], ids[off + i]) << name << " " << run << " step " << s << " micro-batch " << micro << " layer "
+                                           << l << ": routed expert of token " << i / k << " slot " << i % k
+                                           << " (the oracle's smallest routing margin in this micro-batch: "
+                                           << traj_margin[(s - 1) * accum + micro] << ")";
+    }
+  };
+  auto run_step = [&](Model& mdl, AdamW& adam, const std::string& run, int64_t s) {
+    StepResult sr = train_step(mdl, adam, cfg.train, s, [&](int64_t micro, std::vector<int32_t>& xi, std::vector<int32_t>& yi) {
+      if (micro > 0) check_routes(mdl, run, s, micro - 1);
       xi.resize(B * T);
       yi.resize(B * T);
       const int32_t* src = traj_tokens.data() + ((s - 1) * accum + micro) * B * (T + 1);
@@ -237,6 +267,91 @@ void check_against_oracle(const std::string& name, const Precisions& pr) {
           yi[b * T + t] = src[b * (T + 1) + t + 1];
         }
     });
+    check_routes(mdl, run, s, accum - 1);
+    // lr: the schedule is exact arithmetic in double on both sides; 1e-12 relative.
+    EXPECT_NEAR(sr.lr, lr_ref[s - 1], 1e-12 * lr_ref[s - 1]) << name << " " << run << " step " << s;
+    return sr;
+  };
+
+  // Replayed. With bf16 inputs only the LM losses are asserted past step 1 (the gradients at step 1,
+  // above): the later steps' batches are new random batches, and about 1 in 3 of those meets the
+  // KNOWN LIMITATION of kRelBf16 (below: a rounding-boundary flip of a dominant term); the worst
+  // gradient-norm deviation and parameter budget ratio are printed.
+  {
+    const bool strict = pr.engine == ops::Precision::F32;
+    double worst_gn_replay = 0;
+    Model replay(m);
+    replay.set_precision(pr.engine);
+    AdamW opt(replay.layout(), cfg.train);
+    int64_t decayed = 0, resolvable = 0;
+    double worst_ratio = 0;
+    for (int64_t s = 1; s <= steps; ++s) {
+      const std::string S = std::to_string(s);
+      for (const auto& t : hf) {
+        f.read_f32_into("traj.state." + S + ".param." + t.name, replay.params().data() + t.offset, t.shape);
+        f.read_f32_into("traj.state." + S + ".exp_avg." + t.name, opt.m().data() + t.offset, t.shape);
+        f.read_f32_into("traj.state." + S + ".exp_avg_sq." + t.name, opt.v().data() + t.offset, t.shape);
+      }
+      const std::vector<float> start = replay.params();
+      const StepResult sr = run_step(replay, opt, "replayed", s);
+      if (::testing::Test::HasFatalFailure()) return;
+      EXPECT_NEAR(sr.lm_loss, lm_ref[s - 1], 1e-5 * std::fabs(lm_ref[s - 1]) + loss_own) << name << " replayed step " << s;
+      // | ||g + dg|| - ||g|| | <= ||dg||: kRel relative, the budget of every gradient element.
+      if (strict || s == 1)
+        EXPECT_NEAR(sr.grad_norm, gn_ref[s - 1], rel * gn_ref[s - 1]) << name << " replayed step " << s;
+      worst_gn_replay = std::max(worst_gn_replay, std::fabs(sr.grad_norm - gn_ref[s - 1]) / gn_ref[s - 1]);
+      const double clip = test::clip_factor(cfg.train, sr.grad_norm);
+      for (const auto& t : hf) {  // replay.grads() holds the clipped gradient: undo the clip
+        if (!strict && s > 1) break;
+        auto ref = f.read_f32("traj.grad." + S + "." + t.name, t.shape);
+        std::vector<float> g(replay.grads().begin() + t.offset, replay.grads().begin() + t.offset + t.numel);
+        for (float& x : g) x = (float)(x / clip);
+        EXPECT_TRUE(test::all_close(fmt::format("{} replayed step {} grad {}", name, s, t.name), g.data(), ref.data(),
+                                    t.numel, t.shape, rel * max_abs(ref) + 1e-12, rel));
+      }
+      test::AdamTrajectoryBudget budget(replay, cfg.train);
+      budget.add_step(replay, opt, s, sr.lr, clip, 2 * rel);
+      std::vector<double> tol = budget.tol();
+      const double bc1 = 1 - std::pow(cfg.train.beta1, (double)s), bc2 = 1 - std::pow(cfg.train.beta2, (double)s);
+      for (size_t i = 0; i < tol.size(); ++i)
+        tol[i] += 2 * u * std::fabs(replay.params()[i]) +
+                  2 * u * sr.lr * std::fabs(opt.m()[i] / bc1) / (std::sqrt(opt.v()[i] / bc2) + cfg.train.eps);
+      const std::string next = s < steps ? "traj.state." + std::to_string(s + 1) + ".param." : "traj.param.";
+      for (const auto& t : hf) {
+        auto ref = f.read_f32(next + t.name, t.shape);
+        for (int64_t i = 0; i < t.numel; ++i)
+          worst_ratio = std::max(worst_ratio, std::fabs((double)replay.params()[t.offset + i] - ref[i]) / tol[t.offset + i]);
+        if (strict || s == 1)
+          EXPECT_TRUE(test::all_close_each(fmt::format("{} replayed step {} param {}", name, s, t.name),
+                                           replay.params().data() + t.offset, ref.data(), tol.data() + t.offset,
+                                           t.numel, t.shape));
+        if (t.shape.size() < 2) continue;  // norm weights do not decay
+        for (int64_t i = 0; i < t.numel; ++i) {
+          ++decayed;
+          resolvable += std::fabs(start[t.offset + i]) * sr.lr * cfg.train.weight_decay > 2 * tol[t.offset + i];
+        }
+      }
+    }
+    std::printf("[ stats    ] %s (%s) replayed: weight decay's effect resolvable on %lld of %lld (element, step) pairs; "
+                "the worst parameter uses %.2g of its one-step budget; gradient norms within %.2g relative\n",
+                name.c_str(), ops::precision_name(pr.engine), (long long)resolvable, (long long)decayed, worst_ratio,
+                worst_gn_replay);
+    if (strict)
+      EXPECT_GE(resolvable, decayed / 4) << name << ": the one-step budget is too loose to detect a missing weight decay";
+  }
+
+  // Free-running. (With bf16 inputs the drift argument fails after step 1 as well: a weight within
+  // its budget of the oracle's rounds to the neighbouring bf16 value with probability ~ budget /
+  // bf16 step and then enters every later product 2^-8 relative off; the gradient norm is asserted at
+  // step 1 and its later deviation printed.)
+  load_weights(f, model);  // same start as the oracle's trajectory
+  AdamW opt(model.layout(), cfg.train);
+  test::AdamTrajectoryBudget budget(model, cfg.train);
+  const std::vector<double>& tol = budget.tol();
+  double worst_gn = 0;  // bf16: largest relative gradient-norm deviation after step 1 (printed)
+  for (int64_t s = 1; s <= steps; ++s) {
+    const StepResult sr = run_step(model, opt, "free-running", s);
+    if (::testing::Test::HasFatalFailure()) return;
     // model.grads() now holds step s's clipped gradient; undo the clip to get dL/dp at these weights.
     const double clip = test::clip_factor(cfg.train, sr.grad_norm);
     // Loss at step s is taken at weights carrying the budget of steps < s: first order,
@@ -244,59 +359,21 @@ void check_against_oracle(const std::string& name, const Precisions& pr) {
     // (dL/dp here is of lm + aux; the aux terms are small, alpha <= 0.05, so this bounds the lm part.)
     const double drift = budget.loss_drift(model.grads(), clip);
     EXPECT_NEAR(sr.lm_loss, lm_ref[s - 1], 1e-5 * std::fabs(lm_ref[s - 1]) + loss_own + drift) << name << " step " << s;
-    // The gradient norm (before clipping): | ||g + dg|| - ||g|| | <= ||dg||, and the per-step gradient
-    // budget is kRel of the gradient's scale (step 1's check above; the later steps' weight drift is
-    // second order, as for G_t below): kRel relative, the same budget as every gradient element.
-    // With bf16 inputs that second-order argument fails after step 1 (the weight-rounding flips
-    // below): the norm is asserted at step 1 (same weights) and its later deviation printed.
     if (pr.engine == ops::Precision::F32 || s == 1)
       EXPECT_NEAR(sr.grad_norm, gn_ref[s - 1], rel * gn_ref[s - 1]) << name << " step " << s << " (lm loss drift bound " << drift << ")";
     else
       worst_gn = std::max(worst_gn, std::fabs(sr.grad_norm - gn_ref[s - 1]) / gn_ref[s - 1]);
-    // lr: the schedule is exact arithmetic in double on both sides; 1e-12 relative.
-    EXPECT_NEAR(sr.lr, lr_ref[s - 1], 1e-12 * lr_ref[s - 1]) << name << " step " << s;
-
-    budget.add_step(model, opt, s, sr.lr, clip, 2 * rel);  // G_t = 2 kRel max |g_t| (above)
-    lr_sum += sr.lr;
-    decay_keep *= 1 - sr.lr * cfg.train.weight_decay;
+    budget.add_step(model, opt, s, sr.lr, clip, 2 * rel);
   }
-  // Final parameters against the oracle's (read rounded to fp32: 0.5 ulp, inside the budget's
-  // 2u |p| per step), each element against its own budget; and the budget
-  // must resolve weight decay: dropping it would move a matrix element by |p0| (1 - prod(1 - lr_s wd))
-  // (~8e-4 relative here), which fails the check wherever that exceeds twice the budget. Required for
-  // at least a quarter of the matrix elements (measured: 45-65% per config; the rest have tiny |p0|
-  // or gradients small against their tensor's error floor), so a missing or wrong decay fails on
-  // thousands of elements and cannot pass.
-  //
-  // With bf16 inputs the budget is first order and does not hold element by element: a weight
-  // within its budget of the oracle's (~1e-5 after a few steps, against a bf16 step of ~8e-5 at
-  // |w| ~ 0.02) rounds to the neighbouring bf16 value with probability ~ budget / step, and then
-  // enters every later product 2^-8 relative off, a gradient change far above G_t (measured: a few
-  // elements per tensor at up to 1.3x their budget, the rest inside). So for bf16 the trajectory is
-  // checked through its per-step LM losses and gradient norms above, and the final parameters'
-  // largest budget ratio is printed, not asserted.
-  const bool per_element = pr.engine == ops::Precision::F32;
-  int64_t decayed = 0, resolvable = 0;
-  double worst_ratio = 0;  // max |error| / tol_i: how much of its budget the worst element uses
+  double worst_ratio = 0;  // max |error| / tol_i of the final weights (printed)
   for (const auto& t : hf) {
     auto ref = f.read_f32("traj.param." + t.name, t.shape);
     for (int64_t i = 0; i < t.numel; ++i)
       worst_ratio = std::max(worst_ratio, std::fabs((double)model.params()[t.offset + i] - ref[i]) / tol[t.offset + i]);
-    if (per_element)
-        EXPECT_TRUE(test::all_close_each(name + " param after 10 steps " + t.name, model.params().data() + t.offset,
-                                       ref.data(), tol.data() + t.offset, t.numel, t.shape));
-    if (t.shape.size() < 2) continue;  // norm weights do not decay
-    for (int64_t i = 0; i < t.numel; ++i) {
-      ++decayed;
-      resolvable += std::fabs(p0[t.offset + i]) * (1 - decay_keep) > 2 * tol[t.offset + i];
-    }
   }
-  std::printf("[ stats    ] %s (%s): weight decay's effect resolvable on %lld of %lld matrix elements (sum lr %.3g); "
-              "the worst parameter uses %.2g of its budget; gradient norms after step 1 within %.2g relative\n",
-              name.c_str(), ops::precision_name(pr.engine), (long long)resolvable, (long long)decayed, lr_sum, worst_ratio,
-              worst_gn);
-  if (per_element)
-    EXPECT_GE(resolvable, decayed / 4) << name << ": the trajectory budget is too loose to detect a missing weight decay";
+  std::printf("[ stats    ] %s (%s) free-running: the worst final parameter is at %.2g of its accumulated first-order "
+              "budget; gradient norms after step 1 within %.2g relative; %lld routing decisions differ from the oracle's\n",
+              name.c_str(), ops::precision_name(pr.engine), worst_ratio, worst_gn, (long long)free_flips);
 }
 
 class ModelVsTorch : public ::testing::TestWithParam<std::string> {};

@@ -38,7 +38,12 @@ with --steps N (AdamW, hyperparameters from the config's "training" object):
   traj.expert_aux, traj.device_aux, traj.comm_aux F64 [N] same for the summed aux losses
   traj.lr                   F64  [N] learning rate used at step s (1-based)
   traj.grad_norm            F64  [N] total L2 norm of all gradients before clipping
-  traj.param.<hf name>      F64  the parameters after the N steps
+  traj.param.<hf name>      F64  the parameters after the N steps (fp32 values: the trajectory keeps fp32 master weights)
+  traj.route.idx.L          I32  [N, A, B*T, k] routed experts of every micro-batch of the trajectory
+  traj.route.margin         F64  [N, A] smallest routing margin of each micro-batch (inf: no learned router)
+  traj.state.S.param.<hf name>, traj.state.S.exp_avg.<hf name>, traj.state.S.exp_avg_sq.<hf name>
+                            F32  the weights and AdamW moments step S (1..N) starts from (moments 0 at S = 1)
+  traj.grad.S.<hf name>     F32  step S's gradient (summed over its micro-batches), before clipping
 with --overrides, for the i-th override (0-based), an eval-mode forward (no aux losses) of the same batch:
   ovr.I.logits64            F64  [B, T, V]
   ovr.I.loss.lm             F64  []
@@ -181,12 +186,19 @@ def draw_tokens(model, gen, shape, vocab, min_margin, max_tries=1000, overrides=
     raise RuntimeError(f"no token batch with routing margin >= {min_margin} in {max_tries} draws")
 
 
-def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=None):
+def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=None, record=None, fp32_master=False):
     """N AdamW steps of A micro-batches each, tokens from traj_tokens [N, A, B, T+1] or, when None, from
     draw(model) (called at the current weights, before the step's update). The LM loss of each micro-batch
     is scaled by 1/A before backward; the aux losses get gradient 1 per micro-batch (official).
     Returns per-step lists: mean LM loss (before the update), mean expert aux, mean device aux, mean comm aux, lr,
-    total grad norm before clipping, and the tokens used [N, A, B, T+1]."""
+    total grad norm before clipping, the tokens used [N, A, B, T+1], and the routing of every micro-batch:
+    {moe layer: [N, A, B*T, k] expert ids} and [N, A] smallest routing margin (inf without a learned router).
+    With a dict `record`, also every step's starting state and gradient (fp32), for an engine that replays
+    each step from this state: traj.state.S.{param,exp_avg,exp_avg_sq}.NAME and traj.grad.S.NAME (before
+    clipping), S = 1..N. fp32_master: the weights are rounded to fp32 after every update (the math stays
+    fp64), as an engine that keeps fp32 master weights holds them: a replayed step then starts from exactly
+    the oracle's weights, which matters where the engine rounds them again (bf16 products: an fp64 weight
+    near a bf16 rounding midpoint would round differently via fp32)."""
     if traj_tokens is not None:
         steps, accum = traj_tokens.shape[0], traj_tokens.shape[1]
     N, A = steps, accum
@@ -196,21 +208,35 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
         [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=tc["lr"], betas=(tc["beta1"], tc["beta2"]), eps=tc["eps"])
     lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, used = [], [], [], [], [], [], []
+    route_ids, route_margin = {}, []
     for s in range(1, N + 1):
         if traj_tokens is not None:
             step_tokens = [traj_tokens[s - 1, a] for a in range(A)]
         else:
             step_tokens = [draw(model) for _ in range(A)]
         used.append(torch.stack(step_tokens))
+        if record is not None:
+            for n, p in model.named_parameters():
+                st_p = opt.state.get(p, {})
+                record[f"traj.state.{s}.param.{n}"] = p.detach().float().clone()
+                for k in ("exp_avg", "exp_avg_sq"):
+                    record[f"traj.state.{s}.{k}.{n}"] = st_p[k].float().clone() if k in st_p else torch.zeros_like(p, dtype=torch.float32)
         opt.zero_grad(set_to_none=True)
         lm_sum = ea_sum = da_sum = ca_sum = 0.0
+        step_margin = []
         for a in range(A):
             _, l, ax = forward_backward(model, step_tokens[a], lm_scale=1.0 / A)
+            for i, m in model.moe_layers():
+                route_ids.setdefault(i, []).append(m.gate.last["idx"].to(torch.int32).clone())
+            step_margin.append(routing_margin(model))
             lm_sum += float(l)
             ea_sum += sum(float(v[0]) for v in ax.values())
             da_sum += sum(float(v[1]) for v in ax.values())
             ca_sum += sum(float(v[2]) for v in ax.values())
         ensure_grads(model)
+        if record is not None:
+            for n, p in model.named_parameters():
+                record[f"traj.grad.{s}.{n}"] = p.grad.detach().float().clone()
         params = list(model.parameters())
         if tc["grad_clip"] and tc["grad_clip"] > 0:
             gn = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
@@ -220,13 +246,20 @@ def train_trajectory(model, tc, traj_tokens=None, steps=None, accum=None, draw=N
         for g in opt.param_groups:
             g["lr"] = lr
         opt.step()
+        if fp32_master:
+            with torch.no_grad():
+                for p in params:
+                    p.copy_(p.float().double())
         lm_hist.append(lm_sum / A)
         ea_hist.append(ea_sum / A)
         da_hist.append(da_sum / A)
         ca_hist.append(ca_sum / A)
         lr_hist.append(lr)
         gn_hist.append(float(gn))
-    return lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, torch.stack(used)
+        route_margin.append(step_margin)
+    routes = {i: torch.stack(v).reshape(N, A, *v[0].shape) for i, v in route_ids.items()}
+    return (lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, torch.stack(used), routes,
+            torch.tensor(route_margin, dtype=torch.float64))
 
 
 def training_config(cfg_dict, n_steps):
@@ -329,9 +362,9 @@ def main():
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(init_state[n])
-        lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, traj_tokens = train_trajectory(
+        lm_hist, ea_hist, da_hist, ca_hist, lr_hist, gn_hist, traj_tokens, traj_routes, traj_margin = train_trajectory(
             model, tc, steps=N, accum=A,
-            draw=lambda m: draw_tokens(m, gen, (B, T + 1), V, args.min_margin)[0])
+            draw=lambda m: draw_tokens(m, gen, (B, T + 1), V, args.min_margin)[0], record=out, fp32_master=True)
         f64 = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
         out["traj.tokens"] = traj_tokens.to(torch.int32)
         out["traj.lm_loss"] = f64(lm_hist)
@@ -340,6 +373,9 @@ def main():
         out["traj.comm_aux"] = f64(ca_hist)
         out["traj.lr"] = f64(lr_hist)
         out["traj.grad_norm"] = f64(gn_hist)
+        for i, ids in traj_routes.items():
+            out[f"traj.route.idx.{i}"] = ids.contiguous()
+        out["traj.route.margin"] = traj_margin
         for n, p in model.named_parameters():
             out[f"traj.param.{n}"] = p.detach().clone()
         meta["training"] = json.dumps(tc)
