@@ -9,6 +9,7 @@
 #include <map>
 
 #include <omp.h>
+#include <xxhash.h>
 
 #include "core/error.h"
 #include "core/progress.h"
@@ -90,6 +91,45 @@ bool reusable(const std::string& dir, const Config& cfg) {
   } catch (const Error&) {
     return false;  // an unreadable config.json: train afresh (the trainer rewrites the folder atomically)
   }
+}
+
+// What a run's recorded results depend on, besides its own code: the run's config (seed included),
+// the analyses the suite runs on it, and the tokens it trained and was evaluated on.
+json data_identity(const TokenSplit& s) {
+  return {{"tokens", s.tokens.size()},
+          {"xxh3", fmt::format("{:016x}", XXH3_64bits(s.tokens.data(), s.tokens.size() * sizeof(int32_t)))},
+          {"vocab_size", s.vocab_size},
+          {"documents", s.doc_ends.size()},
+          {"domains", s.domains}};
+}
+
+json analyses_of(const Suite& s, const SuiteModel& sm, bool first_seed) {
+  auto wants = [&](const AnalysisSpec& a) {
+    return std::find(a.models.begin(), a.models.end(), sm.id) != a.models.end();
+  };
+  json a = json::object();
+  if (wants(s.disable_top)) a["disable_top"] = s.disable_top.ratios;
+  if (wants(s.top_k)) a["top_k"] = s.top_k.k;
+  if (wants(s.drop_shared)) a["drop_shared"] = true;
+  if (wants(s.routing) && first_seed) a["routing"] = true;
+  if (wants(s.per_domain)) a["per_domain"] = true;
+  return a;
+}
+
+// OUT/runs/<id>/seed-<s>/suite_run.json: the run's entry of results.json with the key it was made
+// under. A folder whose record has the wanted key needs neither training nor its checkpoint, so a
+// suite can be finished in several sittings on machines that do not keep each other's checkpoints
+// (a report commits its records, not its 15 MB checkpoints). Returns null when absent or stale.
+constexpr const char* kRunRecord = "suite_run.json";
+
+json read_run_record(const std::string& dir, const json& key) {
+  const fs::path p = fs::path(dir) / kRunRecord;
+  if (!fs::exists(p)) return nullptr;
+  std::ifstream in(p);
+  json r = json::parse(in, nullptr, false);
+  if (r.is_discarded() || !r.is_object() || !r.contains("key") || !r.contains("run") || !r["run"].is_object())
+    fail("{}: not a suite run record (delete it to have the suite redo this run)", p.string());
+  return r["key"] == key ? r["run"] : json();
 }
 
 double eval_loss(Model& model, const TokenSplit& val, const TrainConfig& t) {
@@ -252,6 +292,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     plan = std::move(mine);
   }
 
+  const json train_identity = data_identity(train_data), val_identity = data_identity(val);
   double flops_done = 0, secs_training = 0;
   ProgressOptions po;
   po.enabled = opt.progress;
@@ -263,6 +304,23 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     Config cfg = config_for_data(sm.config, train_data);  // what the run folder's config.json holds
     cfg.train.seed = seed;
     const std::string dir = (fs::path(opt.out_dir) / "runs" / sm.id / fmt::format("seed-{}", seed)).string();
+    const json key = {{"config", to_json(cfg)},
+                      {"analyses", analyses_of(s, sm, seed == sm.seeds.front())},
+                      {"train_data", train_identity},
+                      {"val_data", val_identity}};
+    if (json recorded = read_run_record(dir, key); !recorded.is_null()) {
+      flops_total -= plan[i].flops;
+      if (opt.progress)
+        progress.update((int64_t)i + 1, fmt::format("{} seed {}: val loss {:.4f} | recorded in {}", sm.id, seed,
+                                                    recorded.at("val_loss").get<double>(), kRunRecord),
+                        /*force=*/true);
+      if (sharded) continue;
+      recorded["dir"] = dir;
+      res["runs"].push_back(std::move(recorded));
+      res["wall_s"] = seconds_since(t0);
+      write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
+      continue;
+    }
     const bool resume = reusable(dir, cfg);
     if (opt.progress)
       progress.message(fmt::format("[experiment] run {}/{}: {} ({}), seed {}{}", i + 1, plan.size(), sm.label, sm.id, seed,
@@ -308,6 +366,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     const auto t_an = Clock::now();
     analyse(s, sm, seed == sm.seeds.front(), model, val, run);
     run["analysis_s"] = seconds_since(t_an);
+    write_file_atomic((fs::path(dir) / kRunRecord).string(), json{{"key", key}, {"run", run}}.dump(1));
     res["runs"].push_back(std::move(run));
     report_run();
     // Partial results survive an interruption (the report can be drawn from them).

@@ -3,7 +3,10 @@
 // trained models (evaluation-time routing overrides and routing statistics) and writes everything to
 // OUT/results.json, from which report.h draws the report. A finished run whose folder holds a
 // checkpoint of the same config is reused, and an interrupted one resumes, so re-running a suite after
-// a crash or after adding a model trains only what is missing.
+// a crash or after adding a model trains only what is missing. Each analysed run also leaves its
+// entry of results.json in its folder (suite_run.json, keyed by its config, its analyses and the
+// data's fingerprint): with that record a run needs neither retraining nor its checkpoint, so a suite
+// can be finished in several sittings on machines that keep only the committed records.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>

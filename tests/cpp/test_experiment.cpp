@@ -66,6 +66,21 @@ std::string write_json(const std::string& path, const json& j) {
   return path;
 }
 
+// configs/paper/suite.json with only the models `ids` (config paths made absolute) and no analyses.
+json paper_suite_with(const std::set<std::string>& ids) {
+  json suite = json::parse(slurp(kSuite));
+  json models = json::array();
+  for (const auto& m : suite["models"])
+    if (ids.count(m["id"].get<std::string>())) {
+      json c = m;
+      c["config"] = std::string(DSMOE_SOURCE_DIR) + "/configs/paper/" + m["config"].get<std::string>();
+      models.push_back(c);
+    }
+  suite["models"] = models;
+  suite["analyses"] = json::object();
+  return suite;
+}
+
 }  // namespace
 
 TEST(Experiment, QuickSuiteTrainsEveryModelRunsEveryAnalysisAndWritesTheReport) {
@@ -358,16 +373,7 @@ TEST(Experiment, PerDomainAnalysisRunsOnEverySeedAndReachesTheReport) {
 TEST(Experiment, ShardsTrainDisjointRunsAndTheLastPassReusesThem) {
   const std::string dir = fresh_dir("shards");
   const std::string data = make_dataset(dir + "/data");
-  json suite = json::parse(slurp(kSuite));
-  json models = json::array();
-  for (const auto& m : suite["models"])
-    if (m["id"] == "dense" || m["id"] == "switch" || m["id"] == "deepseekmoe") {
-      json c = m;
-      c["config"] = std::string(DSMOE_SOURCE_DIR) + "/configs/paper/" + m["config"].get<std::string>();
-      models.push_back(c);
-    }
-  suite["models"] = models;
-  suite["analyses"] = json::object();
+  const json suite = paper_suite_with({"dense", "switch", "deepseekmoe"});
   const Suite s = load_suite(write_json(dir + "/suite.json", suite), true, data);
   size_t planned = 0;
   for (const auto& m : s.models) planned += m.seeds.size();
@@ -463,4 +469,59 @@ TEST(Experiment, RestrictSeedsKeepsTheListedSeedsOfEveryModel) {
   EXPECT_TRUE(test::error_mentions([&] { restrict_seeds(s, {3}); }, {"ablation-1s-1of15", "[1,2]"}));
   s = load_suite(mixed, false);
   EXPECT_TRUE(test::error_mentions([&] { restrict_seeds(s, {1, 9}); }, {"seed 9"}));
+}
+
+// A run's record (suite_run.json) stands in for its checkpoint: a suite whose checkpoints are gone
+// (another machine, a clone of the committed report) reports the same runs without training, and a
+// changed analysis makes the record stale, so that run is analysed again.
+TEST(Experiment, RunRecordsReplaceCheckpointsUntilTheirKeyChanges) {
+  const std::string dir = fresh_dir("records");
+  const std::string data = make_dataset(dir + "/data");
+  json suite = paper_suite_with({"dense", "deepseekmoe"});
+  for (auto& m : suite["models"]) m["seeds"] = json::array({1});
+  suite["seeds"] = json::array({1});
+  suite["analyses"] = {{"top_k", {{"models", {"deepseekmoe"}}, {"k", {1, 2}}, {"reference", "dense"}}}};
+  Suite s = load_suite(write_json(dir + "/suite.json", suite), true, data);
+  RunOptions o;
+  o.progress = false;
+  o.out_dir = dir + "/out";
+  const json first = run_suite(s, o);
+  ASSERT_EQ(first["runs"].size(), 2u);
+  auto checkpoints = [&] {
+    std::vector<std::string> v;
+    for (const auto& e : fs::recursive_directory_iterator(o.out_dir + "/runs"))
+      if (e.path().filename() == "checkpoint.safetensors") v.push_back(e.path().string());
+    return v;
+  };
+  ASSERT_EQ(checkpoints().size(), 2u);
+  for (const auto& c : checkpoints()) fs::remove(c);
+
+  const json again = run_suite(s, o);  // nothing to train: every run is recorded
+  EXPECT_TRUE(checkpoints().empty()) << "a recorded run was trained again";
+  ASSERT_EQ(again["runs"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i)  // the same entry, curve and analyses included
+    EXPECT_EQ(again["runs"][i], first["runs"][i]) << first["runs"][i]["model"];
+  // A sharded pass does not train recorded runs either.
+  o.shard_count = 2;
+  for (int64_t i = 0; i < 2; ++i) {
+    o.shard_index = i;
+    run_suite(s, o);
+  }
+  EXPECT_TRUE(checkpoints().empty()) << "a shard trained a recorded run";
+  o.shard_index = 0;
+  o.shard_count = 1;
+
+  suite["analyses"]["top_k"]["k"] = {1, 2, 3};  // deepseekmoe's record is stale now, dense's is not
+  s = load_suite(write_json(dir + "/suite.json", suite), true, data);
+  const json changed = run_suite(s, o);
+  const auto left = checkpoints();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_NE(left[0].find("deepseekmoe"), std::string::npos) << left[0];
+  EXPECT_EQ(changed["runs"][1]["top_k"].size(), 3u);
+  EXPECT_EQ(changed["runs"][0]["val_loss"], first["runs"][0]["val_loss"]);
+  EXPECT_EQ(changed["runs"][1]["val_loss"], first["runs"][1]["val_loss"]) << "retraining is deterministic";
+
+  // A damaged record is an error naming it, not a silent retrain.
+  std::ofstream(o.out_dir + "/runs/dense/seed-1/suite_run.json") << "{\"key\": 1";
+  EXPECT_TRUE(test::error_mentions([&] { run_suite(s, o); }, {"dense/seed-1/suite_run.json", "not a suite run record"}));
 }

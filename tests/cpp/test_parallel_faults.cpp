@@ -335,7 +335,9 @@ TEST(ParallelMetrics, PerRankTrafficAndCommTimeAreConsistent) {
       int64_t total = 0;
       for (int q = 0; q < P; ++q) {
         EXPECT_EQ(sent[r][q], recv[q][r]) << at << ": rank " << r << " -> " << q;
-        if (r / E != q / E) EXPECT_EQ(sent[r][q], 0) << at << ": across groups, " << r << " -> " << q;
+        if (r / E != q / E) {
+          EXPECT_EQ(sent[r][q], 0) << at << ": across groups, " << r << " -> " << q;
+        }
         total += sent[r][q];
       }
       EXPECT_EQ(total, per_rank) << at << ": rows sent by rank " << r;
