@@ -39,6 +39,10 @@ void add_experiment_commands(CLI::App& app) {
                 "train and report only these of the suite's seeds, comma-separated (a partial suite: e.g. the first "
                 "seed of every model; a later run with more seeds reuses these runs)")
       ->delimiter(',');
+  auto no_train = std::make_shared<bool>(false);
+  c->add_flag("--no-train", *no_train,
+              "train nothing: analyse, record and report the runs already finished (checkpoints or records); the "
+              "others are listed as missing (before a machine goes away, or to look at a suite half-way)");
   add_no_verify_flag(c, *no_verify);
   c->callback([=] {
     namespace fs = std::filesystem;
@@ -51,6 +55,9 @@ void add_experiment_commands(CLI::App& app) {
           shard_count > 64 || shard_index < 0 || shard_index >= shard_count)
         usage_error("--shard: expected I/N with 0 <= I < N <= 64, got '{}'", *shard);
     }
+    if (*no_train && (*report_only || !shard->empty()))
+      usage_error("--no-train cannot go with {}", *report_only ? "--report-only (which trains nothing already)"
+                                                                  : "--shard (a shard only trains)");
     if (*report_only && !seeds->empty()) usage_error("--seeds selects runs to train; it cannot go with --report-only");
     std::vector<uint64_t> keep;
     for (long long seed : *seeds) {
@@ -73,6 +80,7 @@ void add_experiment_commands(CLI::App& app) {
       o.checksums = checksums_of(*no_verify, "the suite's run checkpoints");
       o.shard_index = shard_index;
       o.shard_count = shard_count;
+      o.train = !*no_train;
       results = experiment::run_suite(s, o);
       if (o.shard_count > 1) {
         std::printf("trained shard %lld/%lld of the suite; run it again without --shard to analyse and report\n",

@@ -233,6 +233,26 @@ std::string write_report(const json& results, const std::string& out_dir) {
   if (quick)
     md += "> **Quick mode (smoke run).** Tiny models trained for a handful of steps: the numbers below test "
           "the pipeline, not the paper. Run without `--quick` for the comparison.\n\n";
+  // A partial suite (`--seeds`, `--no-train`) says so before any number.
+  const json seeds = results.at("seeds"), suite_seeds = results.value("suite_seeds", seeds);
+  std::string seeds_flag;
+  if (suite_seeds != seeds) {
+    std::vector<std::string> kept;
+    for (const auto& v : seeds) kept.push_back(v.dump());
+    seeds_flag = " --seeds " + fmt::format("{}", fmt::join(kept, ","));
+    md += fmt::format("> **Partial suite: seeds {} of the suite's {}.** With one seed per model no difference below "
+                      "is tested for significance (no seed-to-seed spread is known); the other seeds' runs complete "
+                      "the comparison.\n\n",
+                      seeds.dump(), suite_seeds.dump());
+  }
+  if (const json missing = results.value("missing_runs", json::array()); !missing.empty()) {
+    std::vector<std::string> names;
+    for (const auto& m : missing)
+      names.push_back(fmt::format("{} seed {}", m.at("model").get<std::string>(), m.at("seed").get<uint64_t>()));
+    md += fmt::format("> **Partial suite: {} not trained yet** and left out (`--no-train`): {}.\n\n",
+                      missing.size() == 1 ? std::string("1 run is") : fmt::format("{} runs are", missing.size()),
+                      fmt::join(names, ", "));
+  }
   md += fmt::format(
       "Every model was trained from scratch on `{}` with the same token budget ({} tokens: {} steps of {} "
       "tokens, sequences of {}), schedule and evaluation windows; seeds {} (the seed fixes the initialisation and "
@@ -244,7 +264,7 @@ std::string write_report(const json& results, const std::string& out_dir) {
       results.at("steps").get<int64_t>(), results.at("batch_tokens").get<int64_t>(), results.at("seq_len").get<int64_t>(),
       results.at("seeds").dump(), fmt_count(results.at("eval_tokens").get<double>()), unigram,
       results.at("threads").get<int64_t>(), total_train_s / 60, results.at("suite_file").get<std::string>(),
-      quick ? " --quick" : "", out_dir);
+      std::string(quick ? " --quick" : "") + seeds_flag, out_dir);
 
   // ---------------- Table 1 ----------------
   std::vector<std::string> table_ids = R.group("table1");

@@ -222,6 +222,8 @@ json run_suite(const Suite& s, const RunOptions& opt) {
               {"quick", s.quick},
               {"data", s.data_dir},
               {"seeds", s.seeds},
+              {"suite_seeds", s.suite_seeds.empty() ? s.seeds : s.suite_seeds},
+              {"missing_runs", json::array()},
               {"threads", omp_get_max_threads()},
               {"unigram_baseline", unigram_baseline(train_data, val)},
               {"tokens_per_model", tokens_per_model},
@@ -280,6 +282,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
 
   if (opt.shard_count < 1 || opt.shard_index < 0 || opt.shard_index >= opt.shard_count)
     fail("suite shard {}/{}: expected 0 <= index < count", opt.shard_index, opt.shard_count);
+  if (!opt.train && opt.shard_count > 1) fail("a suite shard trains runs: it cannot go without training");
   const bool sharded = opt.shard_count > 1;
   if (sharded) {  // round robin over the plan: each shard gets every seed's mix of cheap and costly runs
     std::vector<Planned> mine;
@@ -322,6 +325,21 @@ json run_suite(const Suite& s, const RunOptions& opt) {
       continue;
     }
     const bool resume = reusable(dir, cfg);
+    if (!opt.train) {  // only a finished checkpoint
+      TrainState st;
+      if (resume) {
+        Model probe(cfg.model);
+        load_checkpoint(dir, probe, nullptr, &st, false, opt.checksums);
+      }
+      if (!resume || st.step < cfg.train.steps) {
+        flops_total -= plan[i].flops;
+        res["missing_runs"].push_back({{"model", sm.id}, {"seed", seed}, {"steps_done", st.step}});
+        if (opt.progress)
+          progress.update((int64_t)i + 1, fmt::format("{} seed {}: not trained yet ({} of {} steps), left out", sm.id,
+                                                      seed, st.step, cfg.train.steps), /*force=*/true);
+        continue;
+      }
+    }
     if (opt.progress)
       progress.message(fmt::format("[experiment] run {}/{}: {} ({}), seed {}{}", i + 1, plan.size(), sm.label, sm.id, seed,
                                    resume ? " (reusing its checkpoint)" : ""));

@@ -24,6 +24,9 @@ struct RunOptions {
   // the runs whose place in the plan is I modulo N, and neither analyses nor writes results.json;
   // a last pass without a shard reuses every checkpoint, analyses and reports. 0/1 = everything.
   int64_t shard_index = 0, shard_count = 1;
+  // false (`--no-train`): analyse, record and report only the runs already trained (a finished
+  // checkpoint or a record); the others are listed in results.json "missing_runs" and left out.
+  bool train = true;
 };
 
 // Returns the results JSON (also written atomically to OUT/results.json):

@@ -213,6 +213,7 @@ void restrict_seeds(Suite& s, const std::vector<uint64_t>& keep) {
     for (const auto& m : s.models) used = used || std::find(m.seeds.begin(), m.seeds.end(), seed) != m.seeds.end();
     if (!used) fail("{}: no model of the suite is trained with seed {}", s.path, seed);
   }
+  if (s.suite_seeds.empty()) s.suite_seeds = s.seeds;
   std::erase_if(s.seeds, [&](uint64_t seed) { return !kept(seed); });
   for (auto& m : s.models) {
     const std::vector<uint64_t> all = m.seeds;

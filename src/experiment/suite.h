@@ -39,6 +39,7 @@ struct Suite {
   std::string name, path, data_dir;
   bool quick = false;
   std::vector<uint64_t> seeds;
+  std::vector<uint64_t> suite_seeds;  // the file's seeds (seeds is a subset after restrict_seeds)
   std::vector<SuiteModel> models;
   AnalysisSpec disable_top, top_k, drop_shared, routing;
   AnalysisSpec per_domain;  // evaluate_domains (experiment/domain_eval.h) on every seed; needs labelled data

@@ -525,3 +525,40 @@ TEST(Experiment, RunRecordsReplaceCheckpointsUntilTheirKeyChanges) {
   std::ofstream(o.out_dir + "/runs/dense/seed-1/suite_run.json") << "{\"key\": 1";
   EXPECT_TRUE(test::error_mentions([&] { run_suite(s, o); }, {"dense/seed-1/suite_run.json", "not a suite run record"}));
 }
+
+// `--no-train`: the finished runs are analysed, recorded and reported; an unfinished one is listed
+// as missing (the report says so), and nothing is trained.
+TEST(Experiment, NoTrainReportsTheFinishedRunsAndListsTheOthers) {
+  const std::string dir = fresh_dir("no_train");
+  const std::string data = make_dataset(dir + "/data");
+  json suite = paper_suite_with({"dense", "deepseekmoe"});
+  for (auto& m : suite["models"]) m["seeds"] = json::array({1});
+  suite["seeds"] = json::array({1});
+  const Suite s = load_suite(write_json(dir + "/suite.json", suite), true, data);
+  RunOptions o;
+  o.progress = false;
+  o.out_dir = dir + "/out";
+  o.shard_count = 2;  // shard 0 of the plan [dense, deepseekmoe]: dense only
+  run_suite(s, o);
+  o.shard_count = 1;
+  o.train = false;
+  const json r = run_suite(s, o);
+  ASSERT_EQ(r["runs"].size(), 1u);
+  EXPECT_EQ(r["runs"][0]["model"], "dense");
+  ASSERT_EQ(r["missing_runs"].size(), 1u);
+  EXPECT_EQ(r["missing_runs"][0]["model"], "deepseekmoe");
+  EXPECT_FALSE(fs::exists(o.out_dir + "/runs/deepseekmoe/seed-1/checkpoint.safetensors")) << "--no-train trained";
+  EXPECT_TRUE(fs::exists(o.out_dir + "/runs/dense/seed-1/suite_run.json"));
+  const std::string md = slurp(write_report(r, o.out_dir));
+  EXPECT_NE(md.find("1 run is not trained yet"), std::string::npos) << md.substr(0, 2000);
+  EXPECT_NE(md.find("deepseekmoe seed 1"), std::string::npos);
+  // Seeds left out by --seeds are named too, and the reproduce line carries the flag.
+  suite["seeds"] = json::array({1, 2});
+  Suite two = load_suite(write_json(dir + "/suite.json", suite), true, data);
+  restrict_seeds(two, {1});
+  const std::string md1 = slurp(write_report(run_suite(two, o), o.out_dir));
+  EXPECT_NE(md1.find("Partial suite: seeds [1] of the suite's [1,2]"), std::string::npos) << md1.substr(0, 2000);
+  EXPECT_NE(md1.find("--seeds 1 --out"), std::string::npos) << md1.substr(0, 2000);
+  o.shard_count = 2;
+  EXPECT_TRUE(test::error_mentions([&] { run_suite(s, o); }, {"cannot go without training"}));
+}
