@@ -31,7 +31,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   // model: one row times a [10944, 2048] weight) it is the whole cost (bench/RESULTS.md
   // "Small-model training"). Either path gives the same bits.
   const bool small_bt = !trans_b || N * K <= kMaxTransposedFloats;
-  if (single_threaded && small_bt && gemm_exact_available() && gemm_exact_applies(M, N, K)) {
+  const bool exact = single_threaded && gemm_exact_available() && gemm_exact_applies(M, N, K);
+  // A few rows against B^T (decode, and the small models' per-expert products): B^T read in place.
+  if (exact && trans_b && !trans_a && M <= kMaxRowsBtInPlace)
+    return gemm_exact_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (exact && small_bt) {
     if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     thread_local std::vector<float> bt;
     if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));

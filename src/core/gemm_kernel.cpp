@@ -78,6 +78,79 @@ void tile(int64_t kc, float alpha, const float* A, int64_t lda, const float* B, 
 
 using TileFn = void (*)(int64_t, float, const float*, int64_t, const float*, int64_t, float*, int64_t, __mmask16, bool);
 
+// GCC 12's unpack intrinsics start from _mm512_undefined_ps(), which it then reports as maybe
+// uninitialized wherever they are inlined (a false positive, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// r[j] = row j of a 16 x 16 block (16 consecutive k of one row of B^T) -> r[k] = column k (the 16
+// rows' values at that k). Four rounds of in-lane unpacks and 128-bit lane shuffles, 64 in all.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int g = 0; g < 4; ++g) {
+    t[4 * g + 0] = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]);  // per 128-bit lane L: r0[4L] r1[4L] r0[4L+1] r1[4L+1]
+    t[4 * g + 1] = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);  // r0[4L+2] r1[4L+2] r0[4L+3] r1[4L+3]
+    t[4 * g + 2] = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+    t[4 * g + 3] = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+  }
+  auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int g = 0; g < 4; ++g) {  // u[4g + c], lane L: rows 4g..4g+3 at column c + 4L
+    u[4 * g + 0] = lo(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = hi(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = lo(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = hi(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    // v0: columns c, c+8 of rows 0-3 and 4-7; v1: columns c+4, c+12 of the same; v2, v3: rows 8-15.
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[c + 8] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    r[c + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[c + 12] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+}
+
+// R rows of C, 16 columns (the first `cols`), over one K chunk of kc, B^T in place: per column the
+// same k order from 0 as tile(), then c = fma(alpha, acc, c).
+template <int R>
+void bt_block(int64_t kc, float alpha, const float* A, int64_t lda, const float* Bt, int64_t ldb, int cols, float* C,
+              int64_t ldc, bool load_c) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 blk[16];
+  for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+    const int n = (int)std::min<int64_t>(16, kc - k0);
+    const __mmask16 km = (__mmask16)(n == 16 ? 0xFFFF : (1u << n) - 1);
+    for (int j = 0; j < 16; ++j)
+      blk[j] = j < cols ? _mm512_maskz_loadu_ps(km, Bt + j * ldb + k0) : _mm512_setzero_ps();
+    transpose16(blk);
+    for (int k = 0; k < n; ++k)
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(A[r * lda + k0 + k]), blk[k], acc[r]);
+  }
+  const __mmask16 cm = (__mmask16)(cols == 16 ? 0xFFFF : (1u << cols) - 1);
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int r = 0; r < R; ++r) {
+    float* c = C + r * ldc;
+    const __m512 cv = load_c ? _mm512_maskz_loadu_ps(cm, c) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(c, cm, _mm512_fmadd_ps(al, acc[r], cv));
+  }
+}
+
+#pragma GCC diagnostic pop
+
+using BtBlockFn = void (*)(int64_t, float, const float*, int64_t, const float*, int64_t, int, float*, int64_t, bool);
+
+template <int... Rs>
+constexpr BtBlockFn pick_bt(int r, std::integer_sequence<int, Rs...>) {
+  BtBlockFn fns[] = {&bt_block<Rs + 1>...};
+  return fns[r - 1];
+}
+
 // Rows per tile for NV vectors: about 24 accumulators of the 32 registers, the rest for B and A.
 constexpr int rows_for(int nv) { return nv <= 3 ? 8 : (nv == 4 ? 6 : 4); }
 
@@ -101,6 +174,29 @@ TileFn pick(int r, int nv) {
 #endif
 
 }  // namespace
+
+void gemm_exact_bt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* Bt,
+                   int64_t ldb, float beta, float* C, int64_t ldc) {
+#ifdef __AVX512F__
+  if (M <= 0 || N <= 0) return;
+  DSMOE_ASSERT(M <= kMaxRowsBtInPlace && gemm_exact_applies(M, N, K), "gemm_exact_bt on a {}x{}x{} product", M, N, K);
+  if (beta != 0.0f && beta != 1.0f)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] *= beta;
+  const BtBlockFn fn = pick_bt((int)M, std::make_integer_sequence<int, kMaxRowsBtInPlace>{});
+  // Column blocks outside, K chunks inside: a block's 16 rows of B^T are read once, front to back.
+  for (int64_t j0 = 0; j0 < N; j0 += 16) {
+    const int cols = (int)std::min<int64_t>(16, N - j0);
+    for (int64_t k0 = 0; k0 < K;) {
+      const int64_t kc = chunk_len(K - k0);
+      fn(kc, alpha, A + k0, lda, Bt + j0 * ldb + k0, ldb, cols, C + j0, ldc, !(k0 == 0 && beta == 0.0f));
+      k0 += kc;
+    }
+  }
+#else
+  (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)Bt, (void)ldb, (void)beta, (void)C, (void)ldc;
+#endif
+}
 
 void transpose_for_gemm(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K) {
   constexpr int64_t kTile = 16;

@@ -37,6 +37,16 @@ bool gemm_exact_applies(int64_t M, int64_t N, int64_t K);
 void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// gemm_exact with op(B) = B^T read where it lies, for products of at most kMaxRowsBtInPlace rows of
+// A (not transposed): the same rounding (each element's K chunks, fused multiply-adds in k order),
+// with 16 x 16 blocks of B^T transposed in registers on the way instead of all of B^T first. One pass
+// over B^T and nothing written but C: the least memory traffic a product of a few rows can have, and
+// a batch-1 decode is such products against every weight of the model (bench/RESULTS.md). Same
+// preconditions as gemm_exact.
+constexpr int64_t kMaxRowsBtInPlace = 8;
+void gemm_exact_bt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* Bt,
+                   int64_t ldb, float beta, float* C, int64_t ldc);
+
 // out [K, N] = the transpose of B^T [N, K] (leading dimension ldb): gemm_exact's B for a product
 // with op(B) = B^T. In 16 x 16 blocks, so that both sides touch whole cache lines.
 void transpose_for_gemm(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K);

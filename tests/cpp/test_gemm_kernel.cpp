@@ -31,8 +31,9 @@ struct Shape {
 float uniform(Rng& rng) { return (float)((int64_t)(rng.next_u64() >> 40) - (int64_t(1) << 23)) / (float)(1 << 23); }
 
 // Elements of C whose bits differ between OpenBLAS and gemm_exact (trans_b: the reference gets B^T
-// stored [N, K], gemm_exact the same values as B [K, N]); prints the first.
-int64_t mismatches(Rng& rng, bool ta, bool tb, const Shape& s, float alpha, float beta) {
+// stored [N, K], gemm_exact the same values as B [K, N]; with bt_in_place, gemm_exact_bt gets the
+// reference's B^T itself); prints the first.
+int64_t mismatches(Rng& rng, bool ta, bool tb, const Shape& s, float alpha, float beta, bool bt_in_place = false) {
   const int64_t M = s.M, N = s.N, K = s.K, pad = (int64_t)rng.below(3);
   const int64_t lda = (ta ? M : K) + pad, ldb = N + pad, ldbt = K + pad, ldc = N + pad;
   std::vector<float> A((size_t)((ta ? K : M) * lda)), B((size_t)(K * ldb)), Bt((size_t)(N * ldbt)),
@@ -50,7 +51,11 @@ int64_t mismatches(Rng& rng, bool ta, bool tb, const Shape& s, float alpha, floa
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
               alpha, A.data(), (int)lda, tb ? Bt.data() : B.data(), (int)(tb ? ldbt : ldb), beta, want.data(), (int)ldc);
   omp_set_num_threads(threads);
-  gemm_exact(ta, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
+  if (bt_in_place)
+    gemm_exact_bt(M, N, K, alpha, A.data(), lda, Bt.data(), ldbt, beta, got.data(), ldc);
+  else
+    gemm_exact(ta, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
+  const char* kernel = bt_in_place ? "gemm_exact_bt" : "gemm_exact";
   int64_t bad = 0;
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
@@ -59,7 +64,7 @@ int64_t mismatches(Rng& rng, bool ta, bool tb, const Shape& s, float alpha, floa
       if (bad++ == 0)
         ADD_FAILURE() << (ta ? "T" : "N") << (tb ? "T" : "N") << " M " << M << " N " << N << " K " << K << " alpha "
                       << alpha << " beta " << beta << ": C[" << i << "][" << j << "] OpenBLAS " << w << " ("
-                      << std::hexfloat << w << "), gemm_exact " << g << " (" << g << ")" << std::defaultfloat;
+                      << std::hexfloat << w << "), " << kernel << " " << g << " (" << g << ")" << std::defaultfloat;
     }
   return bad;
 }
@@ -104,6 +109,25 @@ TEST(GemmKernel, BitIdenticalToOpenBlasOnRandomShapes) {
     ++tried;
     bad += mismatches(rng, rng.below(2), rng.below(2), s, rng.below(2) ? 1.0f : 0.123f, 0.5f * (float)rng.below(3));
   }
+  EXPECT_EQ(bad, 0);
+}
+
+// B^T read in place for a few rows (decode): 1 to kMaxRowsBtInPlace rows, N not a multiple of the
+// 16-column blocks, K across the chunk lengths and not a multiple of the 16-k blocks, the decode
+// shapes of the 16B model's projections and experts (K 2048 and 1408, cut to bands of N).
+TEST(GemmKernel, BtInPlaceIsBitIdenticalForFewRows) {
+  if (!gemm_exact_available()) GTEST_SKIP() << "no AVX-512 or another OpenBLAS kernel set: core/gemm uses OpenBLAS";
+  Rng rng(13);
+  int64_t bad = 0, tried = 0;
+  for (int64_t M = 1; M <= kMaxRowsBtInPlace; ++M)
+    for (const Shape s : {Shape{M, 700, 2048}, Shape{M, 333, 1408}, Shape{M, 1000, 1001}, Shape{M, 17, 65536},
+                          Shape{M, 250, 641}, Shape{M, 1500, 700}, Shape{M, 130, 9999}})
+      for (float beta : {0.0f, 1.0f, 0.5f}) {
+        if (!gemm_exact_applies(s.M, s.N, s.K)) continue;
+        ++tried;
+        bad += mismatches(rng, false, true, s, M % 2 ? 1.0f : 0.37f, beta, true);
+      }
+  EXPECT_GT(tried, 100);
   EXPECT_EQ(bad, 0);
 }
 
