@@ -577,8 +577,7 @@ void add_model_commands(CLI::App& app) {
       const ModelConfig& m = config.model;
       const int64_t T = *seq > 0 ? *seq : m.max_position_embeddings;
       ModelStats s = model_stats(m, T);
-      int64_t moe_layers = 0;
-      for (int64_t l = 0; l < m.num_hidden_layers; ++l) moe_layers += m.is_moe_layer(l);
+      const int64_t moe_layers = m.moe_layer_count();
       nlohmann::json j = {{"total_params", s.total_params},
                           {"activated_params", s.activated_params},
                           {"activated_nonembedding_params", s.activated_nonembed_params},

@@ -25,12 +25,6 @@ void check_non_negative(double v, const char* field) {
   if (!(v >= 0) || !std::isfinite(v)) fail("scaling model: {} must be a finite number >= 0, got {}", field, v);
 }
 
-int64_t moe_layer_count(const ModelConfig& m) {
-  int64_t n = 0;
-  for (int64_t l = 0; l < m.num_hidden_layers; ++l) n += m.is_moe_layer(l);
-  return n;
-}
-
 // A ring all-reduce of `bytes` over `per_node` ranks on each of `nodes` nodes, done hierarchically
 // (reduce-scatter inside the node, all-reduce of the shards across nodes, all-gather inside), with
 // `streams` independent all-reduces of that size running at once on every node and sharing its link.
@@ -122,7 +116,7 @@ ScalingEstimate estimate_training_step(const ModelConfig& m, const ScalingHardwa
   validate(m, hw, l);
   const int64_t G = hw.ranks_per_node, N = l.nodes, P = N * G, E = l.expert_parallel, D = P / E;
   const double H = (double)m.hidden_size, I = (double)m.moe_intermediate_size, T = (double)l.tokens_per_rank;
-  const int64_t moe_layers = m.is_moe() ? moe_layer_count(m) : 0;
+  const int64_t moe_layers = m.is_moe() ? m.moe_layer_count() : 0;
   ScalingEstimate s;
   s.ranks = P;
   s.data_parallel = D;

@@ -32,17 +32,20 @@ Compute parse_compute(const std::string& flag, ops::WType storage) {
 
 ComputeChoice choose_compute(const std::string& flag, ops::WType storage) {
   Compute want = parse_compute(flag, storage);
-  if (flag == "bf16" && storage == ops::WType::F32)
+  // What the user asked for by name must run as asked, or be refused; "auto" adapts (below).
+  const bool asked = flag != "auto";
+  const bool integer = want == Compute::INT8 || want == Compute::MIXED;
+  if (asked && want == Compute::BF16 && storage == ops::WType::F32)
     usage_error("--compute bf16 needs bf16, q8 or q4 weights (e.g. --dtype bf16); these are f32");
-  if ((flag == "int8" || flag == "mixed") && storage != ops::WType::Q8 && storage != ops::WType::Q4)
+  if (asked && integer && storage != ops::WType::Q8 && storage != ops::WType::Q4)
     usage_error("--compute {} needs q8 or q4 weights (dsmoe quantize, or --dtype q8|q4); these are {}", flag,
                 ops::wtype_name(storage));
-  if ((flag == "int8" || flag == "mixed") && !ops::int8_gemm_available())
+  if (asked && integer && !ops::int8_gemm_available())
     usage_error("--compute {} needs AVX512-VNNI, which this CPU (or build) lacks: use --compute bf16 or f32", flag);
-  if (flag == "mixed" && !ops::bf16_gemm_available())
+  if (asked && want == Compute::MIXED && !ops::bf16_gemm_available())
     usage_error("--compute mixed needs AVX512_BF16, which this CPU (or build) lacks: use --compute int8 or f32");
   std::string why;
-  if (want == Compute::MIXED && !ops::int8_gemm_available()) {  // only "auto" gets here
+  if (want == Compute::MIXED && !ops::int8_gemm_available()) {  // only "auto" gets here (asked: refused above)
     want = Compute::BF16;
     why = " (this CPU has no AVX512-VNNI for int8)";
   } else if (want == Compute::MIXED && !ops::bf16_gemm_available()) {  // only "auto" gets here
@@ -61,7 +64,7 @@ ComputeChoice choose_compute(const std::string& flag, ops::WType storage) {
                                " weights in prefill (" + ops::int8_gemm_implementation() + "), f32 in decode" + why};
   if (!ops::bf16_gemm_available())
     return {Compute::F32, std::string("f32 activations: this CPU (or build) has no AVX512_BF16") +
-                              (flag == "bf16" ? ", so --compute bf16 runs the f32 path" : "")};
+                              (asked ? ", so --compute bf16 runs the f32 path" : "")};
   const std::string impl = ops::bf16_gemm_implementation();
   return {Compute::BF16, (storage == ops::WType::BF16
                               ? "bf16 activations in prefill (" + impl + "), f32 in decode"

@@ -75,6 +75,11 @@ struct ModelConfig {
   bool is_moe_layer(int64_t i) const {
     return is_moe() && i >= first_k_dense_replace && i % moe_layer_freq == 0;
   }
+  int64_t moe_layer_count() const {
+    int64_t n = 0;
+    for (int64_t l = 0; l < num_hidden_layers; ++l) n += is_moe_layer(l);
+    return n;
+  }
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   int64_t shared_inter() const { return moe_intermediate_size * n_shared_experts; }
   bool has_router_weights() const { return router_type == RouterType::SoftmaxTopK; }
