@@ -66,8 +66,9 @@ std::string write_json(const std::string& path, const json& j) {
   return path;
 }
 
-// configs/paper/suite.json with only the models `ids` (config paths made absolute) and no analyses.
-json paper_suite_with(const std::set<std::string>& ids) {
+// configs/paper/suite.json with only the models `ids` (config paths made absolute) and no analyses;
+// with one_seed > 0, the suite and each model have that seed only.
+json paper_suite_with(const std::set<std::string>& ids, int64_t one_seed = 0) {
   json suite = json::parse(slurp(kSuite));
   json models = json::array();
   for (const auto& m : suite["models"])
@@ -78,6 +79,10 @@ json paper_suite_with(const std::set<std::string>& ids) {
     }
   suite["models"] = models;
   suite["analyses"] = json::object();
+  if (one_seed > 0) {
+    for (auto& m : suite["models"]) m["seeds"] = json::array({one_seed});
+    suite["seeds"] = json::array({one_seed});
+  }
   return suite;
 }
 
@@ -477,9 +482,7 @@ TEST(Experiment, RestrictSeedsKeepsTheListedSeedsOfEveryModel) {
 TEST(Experiment, RunRecordsReplaceCheckpointsUntilTheirKeyChanges) {
   const std::string dir = fresh_dir("records");
   const std::string data = make_dataset(dir + "/data");
-  json suite = paper_suite_with({"dense", "deepseekmoe"});
-  for (auto& m : suite["models"]) m["seeds"] = json::array({1});
-  suite["seeds"] = json::array({1});
+  json suite = paper_suite_with({"dense", "deepseekmoe"}, 1);
   suite["analyses"] = {{"top_k", {{"models", {"deepseekmoe"}}, {"k", {1, 2}}, {"reference", "dense"}}}};
   Suite s = load_suite(write_json(dir + "/suite.json", suite), true, data);
   RunOptions o;
@@ -531,9 +534,7 @@ TEST(Experiment, RunRecordsReplaceCheckpointsUntilTheirKeyChanges) {
 TEST(Experiment, NoTrainReportsTheFinishedRunsAndListsTheOthers) {
   const std::string dir = fresh_dir("no_train");
   const std::string data = make_dataset(dir + "/data");
-  json suite = paper_suite_with({"dense", "deepseekmoe"});
-  for (auto& m : suite["models"]) m["seeds"] = json::array({1});
-  suite["seeds"] = json::array({1});
+  json suite = paper_suite_with({"dense", "deepseekmoe"}, 1);
   const Suite s = load_suite(write_json(dir + "/suite.json", suite), true, data);
   RunOptions o;
   o.progress = false;
