@@ -80,8 +80,10 @@ using TileFn = void (*)(int64_t, float, const float*, int64_t, const float*, int
 
 // GCC 12's unpack intrinsics start from _mm512_undefined_ps(), which it then reports as maybe
 // uninitialized wherever they are inlined (a false positive, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // r[j] = row j of a 16 x 16 block (16 consecutive k of one row of B^T) -> r[k] = column k (the 16
 // rows' values at that k). Four rounds of in-lane unpacks and 128-bit lane shuffles, 64 in all.
 inline void transpose16(__m512 r[16]) {
@@ -141,7 +143,9 @@ void bt_block(int64_t kc, float alpha, const float* A, int64_t lda, const float*
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 using BtBlockFn = void (*)(int64_t, float, const float*, int64_t, const float*, int64_t, int, float*, int64_t, bool);
 
