@@ -95,6 +95,10 @@ bool reusable(const std::string& dir, const Config& cfg) {
 
 // What a run's recorded results depend on, besides its own code: the run's config (seed included),
 // the analyses the suite runs on it, and the tokens it trained and was evaluated on.
+bool runs_on(const AnalysisSpec& a, const SuiteModel& sm) {
+  return std::find(a.models.begin(), a.models.end(), sm.id) != a.models.end();
+}
+
 json data_identity(const TokenSplit& s) {
   return {{"tokens", s.tokens.size()},
           {"xxh3", fmt::format("{:016x}", XXH3_64bits(s.tokens.data(), s.tokens.size() * sizeof(int32_t)))},
@@ -104,9 +108,7 @@ json data_identity(const TokenSplit& s) {
 }
 
 json analyses_of(const Suite& s, const SuiteModel& sm, bool first_seed) {
-  auto wants = [&](const AnalysisSpec& a) {
-    return std::find(a.models.begin(), a.models.end(), sm.id) != a.models.end();
-  };
+  auto wants = [&](const AnalysisSpec& a) { return runs_on(a, sm); };
   json a = json::object();
   if (wants(s.disable_top)) a["disable_top"] = s.disable_top.ratios;
   if (wants(s.top_k)) a["top_k"] = s.top_k.k;
@@ -142,9 +144,7 @@ double eval_loss(Model& model, const TokenSplit& val, const TrainConfig& t) {
 void analyse(const Suite& s, const SuiteModel& sm, bool first_seed, Model& model, const TokenSplit& val, json& run) {
   const ModelConfig& m = sm.config.model;
   const TrainConfig& t = sm.config.train;
-  auto wants = [&](const AnalysisSpec& a) {
-    return std::find(a.models.begin(), a.models.end(), sm.id) != a.models.end();
-  };
+  auto wants = [&](const AnalysisSpec& a) { return runs_on(a, sm); };
   auto loss_with = [&](const RoutingOverride& o) {
     model.set_routing_override(o);
     const double l = eval_loss(model, val, t);
@@ -296,6 +296,10 @@ json run_suite(const Suite& s, const RunOptions& opt) {
   }
 
   const json train_identity = data_identity(train_data), val_identity = data_identity(val);
+  auto save_results = [&] {
+    res["wall_s"] = seconds_since(t0);
+    write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
+  };
   double flops_done = 0, secs_training = 0;
   ProgressOptions po;
   po.enabled = opt.progress;
@@ -320,8 +324,7 @@ json run_suite(const Suite& s, const RunOptions& opt) {
       if (sharded) continue;
       recorded["dir"] = dir;
       res["runs"].push_back(std::move(recorded));
-      res["wall_s"] = seconds_since(t0);
-      write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
+      save_results();
       continue;
     }
     const bool resume = reusable(dir, cfg);
@@ -387,13 +390,10 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     write_file_atomic((fs::path(dir) / kRunRecord).string(), json{{"key", key}, {"run", run}}.dump(1));
     res["runs"].push_back(std::move(run));
     report_run();
-    // Partial results survive an interruption (the report can be drawn from them).
-    res["wall_s"] = seconds_since(t0);
-    write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
+    save_results();  // partial results survive an interruption (the report can be drawn from them)
   }
   if (sharded) return json();
-  res["wall_s"] = seconds_since(t0);
-  write_file_atomic((fs::path(opt.out_dir) / "results.json").string(), res.dump(1));
+  save_results();
   return res;
 }
 
