@@ -290,6 +290,52 @@ TEST(Experiment, VerdictsFollowThePairedTest) {
   EXPECT_EQ(md.find("GShard x1.5"), std::string::npos);
 }
 
+// The "fewer activated experts" claim names the smallest k not significantly worse than the reference,
+// and with one seed (no spread, nothing tested) it stays open instead of reading "untested" as "not worse".
+TEST(Experiment, FewerActivatedExpertsVerdictNeedsATest) {
+  auto suite_results = [](const std::vector<int>& seeds) {
+    json res = {{"suite", "synthetic"}, {"suite_file", "s.json"}, {"quick", false}, {"data", "d"}, {"seeds", seeds},
+                {"threads", 2}, {"unigram_baseline", 6.0}, {"tokens_per_model", 1000}, {"steps", 10},
+                {"batch_tokens", 100}, {"seq_len", 10}, {"eval_tokens", 100}, {"hidden_size", 8}, {"layers", 1},
+                {"wall_s", 1.0}, {"top_k_reference", "gshard"}, {"models", json::array()}, {"runs", json::array()}};
+    for (const char* id : {"deepseekmoe", "gshard"})
+      res["models"].push_back({{"id", id}, {"label", id}, {"groups", {"table1"}}, {"config", std::string(id) + ".json"},
+                               {"seeds", seeds}, {"total_params", 1e6}, {"activated_params", 3e5}, {"ffn_params", 5e5},
+                               {"train_flops_per_token", 2e6}, {"flops_per_2k_tokens", 4e9}, {"shared_experts", 0},
+                               {"routed_experts", 16}, {"active_routed", 3}, {"expert_width", 64}});
+    // GShard 3.00 / 3.10 / 3.05. DeepSeekMoE at k = 1 worse by 0.3 on every seed (significant), at k = 2 by
+    // +0.02, -0.03, +0.01 (mean 0: not significant), at k = 3 lower by 0.1.
+    const double gs[] = {3.00, 3.10, 3.05};
+    const double k2_off[] = {0.02, -0.03, 0.01};
+    for (int seed : seeds) {
+      const int i = seed - 1;
+      auto curve = [](double loss) {
+        return json{{"steps", {1, 2}}, {"tokens", {10, 20}}, {"train_loss", {5.0, loss}}, {"val_steps", {2}},
+                    {"val_tokens", {20}}, {"val_loss", {loss}}};
+      };
+      const double ds = gs[i] - 0.1;
+      res["runs"].push_back({{"model", "gshard"}, {"seed", seed}, {"val_loss", gs[i]}, {"dir", "x"}, {"train_s", 1.0},
+                             {"curve", curve(gs[i])}});
+      res["runs"].push_back({{"model", "deepseekmoe"}, {"seed", seed}, {"val_loss", ds}, {"dir", "x"},
+                             {"train_s", 1.0}, {"curve", curve(ds)},
+                             {"top_k", {{{"k", 1}, {"loss", gs[i] + 0.3 + 0.01 * i}},
+                                        {{"k", 2}, {"loss", gs[i] + k2_off[i]}},
+                                        {{"k", 3}, {"loss", ds}}}}});
+    }
+    return res;
+  };
+  auto verdict = [](const std::string& md) {
+    const size_t at = md.find("| deepseekmoe with fewer activated routed experts");
+    EXPECT_NE(at, std::string::npos) << md;
+    return at == std::string::npos ? std::string() : md.substr(at, md.find('\n', at) - at);
+  };
+  const std::string three = verdict(slurp(write_report(suite_results({1, 2, 3}), fresh_dir("topk3"))));
+  EXPECT_NE(three.find("from **2** routed experts on it is not significantly worse"), std::string::npos) << three;
+  const std::string one = verdict(slurp(write_report(suite_results({1}), fresh_dir("topk1"))));
+  EXPECT_NE(one.find("**not resolved**: the differences were not tested (k = 1: +0.3000)"), std::string::npos) << one;
+  EXPECT_EQ(one.find("not significantly worse than"), std::string::npos) << one;
+}
+
 namespace {
 
 // The quick suite's data with domain labels: documents of 500 tokens, labelled "a" and "b" in turn.
