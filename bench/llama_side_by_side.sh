@@ -7,7 +7,8 @@
 #      first alternates too), each a fresh process on the same PROMPT token ids: the prefill of the
 #      PROMPT-token prompt (tokens/s) and NEW - 1 greedy decode steps after it (batch 1, tokens/s).
 #      llama.cpp: npm node-llama-cpp's CPU build (bench/llama_speed.mjs: flash attention off, F32
-#      KV cache, exactly T threads). dsmoe: `dsmoe generate --verbose` with --dtype f32 / bf16 / q8 /
+#      KV cache, exactly T threads). With BATCHES="1 8 16" each row is also run with B different
+#      prompts at once (one prefill of B x PROMPT tokens, then decode steps of B tokens). dsmoe: `dsmoe generate --verbose` with --dtype f32 / bf16 / q8 /
 #      q4 for the four files (a Q8_0 / Q4_0 file is requantized to dsmoe's own blocks of the same
 #      size: its default --dtype auto would dequantize it to f32) at --compute f32 and --compute auto
 #      (bf16 where it applies; the f32 file runs f32 only). `uptime`'s load average is recorded
@@ -23,6 +24,7 @@
 #                                               # CPU; 3 min of wall time at load 15): a 2-layer model with
 #                                               # 8 routed experts, q8_0 only, 1 thread, 1 repetition, short prompt
 #   REPS=5 THREADS="1 2" TYPES="bf16 q8_0" WORK=/tmp/sbs bench/llama_side_by_side.sh
+#   BATCHES="1 16" TYPES="q8_0" bench/llama_side_by_side.sh   # batched decode (B sequences) as well
 #   PPL_MODEL=runs/default PPL_IDS=val_windows.jsonl ...   # the trained model for step 3 (skipped without PPL_IDS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,12 +40,12 @@ for arg in "$@"; do
 done
 if [ "$QUICK" = 1 ]; then
   WORK="${WORK:-/tmp/dsmoe_side_by_side_quick}"
-  TYPES="${TYPES:-q8_0}" THREADS="${THREADS:-1}" REPS="${REPS:-1}" PROMPT="${PROMPT:-32}" NEW="${NEW:-9}"
+  TYPES="${TYPES:-q8_0}" THREADS="${THREADS:-1}" REPS="${REPS:-1}" PROMPT="${PROMPT:-32}" NEW="${NEW:-9}" BATCHES="${BATCHES:-1 2}"
   MODEL_ARGS=(--layers 2 --routed-experts 8)
   PPL_WINDOWS="${PPL_WINDOWS:-2}"
 else
   WORK="${WORK:-/tmp/dsmoe_side_by_side}"
-  TYPES="${TYPES:-f32 bf16 q8_0 q4_0}" THREADS="${THREADS:-1 2}" REPS="${REPS:-3}" PROMPT="${PROMPT:-256}" NEW="${NEW:-65}"
+  TYPES="${TYPES:-f32 bf16 q8_0 q4_0}" THREADS="${THREADS:-1 2}" REPS="${REPS:-3}" PROMPT="${PROMPT:-256}" NEW="${NEW:-65}" BATCHES="${BATCHES:-1}"
   MODEL_ARGS=()
   PPL_WINDOWS="${PPL_WINDOWS:-200}"
 fi
@@ -67,8 +69,12 @@ for t in $TYPES; do
     >/dev/null 2> "$WORK/export-$t.err" || { cat "$WORK/export-$t.err"; exit 1; }
 done
 
-# The prompt: PROMPT ids of the byte vocabulary from a fixed LCG (the same for every run and engine).
-IDS=$(awk -v n="$PROMPT" 'BEGIN { x = 12345; for (i = 0; i < n; i++) { x = (x * 1103515245 + 12345) % 2147483648; printf "%s%d", (i ? "," : ""), int(x / 65536) % 256 } }')
+# The prompts: PROMPT ids of the byte vocabulary each from a fixed LCG (the same for every run and
+# engine); prompt j (of a batch) starts the LCG at 12345 + j, so the sequences of a batch differ
+# (identical prompts would route alike and flatter batching).
+prompt_ids() {  # j
+  awk -v n="$PROMPT" -v j="$1" 'BEGIN { x = 12345 + j; for (i = 0; i < n; i++) { x = (x * 1103515245 + 12345) % 2147483648; printf "%s%d", (i ? "," : ""), int(x / 65536) % 256 } }'
+}
 
 # 3. perplexity cost of each storage and compute mode on the trained model
 : > "$PPL"
@@ -93,32 +99,39 @@ fi
 # 2. the runs. One line per run in runs.tsv: engine, mode, type, threads, rep, load average, and the
 # file with the run's output (llama_speed.mjs's JSON line, or dsmoe generate --verbose's stderr).
 : > "$RUNS"
-run_llama() {  # type threads rep
-  local l f="$WORK/out/llama-$1-$2-$3.json"
-  l=$(load)
-  node bench/llama_speed.mjs "$WORK/model-$1.gguf" "$2" "$IDS" "$NEW" > "$f"
-  printf 'llama.cpp\t-\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$l" "$f" >> "$RUNS"
+# The batch's prompts: ;-separated for llama_speed.mjs, repeated --prompt-ids for dsmoe.
+batch_ids() {  # B
+  local j; for ((j = 0; j < $1; j++)); do printf '%s%s' "$([ $j -gt 0 ] && echo ';')" "$(prompt_ids $j)"; done
 }
-run_dsmoe() {  # type threads rep compute
-  local l f="$WORK/out/dsmoe-$4-$1-$2-$3.err"
+run_llama() {  # type threads rep batch
+  local l f="$WORK/out/llama-$1-$2-$3-b$4.json"
+  l=$(load)
+  node bench/llama_speed.mjs "$WORK/model-$1.gguf" "$2" "$(batch_ids "$4")" "$NEW" > "$f"
+  printf 'llama.cpp\t-\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$l" "$f" "$4" >> "$RUNS"
+}
+run_dsmoe() {  # type threads rep compute batch
+  local l f="$WORK/out/dsmoe-$4-$1-$2-$3-b$5.err" j args=()
+  for ((j = 0; j < $5; j++)); do args+=(--prompt-ids "$(prompt_ids $j)"); done
   l=$(load)
   OMP_NUM_THREADS="$2" "$DSMOE" generate --model "$WORK/model-$1.gguf" --dtype "$(dsmoe_dtype "$1")" --compute "$4" \
-    --prompt-ids "$IDS" --temperature 0 --ignore-eos --max-new-tokens "$NEW" --json --verbose 2> "$f" >/dev/null
-  printf 'dsmoe\t%s\t%s\t%s\t%s\t%s\t%s\n' "$4" "$1" "$2" "$3" "$l" "$f" >> "$RUNS"
+    "${args[@]}" --temperature 0 --ignore-eos --max-new-tokens "$NEW" --json --verbose 2> "$f" >/dev/null
+  printf 'dsmoe\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$4" "$1" "$2" "$3" "$l" "$f" "$5" >> "$RUNS"
 }
 for rep in $(seq 1 "$REPS"); do
   for t in $TYPES; do
     modes="f32 auto"
     [ "$t" = f32 ] && modes="f32"
     for th in $THREADS; do
-      if [ $((rep % 2)) = 1 ]; then
-        run_llama "$t" "$th" "$rep"
-        for c in $modes; do run_dsmoe "$t" "$th" "$rep" "$c"; done
-      else
-        for c in $modes; do run_dsmoe "$t" "$th" "$rep" "$c"; done
-        run_llama "$t" "$th" "$rep"
-      fi
-      echo "rep $rep $t $th threads done, load $(load)" >&2
+      for b in $BATCHES; do
+        if [ $((rep % 2)) = 1 ]; then
+          run_llama "$t" "$th" "$rep" "$b"
+          for c in $modes; do run_dsmoe "$t" "$th" "$rep" "$c" "$b"; done
+        else
+          for c in $modes; do run_dsmoe "$t" "$th" "$rep" "$c" "$b"; done
+          run_llama "$t" "$th" "$rep" "$b"
+        fi
+        echo "rep $rep $t $th threads batch $b done, load $(load)" >&2
+      done
     done
   done
 done
@@ -134,7 +147,9 @@ runs, loads = {}, []
 for line in open(runs_path):
     if not line.strip():
         continue
-    engine, mode, t, th, rep, load, path = line.rstrip("\n").split("\t")
+    fields = line.rstrip("\n").split("\t")
+    engine, mode, t, th, rep, load, path = fields[:7]
+    b = fields[7] if len(fields) > 7 else "1"  # runs.tsv of before the batch column: batch 1
     text = open(path).read()
     if engine == "llama.cpp":
         j = json.loads(text.strip().splitlines()[-1])
@@ -145,7 +160,7 @@ for line in open(runs_path):
         if not m:
             sys.exit(f"no speed line in {path}:\n{text}")
         pre, dec = float(m.group(1)), float(m.group(2))
-    runs.setdefault((t, th, engine, mode), []).append((pre, dec))
+    runs.setdefault((t, th, b, engine, mode), []).append((pre, dec))
     loads.append(float(load.split()[0]))
 reps = max(len(v) for v in runs.values())  # a cell with fewer runs (a run cut short) says how many
 
@@ -154,16 +169,17 @@ def cell(v):
 
 print(open(header_path).read().strip() + f"; load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f}")
 print()
-print(f"Prefill: a {prompt}-token prompt, tokens/s; decode: {int(new) - 1} greedy tokens after it, batch 1, tokens/s."
-      f" Median [min-max] of {reps} repetitions; ratio = dsmoe's faster compute mode / llama.cpp (medians).")
+print(f"Prefill: B prompts of {prompt} tokens, tokens/s; decode: {int(new) - 1} greedy tokens after each, B sequences"
+      f" a step, tokens/s of all B. Median [min-max] of {reps} repetitions; ratio = dsmoe's faster compute mode /"
+      f" llama.cpp (medians).")
 print()
-print("| file | threads | prefill llama.cpp | prefill dsmoe f32 | prefill dsmoe auto | prefill ratio "
+print("| file | threads | B | prefill llama.cpp | prefill dsmoe f32 | prefill dsmoe auto | prefill ratio "
       "| decode llama.cpp | decode dsmoe f32 | decode dsmoe auto | decode ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 order = ["f32", "bf16", "q8_0", "q4_0"]
-for t, th in sorted({(t, th) for t, th, _, _ in runs}, key=lambda k: (order.index(k[0]), int(k[1]))):
-    ll, f, a = (runs.get((t, th, e, m), []) for e, m in (("llama.cpp", "-"), ("dsmoe", "f32"), ("dsmoe", "auto")))
-    out = [t, th]
+for t, th, b in sorted({k[:3] for k in runs}, key=lambda k: (order.index(k[0]), int(k[1]), int(k[2]))):
+    ll, f, a = (runs.get((t, th, b, e, m), []) for e, m in (("llama.cpp", "-"), ("dsmoe", "f32"), ("dsmoe", "auto")))
+    out = [t, th, b]
     for i in (0, 1):
         lv, fv, av = [x[i] for x in ll], [x[i] for x in f], [x[i] for x in a]
         best = max(statistics.median(v) for v in (fv, av) if v) if (fv or av) else 0
