@@ -17,7 +17,10 @@ using ops::Compute;
 // this AMX machine (oneDNN's bf16 runs on AMX tiles): per product, int8 is faster than bf16 for few
 // rows (a routed expert's share of a prompt, a batched decode step) and slower for many (attention,
 // shared experts, long prompts), so q8 / q4 take mixed: each product the faster of the two
-// (ops/qlinear.h kMixedInt8MaxRows, from bench Infer_Product).
+// (ops/qlinear.h kMixedInt8MaxRows, from bench Infer_Product). Without AMX (oneDNN's bf16 on
+// AVX512_BF16 dot products only) int8 is the faster at every row count: measured 2026-12-02 on a
+// Cooper Lake-class machine, 256-token prefill of the 16B-shaped q8 model at 1 thread: int8 367
+// tok/s, bf16 103, mixed 102 (bench/RESULTS.md), so there mixed becomes int8.
 constexpr Compute kAuto[] = {Compute::F32, Compute::BF16, Compute::MIXED, Compute::MIXED};
 
 Compute parse_compute(const std::string& flag, ops::WType storage) {
@@ -51,6 +54,9 @@ ComputeChoice choose_compute(const std::string& flag, ops::WType storage) {
   } else if (want == Compute::MIXED && !ops::bf16_gemm_available()) {  // only "auto" gets here
     want = Compute::INT8;
     why = " (this CPU has no AVX512_BF16 for the larger products)";
+  } else if (want == Compute::MIXED && !asked && !ops::bf16_gemm_on_amx()) {
+    want = Compute::INT8;
+    why = " (this CPU's bf16 matmul runs without AMX, slower than int8 at every size)";
   }
   if (want == Compute::F32 || storage == ops::WType::F32) return {Compute::F32, "f32 activations"};
   if (want == Compute::MIXED)

@@ -110,6 +110,10 @@ const char* bf16_gemm_implementation() {
   return impl.c_str();
 }
 
+bool bf16_gemm_on_amx() {
+  return bf16_gemm_available() && std::string(bf16_gemm_implementation()).find("amx") != std::string::npos;
+}
+
 void bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
                int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   DSMOE_ASSERT(bf16_gemm_available(), "bf16_gemm called on a CPU without AVX512_BF16");

@@ -76,5 +76,9 @@ class Bf16WeightPacks {
 
 // Which kernel bf16_gemm runs on this CPU (oneDNN's implementation name, e.g. brg:avx512_core_amx_bf16).
 const char* bf16_gemm_implementation();
+// Whether that kernel runs on AMX tiles. Without AMX (AVX512_BF16 only: Cooper Lake, Zen 4) oneDNN
+// 2.6's bf16 matmul reaches about a third of the int8 VNNI kernel's speed on prefill products
+// (bench/RESULTS.md "Compute modes on a CPU without AMX"), which decides compute "auto".
+bool bf16_gemm_on_amx();
 
 }  // namespace dsmoe::ops

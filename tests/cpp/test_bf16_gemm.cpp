@@ -168,9 +168,11 @@ TEST(Bf16Gemm, QlinearUsesItForPrefillOnly) {
 
 TEST(Bf16Gemm, ComputeChoiceFollowsTheFlagAndTheStorage) {
   const Compute hw = ops::bf16_gemm_available() ? Compute::BF16 : Compute::F32;
-  // auto: bf16 for bf16 weights; for q8 / q4 mixed where both kernels run, else the one that does.
+  // auto: bf16 for bf16 weights; for q8 / q4 mixed where both kernels run and bf16 has AMX, int8
+  // where VNNI runs otherwise, else bf16 or f32.
   const bool vnni = ops::int8_gemm_available(), bf16 = ops::bf16_gemm_available();
-  const Compute quantized = vnni && bf16 ? Compute::MIXED : vnni ? Compute::INT8 : hw;
+  const Compute quantized = vnni && bf16 && ops::bf16_gemm_on_amx() ? Compute::MIXED : vnni ? Compute::INT8 : hw;
+  if (vnni && bf16) EXPECT_EQ(choose_compute("mixed", WType::Q8).compute, Compute::MIXED) << "asked for by name";
   EXPECT_EQ(choose_compute("auto", WType::BF16).compute, hw);
   EXPECT_EQ(choose_compute("auto", WType::Q8).compute, quantized);
   EXPECT_EQ(choose_compute("auto", WType::Q4).compute, quantized);
