@@ -484,8 +484,6 @@ void add_model_commands(CLI::App& app) {
       apply_comm_timeout(*par);
       const std::unique_ptr<Communicator> world = world_communicator();
       const bool root = world->rank() == 0, parallel = world->size() > 1;
-      if (parallel && (!stats_file->empty() || !domain_file->empty()))
-        usage_error("--routing-stats and --per-domain run in one process: start them without mpirun");
       Config config = load_checkpoint_config(*dir);
       TokenSplit d = load_split(*data, *split, config.model.vocab_size);
       if (parallel)
@@ -499,6 +497,10 @@ void add_model_commands(CLI::App& app) {
       // Expert parallelism as in training: this rank holds and reads only its routed experts.
       const ExpertParallelLayout layout = make_expert_parallel_layout(
           *world, config.model, checked_expert_parallel(config.model, world->size(), par->ep));
+      if (!domain_file->empty() && !*no_outputs && config.model.is_moe() && layout.expert_parallel() > 1)
+        usage_error("--per-domain compares every routed expert's output on the same tokens, and at expert-parallel "
+                    "size {} no process holds them all: add --no-expert-outputs, or run with --ep 1 (data parallelism)",
+                    layout.expert_parallel());
       Model model(config.model, layout.shard);
       if (parallel) model.set_parallel(MoeParallel{layout.dispatcher.get(), world.get()});
       load_checkpoint(*dir, model, nullptr, nullptr, *allow_nonfinite,
@@ -527,22 +529,29 @@ void add_model_commands(CLI::App& app) {
       double loss = evaluate(model, d, config.train.batch_size, config.train.seq_len, nb,
                              [&](int64_t i) { progress.update(i + 1); }, parallel ? world.get() : nullptr);
       progress.finish();
-      if (!root) return;  // rank 0 prints for the job
+      // The loss is the same on every rank (reduced): all stop here together.
       if (!std::isfinite(loss)) fail("{}: evaluation loss is {} (the checkpoint's weights are not finite?)", *dir, loss);
-      nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
-                          {"tokens", nb * config.train.batch_size * config.train.seq_len}};
-      if (ovr->active()) j["routing_override"] = routing_override_json(config.model, *ovr);
-      if (!domain_file->empty()) {
+      if (parallel && !stats_file->empty()) all_reduce_sum(stats, *world);  // every rank routed its own rows
+      nlohmann::json per_domain;
+      if (!domain_file->empty()) {  // every rank takes part; rank 0 writes
         DomainEvalOptions o;
         o.batch = config.train.batch_size;
         o.seq_len = config.train.seq_len;
         o.n_batches = nb;
         o.expert_outputs = !*no_outputs;
         o.sample_every = *sample_every;
+        o.world = parallel ? world.get() : nullptr;
         model.set_routing_stats(nullptr);
-        Progress dp("eval per domain", (int64_t)d.domains.size() * nb, "batches");
-        nlohmann::json r = evaluate_domains(model, d, o, [&](int64_t i, int64_t) { dp.update(i); });
+        Progress dp("eval per domain", (int64_t)d.domains.size() * nb, "batches", po);
+        per_domain = evaluate_domains(model, d, o, [&](int64_t i, int64_t) { dp.update(i); });
         dp.finish();
+      }
+      if (!root) return;  // rank 0 prints for the job
+      nlohmann::json j = {{"split", *split}, {"loss", loss}, {"perplexity", std::exp(loss)},
+                          {"tokens", nb * config.train.batch_size * config.train.seq_len}};
+      if (ovr->active()) j["routing_override"] = routing_override_json(config.model, *ovr);
+      if (!domain_file->empty()) {
+        nlohmann::json& r = per_domain;
         r["model"] = *dir;
         r["split"] = *split;
         r["routing_override"] = routing_override_json(config.model, *ovr);

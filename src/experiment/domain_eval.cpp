@@ -93,13 +93,19 @@ nlohmann::json evaluate_domains(Model& model, const TokenSplit& split, const Dom
       if (m.is_moe()) {
         model.set_routing_stats(&routing[d]);
         outputs[d].sample_every = o.sample_every;
+        // evaluate() gives rank r rows [r * batch / P, (r + 1) * batch / P) of every batch.
+        if (o.world) outputs[d].token_offset = o.world->rank() * (o.batch / o.world->size()) * o.seq_len;
         if (o.expert_outputs) model.set_expert_output_stats(&outputs[d]);
       }
       const double l = evaluate(model, subsets[d], o.batch, o.seq_len, o.n_batches, [&](int64_t i) {
         if (on_batch) on_batch((int64_t)d * o.n_batches + i + 1, total);
-      });
+      }, o.world);
       model.set_routing_stats(saved_routing);
       model.set_expert_output_stats(nullptr);
+      if (o.world && m.is_moe()) {
+        all_reduce_sum(routing[d], *o.world);
+        if (o.expert_outputs) all_reduce_sum(outputs[d], *o.world);
+      }
       if (!std::isfinite(l)) fail("evaluation loss on domain '{}' is {}", split.domains[d], l);
       loss[split.domains[d]] = l;
       ppl[split.domains[d]] = std::exp(l);

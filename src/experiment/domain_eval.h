@@ -33,6 +33,11 @@ struct DomainEvalOptions {
   int64_t batch = 0, seq_len = 0, n_batches = 0;  // evaluation windows per domain: as `evaluate`
   bool expert_outputs = true;                     // shared/routed norms and expert output similarity
   int64_t sample_every = 8;                       // ExpertOutputStats::sample_every
+  // Several processes (`dsmoe eval --per-domain` under mpirun): each evaluates its rows of every
+  // batch as `evaluate` splits them, and the statistics are summed over the ranks, so every rank
+  // returns the one-process figures. Null: one process. Expert outputs need every routed expert in
+  // each process (data parallelism only).
+  Communicator* world = nullptr;
 };
 
 // Evaluates `split` (which must have domain labels) one domain at a time, each on the same number

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "core/buffers.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "ops/experts.h"
 
 namespace dsmoe {
@@ -42,7 +46,9 @@ void ExpertOutputStats::accumulate(const ModelConfig& m, const LayerView& W, int
   s.tokens += N;
   // Every routed expert on the sampled tokens: expert e's rows are [e * S, (e + 1) * S), the same
   // S token rows each, through the training forward's grouped expert op.
-  const int64_t S = (N + sample_every - 1) / sample_every;
+  // Local tokens first, first + sample_every, ...: those whose index in the whole batch is a multiple.
+  const int64_t first = (sample_every - token_offset % sample_every) % sample_every;
+  const int64_t S = N > first ? (N - first + sample_every - 1) / sample_every : 0;
   if (S == 0 || E < 1) return;
   fit(xs_, E * S * H);
   fit(gu_, E * S * 2 * I);
@@ -52,7 +58,7 @@ void ExpertOutputStats::accumulate(const ModelConfig& m, const LayerView& W, int
   for (int64_t e = 0; e <= E; ++e) offsets_[e] = e * S;
   for (int64_t e = 0; e < E; ++e)
     for (int64_t j = 0; j < S; ++j)
-      std::copy(x + j * sample_every * H, x + j * sample_every * H + H, xs_.data() + (e * S + j) * H);
+      std::copy(x + (first + j * sample_every) * H, x + (first + j * sample_every) * H + H, xs_.data() + (e * S + j) * H);
   ops::experts_forward(ys_.data(), gu_.data(), act_.data(), xs_.data(), W.experts_gate_up, W.experts_down,
                        offsets_.data(), ops::ExpertsShape{E, H, I});
   std::vector<double> norm(E);
@@ -75,6 +81,33 @@ void ExpertOutputStats::accumulate(const ModelConfig& m, const LayerView& W, int
       }
   }
   s.sampled_tokens += S;
+}
+
+void all_reduce_sum(ExpertOutputStats& s, Communicator& world) {
+  if (world.size() == 1) return;
+  std::string shape;
+  for (const ExpertOutputLayerStats& l : s.layers)
+    shape += fmt::format("layer {}: {} experts, shared {}\n", l.layer, l.n_experts, l.has_shared);
+  check_same_on_all_ranks(world, shape, "the expert output statistics' layers");
+  std::vector<int64_t> counts;
+  std::vector<double> sums;
+  for (const ExpertOutputLayerStats& l : s.layers) {
+    counts.insert(counts.end(), {l.tokens, l.sampled_tokens});
+    sums.insert(sums.end(), {l.shared_norm_sum, l.routed_norm_sum});
+    sums.insert(sums.end(), l.cos_sum.begin(), l.cos_sum.end());
+  }
+  world.all_reduce_sum(counts.data(), (int64_t)counts.size());
+  world.all_reduce_sum(sums.data(), (int64_t)sums.size());
+  const int64_t* c = counts.data();
+  const double* d = sums.data();
+  for (ExpertOutputLayerStats& l : s.layers) {
+    l.tokens = *c++;
+    l.sampled_tokens = *c++;
+    l.shared_norm_sum = *d++;
+    l.routed_norm_sum = *d++;
+    std::copy(d, d + l.cos_sum.size(), l.cos_sum.begin());
+    d += l.cos_sum.size();
+  }
 }
 
 double mean_pairwise_cosine(const ExpertOutputLayerStats& s) {

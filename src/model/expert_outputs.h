@@ -12,6 +12,8 @@
 
 namespace dsmoe {
 
+class Communicator;
+
 // Sums of one MoE layer (mergeable by adding).
 struct ExpertOutputLayerStats {
   int64_t layer = -1;
@@ -27,8 +29,11 @@ struct ExpertOutputLayerStats {
 
 struct ExpertOutputStats {
   // Every routed expert runs on one token in `sample_every` of each forward (tokens t with
-  // t % sample_every == 0, t = b * T + pos): E times the work of one expert on those tokens.
+  // (token_offset + t) % sample_every == 0, t = b * T + pos): E times the work of one expert on those
+  // tokens. token_offset: the index of this process's first row's first token in the whole batch,
+  // when the batch's rows are split over processes, so that they sample the tokens one process would.
   int64_t sample_every = 8;
+  int64_t token_offset = 0;
   std::vector<ExpertOutputLayerStats> layers;  // one per MoE layer, in layer order
 
   // One forward of MoE layer `layer`: x [N, H] its input (post-attention RMSNorm), out [N, H] the
@@ -45,5 +50,10 @@ struct ExpertOutputStats {
 // Mean over sampled tokens of the cosine of experts i and j (i != j), averaged over the E(E-1)/2
 // pairs; NaN without sampled tokens or with one expert.
 double mean_pairwise_cosine(const ExpertOutputLayerStats& s);
+
+// Several processes, each of which collected its own rows of every batch (with every routed expert:
+// data parallelism, not expert parallelism): every rank's sums added into every rank's `s`.
+// Collective. Refuses stats of different layers, experts or shared-expert use on different ranks.
+void all_reduce_sum(ExpertOutputStats& s, Communicator& world);
 
 }  // namespace dsmoe

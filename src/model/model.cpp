@@ -36,6 +36,13 @@ Model::Model(const ModelConfig& cfg, ExpertShard shard) : cfg_(cfg), layout_(cfg
   rope_ = ops::rope_table(cfg.max_position_embeddings, cfg.head_dim(), cfg.rope_theta);
 }
 
+void Model::set_expert_output_stats(ExpertOutputStats* s) {
+  if (s && !layout_.shard().all() && layout_.shard().count < cfg_.n_routed_experts)
+    fail("expert output statistics run every routed expert on sampled tokens: this process holds {} of the {} "
+         "routed experts (expert parallelism)", layout_.shard().count, cfg_.n_routed_experts);
+  expert_output_stats_ = s;
+}
+
 void Model::init_weights(Rng& rng, double std) {
   bf16_stale_ = true;
   const ExpertShard& shard = layout_.shard();

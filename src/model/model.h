@@ -79,8 +79,9 @@ class Model {
   RoutingStats* routing_stats() const { return routing_stats_; }
   // Non-owning; null = off (the default). When set, every forward adds each MoE layer's shared and
   // routed output norms and the routed experts' output similarity to *s (see ExpertOutputStats);
-  // MoE layers then take the grouped path too.
-  void set_expert_output_stats(ExpertOutputStats* s) { expert_output_stats_ = s; }
+  // MoE layers then take the grouped path too. Refused for a model holding a shard of the experts
+  // (it runs every routed expert on the sampled tokens).
+  void set_expert_output_stats(ExpertOutputStats* s);
   // Multi-process training (model/moe_layer.h MoeParallel; its pointers are non-owning and must
   // outlive the model's use). The default is one process.
   void set_parallel(const MoeParallel& p) { parallel_ = p; }

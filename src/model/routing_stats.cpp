@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "ops/router.h"
 
 namespace dsmoe {
@@ -73,6 +77,39 @@ void RoutingStats::merge(const RoutingStats& other) {
     s.adjacent_pairs += o.adjacent_pairs;
     s.top1_repeats += o.top1_repeats;
     s.overlap_sum += o.overlap_sum;
+  }
+}
+
+void all_reduce_sum(RoutingStats& s, Communicator& world) {
+  if (world.size() == 1) return;
+  // The same layers with the same shapes on every rank, or the sums would mix unrelated counts.
+  std::string shape;
+  for (const RoutingLayerStats& l : s.layers)
+    shape += fmt::format("layer {}: {} experts, top_k {}, entropy {}\n", l.layer, l.n_experts, l.top_k, l.has_entropy);
+  check_same_on_all_ranks(world, shape, "the routing statistics' layers");
+  std::vector<int64_t> counts;
+  std::vector<double> sums;
+  for (const RoutingLayerStats& l : s.layers) {
+    counts.insert(counts.end(), {l.tokens, l.adjacent_pairs, l.top1_repeats, l.overlap_sum});
+    counts.insert(counts.end(), l.load.begin(), l.load.end());
+    counts.insert(counts.end(), l.top1_load.begin(), l.top1_load.end());
+    counts.insert(counts.end(), l.cooc.begin(), l.cooc.end());
+    sums.push_back(l.entropy_sum);
+  }
+  world.all_reduce_sum(counts.data(), (int64_t)counts.size());
+  world.all_reduce_sum(sums.data(), (int64_t)sums.size());
+  const int64_t* c = counts.data();
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    RoutingLayerStats& l = s.layers[i];
+    l.tokens = *c++;
+    l.adjacent_pairs = *c++;
+    l.top1_repeats = *c++;
+    l.overlap_sum = *c++;
+    for (auto* v : {&l.load, &l.top1_load, &l.cooc}) {
+      std::copy(c, c + v->size(), v->begin());
+      c += v->size();
+    }
+    l.entropy_sum = sums[i];
   }
 }
 

@@ -9,6 +9,8 @@
 
 namespace dsmoe {
 
+class Communicator;
+
 // Raw counts of one MoE layer (sums, so batches and runs can be merged by adding).
 struct RoutingLayerStats {
   int64_t layer = -1;             // decoder layer index
@@ -55,6 +57,12 @@ struct RoutingStats {
   // Adds another collection of the same model and routing (same layers, E and k).
   void merge(const RoutingStats& other);
 };
+
+// Several processes, each of which collected its own tokens (`dsmoe eval` under mpirun: every rank
+// routes its rows of each batch with the full router): every rank's counts summed into every rank's
+// `s`, so the figures are those of the whole batch, as one process collects them. Collective: every
+// rank calls it. Refuses stats of different layers, experts or top_k on different ranks.
+void all_reduce_sum(RoutingStats& s, Communicator& world);
 
 RoutingLayerSummary summarize(const RoutingLayerStats& s, int64_t top_pairs = 10);
 // {"layers": [{layer, experts, top_k, tokens, load, top1_load, cooccurrence [E][E], entropy_sum,

@@ -1,7 +1,8 @@
 // Inference with the routed experts spread over processes (`mpirun -np P dsmoe score|generate|eval`)
 // against one process, on a small trained DeepSeekMoE run folder (1 shared + 8 routed experts, top-2,
-// first layer dense): score log-probs, greedy generations and the evaluation loss at P = 2 and 4
-// (expert-parallel 2 and 4, and 2 x data-parallel 2), and the loader that reads only a rank's experts.
+// first layer dense): score log-probs, greedy generations, the evaluation loss and eval's routing and
+// per-domain analyses at P = 2 and 4 (expert-parallel 2 and 4, and 2 x data-parallel 2; the
+// analyses also data-parallel only), and the loader that reads only a rank's experts.
 //
 // Tolerance of the log-probs. A window's arithmetic is the same on every layout but for the routed
 // experts' products, which run on the rows of every rank that chose the expert (one process: the
@@ -12,18 +13,21 @@
 // log-probs get 2e-5 max |logit| (the fp64 log-softmax itself adds ~1e-15, nothing at this scale).
 // The evaluation loss is a mean of such terms: the same 2e-5 max |logit|, plus 1e-6 of the loss for
 // its fp32 sums over each rank's tokens taken in another grouping (gamma_n, n <= 64 tokens per row).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include "cli_runner.h"
 #include "infer/engine.h"
 #include "infer/hf_checkpoint.h"
 #include "test_util.h"
+#include "train/data.h"
 
 namespace dsmoe {
 namespace {
@@ -149,6 +153,117 @@ TEST(ParallelEval, LossEqualsOneProcess) {
     const json j = json::parse(many.out);  // rank 0 alone prints: one JSON object
     EXPECT_NEAR(j["loss"].get<double>(), loss, 2e-5 * f.logit_scale + 1e-6 * loss) << "P" << np << " EP" << ep;
   }
+}
+
+// The fixture's data with its val split relabelled as documents of three domains (each drawn from
+// its own few words, so that the domains differ in their bytes), for `eval --per-domain`.
+std::string domain_dataset(const Fixture& f) {
+  const std::string dir = (fs::path(f.dir) / "domains").string();
+  if (fs::exists(dir)) return dir;
+  fs::create_directories(dir);
+  fs::copy_file(fs::path(f.data) / "train.safetensors", fs::path(dir) / "train.safetensors");
+  static const std::vector<std::vector<std::string>> words = {
+      {"the ", "cat ", "sat ", "on ", "a ", "mat. "}, {"dogs ", "run ", "fast ", "and "}, {"birds ", "sing\n", "a "}};
+  Rng rng(7);
+  TokenSplit val;
+  val.vocab_size = 256;
+  val.tokenizer = "bytes";
+  val.domains = {"cats", "dogs", "birds"};
+  for (int doc = 0; doc < 12; ++doc) {
+    const auto& w = words[doc % 3];
+    while (val.tokens.size() < (size_t)(doc + 1) * 300)
+      for (const char* c = w[rng.below(w.size())].c_str(); *c; ++c) val.tokens.push_back((unsigned char)*c);
+    val.doc_ends.push_back((int64_t)val.tokens.size());
+    val.doc_domains.push_back(doc % 3);
+  }
+  save_split(dir, "val", val);
+  return dir;
+}
+
+// Walks two JSON documents of the same shape: integers (counts) equal, floats within tol(path, b)
+// of b, everything else equal; a difference names its path.
+void expect_json_close(const json& a, const json& b, const std::function<double(const std::string&, double)>& tol,
+                       const std::string& path = "") {
+  if (b.is_number_float() || a.is_number_float()) {
+    ASSERT_TRUE(a.is_number() && b.is_number()) << path << ": " << a.dump() << " vs " << b.dump();
+    EXPECT_NEAR(a.get<double>(), b.get<double>(), tol(path, b.get<double>())) << path;
+  } else if (b.is_object()) {
+    ASSERT_TRUE(a.is_object()) << path;
+    ASSERT_EQ(a.size(), b.size()) << path << ": " << a.dump().substr(0, 200);
+    for (const auto& [k, v] : b.items()) {
+      ASSERT_TRUE(a.contains(k)) << path << "." << k << " is missing";
+      expect_json_close(a[k], v, tol, path + "." + k);
+    }
+  } else if (b.is_array()) {
+    ASSERT_TRUE(a.is_array() && a.size() == b.size()) << path << ": " << a.dump().substr(0, 200);
+    for (size_t i = 0; i < b.size(); ++i) expect_json_close(a[i], b[i], tol, path + "[" + std::to_string(i) + "]");
+  } else {
+    EXPECT_EQ(a, b) << path;
+  }
+}
+
+// `eval --routing-stats` and `--per-domain` under mpirun: every rank routes its rows of each batch
+// and the counts are summed, so every count (expert load, co-occurrence, repeats, tokens per domain,
+// the tokens whose expert outputs were compared) equals the one-process run exactly, as do the
+// figures computed from counts alone (mutual information, top-domain fractions). The sums of
+// values (routing entropies, output norms, cosines) are sums of functions of the MoE layer's input
+// and output, which differ between layouts by the reduction order of the routed experts' products
+// only: 1e-5 of their scale, the budget of the logits (above). A norm moves by that relative, a ratio
+// of two norms by twice it, a cosine by 2e-5 absolute (its scale is 1); entropies (sums of positive
+// terms) get the ratios' 2e-5 relative. Measured: at most 7e-8 relative on any field. Losses:
+// the evaluation loss's tolerance. --output-sample-every 3 does not divide a rank's share of a
+// batch (2 rows of 32 tokens), so each rank must sample the tokens one process would.
+TEST(ParallelEval, RoutingStatsAndPerDomainEqualOneProcess) {
+  const Fixture& f = fixture();
+  const std::string data = domain_dataset(f), out = (fs::path(f.dir) / "analyses").string();
+  fs::create_directories(out);
+  auto run = [&](int np, const std::string& tag, const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"eval", "--model", f.run, "--data", data, "--batches", "2", "--routing-stats",
+                                     out + "/rs-" + tag + ".json", "--per-domain", out + "/pd-" + tag + ".json",
+                                     "--output-sample-every", "3"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return np == 1 ? run_cli(args) : run_mpi(np, args);
+  };
+  auto read = [&](const std::string& name) {
+    json j = json::parse(slurp(out + "/" + name));
+    j.erase("model");
+    return j;
+  };
+  auto tol = [&](const std::string& path, double want) {
+    const bool loss = path.find("loss") != std::string::npos && path.find("layers") == std::string::npos;
+    if (loss) return 2e-5 * f.logit_scale + 1e-6 * std::fabs(want);
+    if (path.find("perplexity") != std::string::npos) return (2e-5 * f.logit_scale + 1e-6) * std::fabs(want);
+    // A cosine moves by at most 2 delta when its vectors move by delta relative: 2e-5 of its scale,
+    // which is 1 (its mean over tokens, near 0 for unrelated experts, has no relative bound).
+    if (path.find("cosine") != std::string::npos) return 2e-5;
+    return 2e-5 * std::fabs(want) + 1e-12;  // sums of positive terms (entropies, norms) and their ratios
+  };
+  Proc one = run(1, "P1", {});
+  ASSERT_TRUE(one.ok()) << one.describe();
+  one = run(1, "P1-no-outputs", {"--no-expert-outputs"});
+  ASSERT_TRUE(one.ok()) << one.describe();
+  const json rs1 = read("rs-P1.json"), pd1 = read("pd-P1.json"), pd1_no = read("pd-P1-no-outputs.json");
+  ASSERT_FALSE(pd1["layers"].empty());
+  EXPECT_GT(pd1["layers"][0]["output_sampled_tokens"].get<int64_t>(), 0);
+  struct Layout {
+    int np, ep;
+    bool outputs;
+  };
+  for (const Layout& l : {Layout{2, 1, true}, Layout{4, 1, true}, Layout{2, 2, false}, Layout{4, 2, false}}) {
+    const std::string tag = fmt::format("P{}-EP{}", l.np, l.ep);
+    std::vector<std::string> extra = {"--ep", std::to_string(l.ep)};
+    if (!l.outputs) extra.push_back("--no-expert-outputs");
+    const Proc many = run(l.np, tag, extra);
+    ASSERT_TRUE(many.ok()) << tag << ": " << many.describe();
+    SCOPED_TRACE(tag);
+    expect_json_close(read("rs-" + tag + ".json"), rs1, tol);
+    expect_json_close(read("pd-" + tag + ".json"), l.outputs ? pd1 : pd1_no, tol);
+  }
+  // Expert parallelism cannot compare every expert's output on one token: a usage error saying what to do.
+  const Proc refused = run(2, "refused", {"--ep", "2"});
+  EXPECT_EQ(refused.exit_code, 2) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "add --no-expert-outputs, or run with --ep 1")) << refused.err;
+  EXPECT_FALSE(fs::exists(out + "/pd-refused.json"));
 }
 
 // --ep that cannot split the experts or the processes is a usage error naming the numbers.
