@@ -165,7 +165,16 @@ Proc run_mpi(int np, const std::vector<std::string>& args, double timeout_s) {
 }
 
 std::vector<std::string> mpirun_options() {
-  std::vector<std::string> o = {"-x", "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY=passive"};
+  // Open MPI 4.1 creates its session folder /tmp/ompi.HOST.UID at start-up and fails ("mkdir ...
+  // File exists") when two mpiruns race to create it, as CTest's parallel jobs do: each test process
+  // gets its own base folder.
+  static const std::string session_base = [] {
+    const std::string d = dsmoe::test::tmp_path("ompi_session_" + std::to_string(getpid()));
+    fs::create_directories(d);
+    return d;
+  }();
+  std::vector<std::string> o = {"--mca", "orte_tmpdir_base", session_base,
+                                "-x",    "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY=passive"};
   if (const char* asan = std::getenv("ASAN_OPTIONS"); asan && *asan)
     o.insert(o.end(), {"-x", std::string("ASAN_OPTIONS=") + asan + ":fast_unwind_on_malloc=0"});
   return o;
