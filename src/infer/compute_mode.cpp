@@ -61,13 +61,12 @@ ComputeChoice choose_compute(const std::string& flag, ops::WType storage) {
   if (want == Compute::F32 || storage == ops::WType::F32) return {Compute::F32, "f32 activations"};
   if (want == Compute::MIXED)
     return {Compute::MIXED, fmt::format("int8 activations (one fp32 scale per 32, {}) in products of up to {} rows, "
-                                        "bf16 activations and bf16-rounded {} weights ({}) above, in prefill and "
-                                        "batched decode; f32 in decode of up to {} sequences",
+                                        "bf16 activations and bf16-rounded {} weights ({}) above; decode included",
                                         ops::int8_gemm_implementation(), ops::kMixedInt8MaxRows,
-                                        ops::wtype_name(storage), ops::bf16_gemm_implementation(), ops::kGemvMaxRows)};
+                                        ops::wtype_name(storage), ops::bf16_gemm_implementation())};
   if (want == Compute::INT8)
     return {Compute::INT8, std::string("int8 activations (one fp32 scale per 32) and ") + ops::wtype_name(storage) +
-                               " weights in prefill (" + ops::int8_gemm_implementation() + "), f32 in decode" + why};
+                               " weights in prefill and decode (" + ops::int8_gemm_implementation() + ")" + why};
   if (!ops::bf16_gemm_available())
     return {Compute::F32, std::string("f32 activations: this CPU (or build) has no AVX512_BF16") +
                               (asked ? ", so --compute bf16 runs the f32 path" : "")};

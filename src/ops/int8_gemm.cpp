@@ -266,6 +266,109 @@ void int8_rows(float* y, int64_t ldy, const Int8Activations& x, const Int8Weight
 }  // namespace
 #endif
 
+#ifdef DSMOE_INT8_GEMM
+namespace {
+
+// Blocks b and b + 1 of weight row p as 64 unsigned bytes q_w + off, in the activations' order.
+inline __m512i weight_pair(const uint8_t* p, int64_t b, bool q8) {
+  if (q8) return _mm512_xor_si512(_mm512_loadu_si512(p + b * 32), _mm512_set1_epi8((char)0x80));
+  // q4: byte j of a block holds element j (low nibble) and j + 16 (high nibble).
+  const __m256i raw = _mm256_loadu_si256((const __m256i*)(p + b * 16));
+  const __m256i m = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(raw, m), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m);
+  // [lo b, lo b+1, hi b, hi b+1] -> [lo b, hi b, lo b+1, hi b+1] (128-bit lanes 0, 2, 1, 3)
+  const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// The exact S_b of one block by scalar code (a last odd block, a short q8 block).
+int32_t block_sum_scalar(const uint8_t* p, int64_t b, int64_t K, bool q8, const int8_t* qx) {
+  int32_t s = 0;
+  for (int64_t k = 0; k < kBlock && b * kBlock + k < K; ++k) {
+    const int32_t qw = q8 ? (int32_t)(int8_t)p[b * kBlock + k]
+                          : (int32_t)((p[b * 16 + (k & 15)] >> (k < 16 ? 0 : 4)) & 15) - 8;
+    s += qw * (int32_t)qx[b * kBlock + k];
+  }
+  return s;
+}
+
+template <int NX>
+void gemv_row(float* y, int64_t ldy, const Int8Activations& x, const WeightMat& w, int64_t r, int64_t i0,
+              const int32_t* xoff, const float* sw, float* sx) {
+  const bool q8 = w.type == WType::Q8;
+  const int64_t K = w.cols, nb = w.blocks(), stride = nb * kBlock;
+  const uint8_t* p = (const uint8_t*)w.data + r * w.row_bytes();
+  // Whole pairs of whole blocks go through vpdpbusd (a q8 row is not padded: a short last block is scalar).
+  const int64_t whole = q8 ? K / kBlock : nb, pairs = whole / 2;
+  __m512 acc[NX];
+  float tail[NX];
+  for (int i = 0; i < NX; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    tail[i] = 0;
+    for (int64_t b = 0; b < nb; ++b) sx[i * nb + b] = sw[b] * x.d[(i0 + i) * nb + b];
+  }
+  for (int64_t pr = 0; pr < pairs; ++pr) {
+    const int64_t b = 2 * pr;
+    _mm_prefetch((const char*)(p + (q8 ? b * 32 : b * 16)) + 2048, _MM_HINT_T0);
+    const __m512i u = weight_pair(p, b, q8);
+    for (int i = 0; i < NX; ++i) {
+      const int8_t* qx = x.q.data() + (i0 + i) * stride;
+      // Started at -off * (the lane's four q_x): each lane ends at its four exact q_w q_x products.
+      const __m512i start = _mm512_loadu_si512(xoff + ((i0 + i) * nb + b) * 8);
+      const __m512i dp = _mm512_dpbusd_epi32(start, u, _mm512_loadu_si512(qx + b * kBlock));
+      const __m512 s = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(sx[i * nb + b])),
+                                                           _mm256_castps_pd(_mm256_set1_ps(sx[i * nb + b + 1])), 1));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), s, acc[i]);
+    }
+  }
+  for (int64_t b = 2 * pairs; b < nb; ++b)
+    for (int i = 0; i < NX; ++i)
+      tail[i] = std::fma((float)block_sum_scalar(p, b, K, q8, x.q.data() + (i0 + i) * stride), sx[i * nb + b], tail[i]);
+  for (int i = 0; i < NX; ++i) y[(i0 + i) * ldy + r] = _mm512_reduce_add_ps(acc[i]) + tail[i];
+}
+
+}  // namespace
+#endif
+
+void int8_gemv(float* y, int64_t ldy, const Int8Activations& x, const WeightMat& w) {
+  DSMOE_ASSERT(int8_gemm_available(), "int8_gemv called on a CPU without AVX512-VNNI");
+  DSMOE_ASSERT(w.type == WType::Q8 || w.type == WType::Q4, "int8 GEMV of {} weights", wtype_name(w.type));
+  DSMOE_ASSERT(x.blocks == w.blocks(), "int8_gemv: activations of {} blocks, weights of {}", x.blocks, w.blocks());
+#ifdef DSMOE_INT8_GEMM
+  if (x.n <= 0 || w.rows <= 0) return;
+  const int64_t nb = w.blocks(), off = w.type == WType::Q8 ? 128 : 8;
+  // -off * (sum of each lane's four q_x), per activation row and block: the offset correction.
+  thread_local std::vector<int32_t> xoff;
+  if (xoff.size() < (size_t)(x.n * nb * 8)) xoff.resize((size_t)(x.n * nb * 8));
+  for (int64_t i = 0; i < x.n * nb * 8; ++i) {
+    const int8_t* q = x.q.data() + i * 4;
+    xoff[i] = -(int32_t)off * ((int32_t)q[0] + q[1] + q[2] + q[3]);
+  }
+  const int32_t* xo = xoff.data();
+  const bool par = w.rows * w.cols >= (1 << 16);
+#pragma omp parallel if (par)
+  {
+    thread_local std::vector<float> sw, sx;
+    if (sw.size() < (size_t)nb) sw.resize((size_t)nb);
+    if (sx.size() < (size_t)(4 * nb)) sx.resize((size_t)(4 * nb));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      for (int64_t b = 0; b < nb; ++b) sw[b] = bf16_to_f32(w.scales[r * nb + b]);
+      for (int64_t i0 = 0; i0 < x.n; i0 += 4) {
+        switch (std::min<int64_t>(4, x.n - i0)) {
+          case 1: gemv_row<1>(y, ldy, x, w, r, i0, xo, sw.data(), sx.data()); break;
+          case 2: gemv_row<2>(y, ldy, x, w, r, i0, xo, sw.data(), sx.data()); break;
+          case 3: gemv_row<3>(y, ldy, x, w, r, i0, xo, sw.data(), sx.data()); break;
+          default: gemv_row<4>(y, ldy, x, w, r, i0, xo, sw.data(), sx.data()); break;
+        }
+      }
+    }
+  }
+#else
+  (void)y, (void)ldy;
+#endif
+}
+
 void int8_gemm(float* y, int64_t ldy, const Int8Activations& x, const Int8WeightTile& w) {
   DSMOE_ASSERT(int8_gemm_available(), "int8_gemm called on a CPU without AVX512-VNNI");
   DSMOE_ASSERT(x.blocks == w.blocks, "int8_gemm: activations of {} blocks, weights of {}", x.blocks, w.blocks);

@@ -72,4 +72,16 @@ void pack_weights_int8(Int8WeightTile& out, const WeightMat& w, int64_t r0, int6
 // calling thread (qlinear_forward gives each thread its tiles). Requires int8_gemm_available().
 void int8_gemm(float* y, int64_t ldy, const Int8Activations& x, const Int8WeightTile& w);
 
+// The same product for a few activation rows (decode: x.n <= kGemvMaxRows), the weights streamed
+// as stored (no repacking: a decode step reads each weight once), rows of W split over the OpenMP
+// threads; y [x.n, w.rows] with row stride ldy. Each block's integer sum S_b is exact as above; the
+// scaling differs: s_b = fl(d_x,b * d_w,b), and the 8 four-product partial sums of a block (exact
+// int32) are scaled and accumulated in 16 fp32 lanes (even blocks in lanes 0-7, odd ones in 8-15),
+// then the lanes are added. So against the exact sum_b S_b d_x,b d_w,b:
+//   |err| <= gamma(nb / 2 + 6) * sum_b sum_k |q_w,k q_x,k| d_x,b |d_w,b|
+// (1 for s_b, nb/2 per lane's chain, 4 for the lane reduction, 1 for a last odd block's term).
+// Row i's result does not depend on the other rows of x (batching never changes a sequence's
+// output). Requires int8_gemm_available().
+void int8_gemv(float* y, int64_t ldy, const Int8Activations& x, const WeightMat& w);
+
 }  // namespace dsmoe::ops

@@ -418,7 +418,17 @@ void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
   if (n <= 0 || w.rows == 0) return;
   if (w.type == WType::F32)
     return linear_forward(y, x, (const float*)w.data, n, w.cols, w.rows, w.f32_mode ? *w.f32_mode : MatmulMode{});
-  if (n <= kGemvMaxRows) return gemv(y, x, w, n);
+  if (n <= kGemvMaxRows) {
+    // int8 / mixed: the activations quantized as in prefill, VNNI dot products (ops/int8_gemm.h);
+    // at one thread the f32 GEMV's nibble and byte conversions, not the memory, bound decode.
+    if ((w.compute == Compute::INT8 || w.compute == Compute::MIXED) && (w.type == WType::Q8 || w.type == WType::Q4) &&
+        int8_gemm_available()) {
+      thread_local Int8Activations xq;
+      quantize_activations_int8(xq, x, n, w.cols);
+      return int8_gemv(y, w.rows, xq, w);
+    }
+    return gemv(y, x, w, n);
+  }
   Compute c = w.compute;
   if (c == Compute::MIXED) {
     DSMOE_ASSERT(bf16_gemm_available(), "compute mixed without AVX512_BF16");

@@ -15,8 +15,10 @@
 //
 // By default only the weights are quantized: activations stay fp32 and every product is accumulated
 // in fp32, so the kernels compute exactly x . dequant(W) up to fp32 rounding (tested against fp64).
-// A matrix may instead ask for a cheaper precision of the activations in prefill products (Compute
-// below); decode's GEMV streams the weights at memory speed either way and always stays fp32.
+// A matrix may instead ask for a cheaper precision of the activations (Compute below): bf16 in
+// products of more than kGemvMaxRows rows (decode's fp32 GEMV streams the weights at memory speed),
+// int8 in every product (its decode GEMV is ops/int8_gemm.h int8_gemv: at one thread the fp32
+// GEMV's conversions of q4 / q8 weights, not the memory, bound decode).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -77,7 +79,8 @@ struct WeightMat {
 
 // y [n, w.rows] = x [n, w.cols] * dequant(W)^T (overwritten). F32 is linear_forward (the training
 // kernel, in w.f32_mode's precision). Other storages: n <= kGemvMaxRows: a GEMV that streams every weight byte once (AVX-512,
-// rows split over the OpenMP threads; scalar fallback without AVX-512); more rows: tiles of rows are
+// rows split over the OpenMP threads; scalar fallback without AVX-512; with compute INT8 or MIXED the
+// activations quantized and VNNI dot products, ops/int8_gemm.h int8_gemv); more rows: tiles of rows are
 // dequantized to fp32 and multiplied with SGEMM, or with compute BF16 the bf16 kernel
 // (ops/bf16_gemm.h) reads bf16 weights directly and q8 / q4 tiles decoded to bf16, or with compute
 // INT8 the activations are quantized once and q8 / q4 tiles repacked for the int8 kernel (ops/int8_gemm.h).

@@ -6,6 +6,7 @@
 // tile (6 activation rows x 32 weight rows, groups of 16) and the 128-row weight tiles, K not a
 // multiple of 32 (padded blocks), outside and inside a parallel region; and the choice qlinear_forward
 // and --compute make with it.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -254,6 +255,97 @@ TEST(Int8Gemm, KernelMatchesFp64OfTheQuantizedOperands) {
     }
 }
 
+// The decode GEMV (ops/int8_gemm.h int8_gemv) against fp64 of the same integers with its own bound:
+// gamma(nb / 2 + 6) times the sum of |q_w q_x| d_x |d_w| over the row. Also: a row's result has
+// the same bits whatever the other rows of x and whatever the thread count (rows of W are split
+// over the threads; nothing of one row may reach another's sums).
+TEST(Int8Gemm, GemvMatchesFp64AndIsIndependentOfBatchAndThreads) {
+  SKIP_WITHOUT_VNNI();
+  const int64_t shapes[][3] = {{1, 1, 32}, {1, 7, 64}, {2, 15, 96}, {3, 16, 77}, {4, 33, 160}, {5, 17, 31},
+                               {8, 5, 2048}, {6, 300, 1408}, {1, 700, 100}};
+  uint64_t seed = 500;
+  const double u = std::ldexp(1.0, -24);
+  for (WType t : {WType::Q8, WType::Q4})
+    for (const auto& s : shapes) {
+      const int64_t n = s[0], R = s[1], K = s[2], ldy = R + 3, nb = (K + 31) / 32;
+      QMat m = make_weights(t, R, K, ++seed);
+      const std::vector<float> x = randn(n * K, ++seed, 1.0f);
+      ops::Int8Activations a;
+      ops::quantize_activations_int8(a, x.data(), n, K);
+      std::vector<float> y((size_t)(n * ldy), -7.0f);
+      ops::int8_gemv(y.data(), ldy, a, m.w);
+      const double g = (nb / 2 + 6) * u / (1 - (nb / 2 + 6) * u);
+      std::vector<int> wq;
+      std::vector<double> wd;
+      int64_t bad = 0;
+      std::string first;
+      for (int64_t r = 0; r < R; ++r) {
+        weight_ints(m.w, r, wq, wd);
+        for (int64_t i = 0; i < n; ++i) {
+          double ref = 0, mag = 0;
+          for (int64_t b = 0; b < nb; ++b) {
+            int64_t sb = 0, ab = 0;
+            for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+              const int64_t pq = (int64_t)wq[k] * a.q[i * nb * 32 + k];
+              sb += pq;
+              ab += std::llabs(pq);
+            }
+            ref += (double)sb * a.d[i * nb + b] * wd[b];
+            mag += (double)ab * a.d[i * nb + b] * std::fabs(wd[b]);
+          }
+          const double err = std::fabs(y[i * ldy + r] - ref), bound = g * mag + nb * std::ldexp(1.0, -149);
+          if (!(err <= bound) && bad++ == 0)
+            first = fmt::format("y[{}][{}] = {}, fp64 {}, |error| {:.3g} > bound {:.3g}", i, r, y[i * ldy + r], ref, err, bound);
+        }
+      }
+      EXPECT_EQ(bad, 0) << ops::wtype_name(t) << " n " << n << " R " << R << " K " << K << ": " << first;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = R; c < ldy; ++c) ASSERT_EQ(y[i * ldy + c], -7.0f) << "row " << i << " column " << c << " written";
+      // The last row alone, and the whole product at 1 and 3 threads: the same bits.
+      ops::Int8Activations last;
+      ops::quantize_activations_int8(last, x.data() + (n - 1) * K, 1, K);
+      std::vector<float> y1((size_t)ldy, -7.0f);
+      ops::int8_gemv(y1.data(), ldy, last, m.w);
+      EXPECT_EQ(std::memcmp(y1.data(), y.data() + (n - 1) * ldy, (size_t)R * 4), 0)
+          << ops::wtype_name(t) << " n " << n << " R " << R << " K " << K << ": the last row alone differs";
+      const int threads = omp_get_max_threads();
+      for (int th : {1, 3}) {
+        omp_set_num_threads(th);
+        std::vector<float> yt((size_t)(n * ldy), -7.0f);
+        ops::int8_gemv(yt.data(), ldy, a, m.w);
+        omp_set_num_threads(threads);
+        EXPECT_EQ(std::memcmp(yt.data(), y.data(), y.size() * 4), 0)
+            << ops::wtype_name(t) << " n " << n << " R " << R << " K " << K << ": " << th << " threads differ";
+      }
+    }
+}
+
+// Decode's routed experts call the GEMV from the threads of a parallel region at once (ops/experts.cpp
+// for_each_expert), through qlinear_forward: each call's result equals the same call made alone.
+TEST(Int8Gemm, GemvCalledFromManyThreadsAtOnceEqualsAlone) {
+  SKIP_WITHOUT_VNNI();
+  for (WType t : {WType::Q8, WType::Q4}) {
+    const int64_t E = 12, R = 96, K = 1408;
+    std::vector<QMat> ms;
+    std::vector<std::vector<float>> xs, alone(E), together(E);
+    for (int64_t e = 0; e < E; ++e) {
+      ms.push_back(make_weights(t, R, K, 700 + e));
+      ms.back().w.compute = Compute::INT8;
+      xs.push_back(randn((1 + e % 4) * K, 800 + e, 1.0f));
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      alone[e].assign((size_t)((1 + e % 4) * R), 0.0f);
+      ops::qlinear_forward(alone[e].data(), xs[e].data(), ms[e].w, 1 + e % 4);
+      together[e].assign(alone[e].size(), 0.0f);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(3)
+    for (int64_t e = 0; e < E; ++e) ops::qlinear_forward(together[e].data(), xs[e].data(), ms[e].w, 1 + e % 4);
+    for (int64_t e = 0; e < E; ++e)
+      EXPECT_EQ(std::memcmp(alone[e].data(), together[e].data(), alone[e].size() * 4), 0)
+          << ops::wtype_name(t) << " expert " << e << " differs when computed beside the others";
+  }
+}
+
 // Through qlinear_forward with compute INT8 (prefill: n > kGemvMaxRows): several 128-row tiles
 // spread over the threads, called outside and inside a parallel region (the per-expert products).
 TEST(Int8Gemm, QlinearPrefillMatchesFp64OutsideAndInsideAParallelRegion) {
@@ -284,9 +376,9 @@ TEST(Int8Gemm, QlinearPrefillMatchesFp64OutsideAndInsideAParallelRegion) {
     }
 }
 
-// Decode (n <= kGemvMaxRows) is bit-identical to compute F32; prefill is not the f32 product (the
-// quantization of x is visible: guards against a silent fallback); a NaN in x reaches its row's outputs.
-TEST(Int8Gemm, QlinearUsesItForPrefillOnlyAndPropagatesNaN) {
+// Prefill and decode (the GEMV, n <= kGemvMaxRows) are not the f32 product (the quantization of x
+// is visible: guards against a silent fallback); a NaN in x reaches its row's outputs only.
+TEST(Int8Gemm, QlinearUsesItForPrefillAndDecodeAndPropagatesNaN) {
   SKIP_WITHOUT_VNNI();
   const int64_t R = 37, K = 96;
   QMat m = make_weights(WType::Q8, R, K, 21);
@@ -297,13 +389,10 @@ TEST(Int8Gemm, QlinearUsesItForPrefillOnlyAndPropagatesNaN) {
     std::vector<float> ya((size_t)(n * R)), yb((size_t)(n * R));
     ops::qlinear_forward(ya.data(), x.data(), f32c, n);
     ops::qlinear_forward(yb.data(), x.data(), int8c, n);
-    if (n <= ops::kGemvMaxRows) {
-      EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * 4), 0) << "decode (n " << n << ") changed";
-      continue;
-    }
     double diff = 0;
     for (size_t i = 0; i < ya.size(); ++i) diff = std::max(diff, (double)std::fabs(ya[i] - yb[i]));
     EXPECT_GT(diff, 0.0) << "n " << n << ": compute int8 gave exactly the f32 result";
+    if (n < 4) continue;  // the NaN goes in row 2 and row 3 must stay clean
     x[2 * K + 40] = std::nanf("");
     ops::qlinear_forward(yb.data(), x.data(), int8c, n);
     for (int64_t r = 0; r < R; ++r) {
@@ -313,8 +402,8 @@ TEST(Int8Gemm, QlinearUsesItForPrefillOnlyAndPropagatesNaN) {
   }
 }
 
-// Compute MIXED is, bit for bit, INT8 for products of up to kMixedInt8MaxRows rows and BF16 above
-// (and the GEMV in decode): each side of the limit, q8 and q4.
+// Compute MIXED is, bit for bit, INT8 for products of up to kMixedInt8MaxRows rows (decode's GEMV
+// included) and BF16 above: each side of the limit, q8 and q4.
 TEST(Int8Gemm, MixedIsInt8UpToItsRowLimitAndBf16Above) {
   SKIP_WITHOUT_VNNI();
   if (!ops::bf16_gemm_available()) GTEST_SKIP() << "no AVX512_BF16";
@@ -330,15 +419,14 @@ TEST(Int8Gemm, MixedIsInt8UpToItsRowLimitAndBf16Above) {
       const std::vector<float> x = randn(n * K, 50 + n, 1.0f);
       std::vector<float> ym((size_t)(n * R)), ye((size_t)(n * R)), yo((size_t)(n * R));
       const bool few = n <= ops::kMixedInt8MaxRows;
-      const WeightMat& expect = n <= ops::kGemvMaxRows ? f32c : few ? int8c : bf16c;
+      const WeightMat& expect = few ? int8c : bf16c;  // decode (n <= kGemvMaxRows) included: the int8 GEMV
       const WeightMat& other = few ? bf16c : int8c;
       ops::qlinear_forward(ym.data(), x.data(), mixed, n);
       ops::qlinear_forward(ye.data(), x.data(), expect, n);
       ops::qlinear_forward(yo.data(), x.data(), other, n);
       EXPECT_EQ(std::memcmp(ym.data(), ye.data(), ym.size() * 4), 0)
           << ops::wtype_name(t) << " n " << n << ": mixed is not compute " << ops::compute_name(expect.compute);
-      if (n > ops::kGemvMaxRows)
-        EXPECT_NE(std::memcmp(ym.data(), yo.data(), ym.size() * 4), 0)
+      EXPECT_NE(std::memcmp(ym.data(), yo.data(), ym.size() * 4), 0)
             << ops::wtype_name(t) << " n " << n << ": mixed equals compute " << ops::compute_name(other.compute)
             << " too (the test cannot tell them apart)";
     }
