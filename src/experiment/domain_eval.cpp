@@ -93,8 +93,7 @@ nlohmann::json evaluate_domains(Model& model, const TokenSplit& split, const Dom
       if (m.is_moe()) {
         model.set_routing_stats(&routing[d]);
         outputs[d].sample_every = o.sample_every;
-        // evaluate() gives rank r rows [r * batch / P, (r + 1) * batch / P) of every batch.
-        if (o.world) outputs[d].token_offset = o.world->rank() * (o.batch / o.world->size()) * o.seq_len;
+        if (o.world) outputs[d].token_offset = eval_rows(o.batch, o.world->rank(), o.world->size()).first * o.seq_len;
         if (o.expert_outputs) model.set_expert_output_stats(&outputs[d]);
       }
       const double l = evaluate(model, subsets[d], o.batch, o.seq_len, o.n_batches, [&](int64_t i) {

@@ -37,7 +37,7 @@ Model::Model(const ModelConfig& cfg, ExpertShard shard) : cfg_(cfg), layout_(cfg
 }
 
 void Model::set_expert_output_stats(ExpertOutputStats* s) {
-  if (s && !layout_.shard().all() && layout_.shard().count < cfg_.n_routed_experts)
+  if (s && !layout_.shard().holds_all_of(cfg_.n_routed_experts))
     fail("expert output statistics run every routed expert on sampled tokens: this process holds {} of the {} "
          "routed experts (expert parallelism)", layout_.shard().count, cfg_.n_routed_experts);
   expert_output_stats_ = s;

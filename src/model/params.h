@@ -27,6 +27,7 @@ struct ParamTensor {
 struct ExpertShard {
   int64_t first = 0, count = -1;
   bool all() const { return count < 0; }
+  bool holds_all_of(int64_t n_experts) const { return all() || count >= n_experts; }
 };
 
 struct HfTensor {

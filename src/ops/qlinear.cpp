@@ -402,10 +402,15 @@ void bf16_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
 // Compute INT8: the activations quantized once (this thread's scratch, read by every thread through
 // the pointer: a thread_local named inside the lambda would be each thread's own), the tiles repacked
 // per thread and multiplied by the int8 kernel.
-void int8_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
+// x [n, w.cols] quantized for the int8 kernels, into this thread's buffer (kept across calls).
+const Int8Activations& quantized_activations(const float* x, const WeightMat& w, int64_t n) {
   thread_local Int8Activations xq;
   quantize_activations_int8(xq, x, n, w.cols);
-  const Int8Activations* xa = &xq;
+  return xq;
+}
+
+void int8_prefill(float* y, const float* x, const WeightMat& w, int64_t n) {
+  const Int8Activations* xa = &quantized_activations(x, w, n);
   for_each_weight_tile<Int8WeightTile>(w, [&, xa](Int8WeightTile& tile, int64_t r0, int64_t nr) {
     pack_weights_int8(tile, w, r0, nr);
     int8_gemm(y + r0, w.rows, *xa, tile);
@@ -422,11 +427,8 @@ void qlinear_forward(float* y, const float* x, const WeightMat& w, int64_t n) {
     // int8 / mixed: the activations quantized as in prefill, VNNI dot products (ops/int8_gemm.h);
     // at one thread the f32 GEMV's nibble and byte conversions, not the memory, bound decode.
     if ((w.compute == Compute::INT8 || w.compute == Compute::MIXED) && (w.type == WType::Q8 || w.type == WType::Q4) &&
-        int8_gemm_available()) {
-      thread_local Int8Activations xq;
-      quantize_activations_int8(xq, x, n, w.cols);
-      return int8_gemv(y, w.rows, xq, w);
-    }
+        int8_gemm_available())
+      return int8_gemv(y, w.rows, quantized_activations(x, w, n), w);
     return gemv(y, x, w, n);
   }
   Compute c = w.compute;

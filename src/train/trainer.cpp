@@ -40,19 +40,23 @@ namespace dsmoe {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+EvalRows eval_rows(int64_t batch, int64_t rank, int64_t ranks) {
+  if (batch % ranks != 0) fail("evaluation batch of {} sequences cannot be split over {} processes", batch, ranks);
+  return {rank * (batch / ranks), batch / ranks};
+}
+
 double evaluate(Model& model, const TokenSplit& val, int64_t batch, int64_t seq_len, int64_t n_batches,
                 const std::function<void(int64_t)>& on_batch, Communicator* world) {
   // Several processes: each evaluates its slice of every batch (the rows a training step gives it).
-  const int64_t P = world ? world->size() : 1, rank = world ? world->rank() : 0;
-  if (batch % P != 0) fail("evaluation batch of {} sequences cannot be split over {} processes", batch, P);
-  const int64_t rows = batch / P;
+  const int64_t P = world ? world->size() : 1;
+  const EvalRows mine = eval_rows(batch, world ? world->rank() : 0, P);
+  const int64_t rows = mine.count, first = mine.first;
   std::vector<int32_t> x, y;
   double sum = 0;
   int64_t count = 0;
   for (int64_t i = 0; i < n_batches; ++i) {
     eval_batch(val, batch, seq_len, i, n_batches, x, y);
-    ForwardResult r = model.forward(x.data() + rank * rows * seq_len, y.data() + rank * rows * seq_len, rows, seq_len,
-                                    false);
+    ForwardResult r = model.forward(x.data() + first * seq_len, y.data() + first * seq_len, rows, seq_len, false);
     sum += r.lm_loss * (double)r.n_targets;
     count += r.n_targets;
     if (on_batch) on_batch(i);

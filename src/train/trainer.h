@@ -86,6 +86,13 @@ uint64_t data_sampler_seed(const TrainConfig& tc);
 // documents with (when it has them), so that inference on the run folder uses the same ones.
 Config config_for_data(Config cfg, const TokenSplit& data);
 
+// The rows of every evaluation batch that rank `rank` of `ranks` evaluates: [first, first + count).
+// Fails when the batch does not split evenly.
+struct EvalRows {
+  int64_t first = 0, count = 0;
+};
+EvalRows eval_rows(int64_t batch, int64_t rank, int64_t ranks);
+
 // Mean validation LM loss over the config's fixed evaluation windows. on_batch(i) after batch i
 // (0-based), for progress. With `world` (several processes, the model set up as for train_step),
 // each rank evaluates its slice of every batch and all get the whole mean.
