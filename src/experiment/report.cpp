@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -230,7 +231,25 @@ std::string write_report(const json& results, const std::string& out_dir) {
   const double unigram = results.at("unigram_baseline").get<double>();
 
   double total_train_s = 0;
-  for (const auto& run : results.at("runs")) total_train_s += run.value("train_s", 0.0);
+  // Threads each run trained with, as its metrics recorded them: the process drawing the report may have
+  // another count (a suite trained in shards, one thread per run, and analysed with two).
+  std::set<int64_t> train_threads;
+  int64_t runs_without_threads = 0;
+  for (const auto& run : results.at("runs")) {
+    total_train_s += run.value("train_s", 0.0);
+    if (run.contains("train_threads")) train_threads.insert(run.at("train_threads").get<int64_t>());
+    else ++runs_without_threads;
+  }
+  std::string threads_text;
+  if (!train_threads.empty())
+    threads_text = fmt::format("trained with {} thread{} per run{}", fmt::join(train_threads, " or "),
+                               train_threads.size() == 1 && *train_threads.begin() == 1 ? "" : "s",
+                               runs_without_threads ? fmt::format(" ({} run{} did not record it)", runs_without_threads,
+                                                                      runs_without_threads == 1 ? "" : "s")
+                                                    : std::string());
+  else
+    threads_text = "the runs' metrics do not record their thread count";
+  threads_text += fmt::format(", analysed with {}", results.at("threads").get<int64_t>());
   md += fmt::format("# {}\n\n", results.at("suite").get<std::string>());
   if (quick)
     md += "> **Quick mode (smoke run).** Tiny models trained for a handful of steps: the numbers below test "
@@ -259,13 +278,13 @@ std::string write_report(const json& results, const std::string& out_dir) {
       "Every model was trained from scratch on `{}` with the same token budget ({} tokens: {} steps of {} "
       "tokens, sequences of {}), schedule and evaluation windows; seeds {} (the seed fixes the initialisation and "
       "the data order, so runs with the same seed are paired). Loss = mean cross-entropy in nats per token on {} "
-      "held-out tokens; the unigram baseline is {:.4f}. {} threads; training took {:.1f} min in all (sum over runs). "
+      "held-out tokens; the unigram baseline is {:.4f}. Threads: {}; training took {:.1f} min in all (sum over runs). "
       "Reproduce: "
       "`dsmoe experiment --suite {}{} --out {}`.\n\n",
       results.at("data").get<std::string>(), fmt_count(results.at("tokens_per_model").get<double>()),
       results.at("steps").get<int64_t>(), results.at("batch_tokens").get<int64_t>(), results.at("seq_len").get<int64_t>(),
       results.at("seeds").dump(), fmt_count(results.at("eval_tokens").get<double>()), unigram,
-      results.at("threads").get<int64_t>(), total_train_s / 60, results.at("suite_file").get<std::string>(),
+      threads_text, total_train_s / 60, results.at("suite_file").get<std::string>(),
       std::string(quick ? " --quick" : "") + seeds_flag, out_dir);
 
   // ---------------- Table 1 ----------------

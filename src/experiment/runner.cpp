@@ -49,7 +49,9 @@ std::string fmt_secs(double s) {
 }
 
 // The run's curves from its metrics.jsonl (written by the trainer).
-json read_curve(const std::string& metrics_path, double* elapsed_s) {
+// elapsed_s: the last record's training wall time; threads: its thread count (0 when the metrics predate
+// the field, so a report does not guess it from the process that reads them).
+json read_curve(const std::string& metrics_path, double* elapsed_s, int64_t* threads) {
   json c = {{"steps", json::array()}, {"tokens", json::array()}, {"train_loss", json::array()},
             {"val_steps", json::array()}, {"val_tokens", json::array()}, {"val_loss", json::array()},
             {"routing_entropy", json::array()}};
@@ -79,6 +81,7 @@ json read_curve(const std::string& metrics_path, double* elapsed_s) {
       c["val_loss"].push_back(r["val_loss"]);
     }
     if (elapsed_s && r.contains("elapsed_s")) *elapsed_s = r["elapsed_s"].get<double>();
+    if (threads && r.contains("threads") && r["threads"].is_number_integer()) *threads = r["threads"].get<int64_t>();
   }
   return c;
 }
@@ -378,9 +381,11 @@ json run_suite(const Suite& s, const RunOptions& opt) {
     }
     double logged_elapsed = NAN;
     json run = {{"model", sm.id}, {"seed", seed}, {"dir", dir}, {"val_loss", sum.val_loss}};
-    run["curve"] = read_curve((fs::path(dir) / "metrics.jsonl").string(), &logged_elapsed);
+    int64_t logged_threads = 0;
+    run["curve"] = read_curve((fs::path(dir) / "metrics.jsonl").string(), &logged_elapsed, &logged_threads);
     if (resume && std::isfinite(logged_elapsed)) train_s = logged_elapsed;  // the time it took when trained
     run["train_s"] = train_s;
+    if (logged_threads > 0) run["train_threads"] = logged_threads;
 
     Model model(cfg.model);
     load_checkpoint(dir, model, nullptr, nullptr, false, opt.checksums);

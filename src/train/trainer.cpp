@@ -547,7 +547,8 @@ TrainSummary train(const Config& cfg_in, const TrainOptions& opt) {
                             {"tokens_per_s", tps},
                             {"elapsed_s", elapsed},
                             {"max_load", imbalance},
-                            {"precision", ops::precision_name(tc.precision)}};
+                            {"precision", ops::precision_name(tc.precision)},
+                            {"threads", omp_get_max_threads()}};
       if (!layer_load.empty()) rec["expert_load"] = layer_load;
       if (!r.routing_entropy.empty()) {
         std::vector<double> h;

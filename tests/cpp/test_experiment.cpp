@@ -3,7 +3,9 @@
 // number is finite: not which model wins), reuse of finished runs, the suite's validation errors,
 // config inheritance ("extends"), and the report's verdict rule on synthetic results whose answer
 // is known by construction.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <filesystem>
@@ -148,6 +150,25 @@ TEST(Experiment, QuickSuiteTrainsEveryModelRunsEveryAnalysisAndWritesTheReport) 
     EXPECT_NE(svg.find("</svg>"), std::string::npos) << name;
     EXPECT_FALSE(std::regex_search(svg, std::regex(R"(\b(nan|inf)\b)", std::regex::icase))) << name << " has a NaN coordinate";
   }
+
+  // Each run's thread count comes from its own metrics (a suite may be trained in shards with another
+  // count than the process that draws the report); a run without it is counted, not guessed.
+  const int64_t threads = omp_get_max_threads();
+  for (const auto& run : res["runs"]) EXPECT_EQ(run.value("train_threads", int64_t(-1)), threads) << run["dir"];
+  EXPECT_NE(md.find(fmt::format("Threads: trained with {} thread{} per run, analysed with {};", threads,
+                                threads == 1 ? "" : "s", threads)),
+            std::string::npos)
+      << report;
+  json partial = res;
+  fs::create_directories(dir + "/partial_report");
+  partial["runs"][0].erase("train_threads");
+  partial["threads"] = threads + 1;
+  const std::string md_partial = slurp(write_report(partial, dir + "/partial_report"));
+  EXPECT_NE(md_partial.find(fmt::format("Threads: trained with {} thread{} per run (1 run did not record it), "
+                                        "analysed with {};",
+                                        threads, threads == 1 ? "" : "s", threads + 1)),
+            std::string::npos)
+      << md_partial.substr(0, 2000);
 
   // Running the suite again reuses every finished run: the same losses, bit for bit.
   const json again = run_suite(s, o);

@@ -139,10 +139,25 @@ TEST_P(RoutingOverrideVsTorch, LogitsLossAndRoutingStatistics) {
           for (int64_t j = 0; j < k; ++j) overlap += idx[t * k + i] == idx[(t - 1) * k + j];
       }
       EXPECT_EQ(s.load, load);
-      EXPECT_EQ(s.top1_load, top1);
       EXPECT_EQ(s.cooc, cooc);
       EXPECT_EQ(s.adjacent_pairs, B * (T - 1));
-      EXPECT_EQ(s.top1_repeats, repeats);
+      // The oracle's batch keeps the chosen SET >= 1e-5 from any rounding flip, not the order inside
+      // it: a token whose two best chosen scores are closer than that (fp32 rounding is ~1e-8) may
+      // have either as its top-1. Each such token moves at most one top-1 count from one expert to
+      // another (2 in the sum of differences) and two adjacent-pair repeats; none: exact equality.
+      int64_t ambiguous_top1 = 0;
+      if (m.router_type == RouterType::SoftmaxTopK && k > 1) {
+        auto sc = test::read_f64(f, p + "route.scores." + std::to_string(l));
+        for (int64_t t = 0; t < N; ++t)
+          ambiguous_top1 += std::fabs(sc[t * E + idx[t * k]] - sc[t * E + idx[t * k + 1]]) < 1e-5;
+      }
+      int64_t top1_moved = 0;
+      for (int64_t e = 0; e < E; ++e) top1_moved += std::llabs(s.top1_load[e] - top1[e]);
+      EXPECT_LE(top1_moved, 2 * ambiguous_top1) << "top-1 loads: dsmoe " << ::testing::PrintToString(s.top1_load)
+                                                << ", oracle " << ::testing::PrintToString(top1) << "; "
+                                                << ambiguous_top1 << " tokens with a top-1 gap < 1e-5";
+      EXPECT_LE(std::llabs(s.top1_repeats - repeats), 2 * ambiguous_top1)
+          << "top-1 repeats: dsmoe " << s.top1_repeats << ", oracle " << repeats;
       EXPECT_EQ(s.overlap_sum, overlap);
       // Invariants: k selections per token; co-occurrence symmetric, zero diagonal, row e sums to
       // load_e * (k - 1) (each selection of e pairs with the token's k - 1 other experts).
