@@ -220,6 +220,28 @@ Series mean_curve(const std::vector<json>& runs, const std::string& label, const
   return s;
 }
 
+// The threads of the report's setup sentence: those each run trained with, as its metrics recorded
+// them, and the count of the process that analysed them (a suite may be trained in shards, one
+// thread per run, and analysed with two: the latter says nothing of the former).
+std::string threads_sentence(const json& results) {
+  std::set<int64_t> train_threads;
+  int64_t runs_without_threads = 0;
+  for (const auto& run : results.at("runs")) {
+    if (run.contains("train_threads")) train_threads.insert(run.at("train_threads").get<int64_t>());
+    else ++runs_without_threads;
+  }
+  std::string text;
+  if (!train_threads.empty())
+    text = fmt::format("trained with {} thread{} per run{}", fmt::join(train_threads, " or "),
+                       train_threads.size() == 1 && *train_threads.begin() == 1 ? "" : "s",
+                       runs_without_threads ? fmt::format(" ({} run{} did not record it)", runs_without_threads,
+                                                          runs_without_threads == 1 ? "" : "s")
+                                            : std::string());
+  else
+    text = "the runs' metrics do not record their thread count";
+  return text + fmt::format(", analysed with {}", results.at("threads").get<int64_t>());
+}
+
 }  // namespace
 
 std::string write_report(const json& results, const std::string& out_dir) {
@@ -231,25 +253,8 @@ std::string write_report(const json& results, const std::string& out_dir) {
   const double unigram = results.at("unigram_baseline").get<double>();
 
   double total_train_s = 0;
-  // Threads each run trained with, as its metrics recorded them: the process drawing the report may have
-  // another count (a suite trained in shards, one thread per run, and analysed with two).
-  std::set<int64_t> train_threads;
-  int64_t runs_without_threads = 0;
-  for (const auto& run : results.at("runs")) {
-    total_train_s += run.value("train_s", 0.0);
-    if (run.contains("train_threads")) train_threads.insert(run.at("train_threads").get<int64_t>());
-    else ++runs_without_threads;
-  }
-  std::string threads_text;
-  if (!train_threads.empty())
-    threads_text = fmt::format("trained with {} thread{} per run{}", fmt::join(train_threads, " or "),
-                               train_threads.size() == 1 && *train_threads.begin() == 1 ? "" : "s",
-                               runs_without_threads ? fmt::format(" ({} run{} did not record it)", runs_without_threads,
-                                                                      runs_without_threads == 1 ? "" : "s")
-                                                    : std::string());
-  else
-    threads_text = "the runs' metrics do not record their thread count";
-  threads_text += fmt::format(", analysed with {}", results.at("threads").get<int64_t>());
+  for (const auto& run : results.at("runs")) total_train_s += run.value("train_s", 0.0);
+  const std::string threads_text = threads_sentence(results);
   md += fmt::format("# {}\n\n", results.at("suite").get<std::string>());
   if (quick)
     md += "> **Quick mode (smoke run).** Tiny models trained for a handful of steps: the numbers below test "

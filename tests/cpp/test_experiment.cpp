@@ -160,7 +160,6 @@ TEST(Experiment, QuickSuiteTrainsEveryModelRunsEveryAnalysisAndWritesTheReport) 
             std::string::npos)
       << report;
   json partial = res;
-  fs::create_directories(dir + "/partial_report");
   partial["runs"][0].erase("train_threads");
   partial["threads"] = threads + 1;
   const std::string md_partial = slurp(write_report(partial, dir + "/partial_report"));
