@@ -112,8 +112,11 @@ BENCHMARK(Moe_LayerFwdBwd_Bf16)
 // the optimizer step does), so the figure includes that once-per-step copy.
 // small: the paper suite's models at the width issue 16 trains them (hidden 64, 2 heads of 32, standard
 // FFN 176 and every expert width halved with it, vocab 8192 for the 8K BPE), one run per core.
+// fresh: a new batch every step, as in training, so that every expert sees a row count it has not
+// seen the step before (one batch repeated routes identically each time and hides what depends on
+// the row counts: oneDNN's primitives are made per shape).
 void train_step(benchmark::State& state, const char* config, int64_t B, int64_t T, int64_t layers,
-                ops::Precision precision = ops::Precision::F32, bool small = false) {
+                ops::Precision precision = ops::Precision::F32, bool small = false, bool fresh = false) {
   ModelConfig m = load_config(std::string(DSMOE_SOURCE_DIR) + "/" + config).model;
   if (layers > 0) m.num_hidden_layers = layers;
   if (small) {
@@ -132,13 +135,22 @@ void train_step(benchmark::State& state, const char* config, int64_t B, int64_t 
   for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
   for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
   auto step = [&] {
+    if (fresh) {
+      for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+      for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+    }
     if (precision == ops::Precision::BF16) model.params();  // stands for the optimizer step's update
     model.zero_grads();
     model.forward(x.data(), y.data(), B, T, true);
     model.backward(1.0f / (float)(B * T), true);
   };
   state.counters["cold_s"] = seconds(step);  // untimed warm-up, as in Moe_LayerFwdBwd
+  const int64_t primitives_before = ops::bf16_gemm_primitives_made();
   for (auto _ : state) step();
+  // oneDNN primitives made per timed step (bf16): 0 when every shape was seen in the warm-up.
+  if (precision == ops::Precision::BF16)
+    state.counters["primitives/step"] =
+        (double)(ops::bf16_gemm_primitives_made() - primitives_before) / (double)state.iterations();
   const ModelStats s = model_stats(m, T);
   state.counters["GFLOP/s"] = benchmark::Counter(s.train_flops_per_token * (double)(B * T),
                                                  benchmark::Counter::kIsIterationInvariantRate,
@@ -157,6 +169,12 @@ void TrainStep_PaperDeepSeekMoE(benchmark::State& state) {
 void TrainStep_Paper2B(benchmark::State& state) { train_step(state, "configs/paper-2b.json", 4, 512, 2); }
 void TrainStep_Paper2B_Bf16(benchmark::State& state) {
   train_step(state, "configs/paper-2b.json", 4, 512, 2, ops::Precision::BF16);
+}
+void TrainStep_Paper2B_FreshBatches(benchmark::State& state) {
+  train_step(state, "configs/paper-2b.json", 4, 512, 2, ops::Precision::F32, false, true);
+}
+void TrainStep_Paper2B_Bf16_FreshBatches(benchmark::State& state) {
+  train_step(state, "configs/paper-2b.json", 4, 512, 2, ops::Precision::BF16, false, true);
 }
 // The issue-16 suite's DeepSeekMoE (1 + 7 of 63 experts of 44) and GShard (top-2 of 16 experts of
 // 176) at hidden 64 and vocab 8192, batch 16 x 256: run with OMP_NUM_THREADS=1, as the suite runs.
@@ -180,5 +198,7 @@ BENCHMARK(TrainStep_SmallDeepSeekMoE)->Unit(benchmark::kMillisecond)->UseRealTim
 BENCHMARK(TrainStep_SmallGShard)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(TrainStep_SmallDeepSeekMoE_Bf16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(TrainStep_Paper2B_Bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+BENCHMARK(TrainStep_Paper2B_FreshBatches)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(TrainStep_Paper2B_Bf16_FreshBatches)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 
 }  // namespace

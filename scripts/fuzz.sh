@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (build-fuzz/, clang, ASan + UBSan) and runs each for SECONDS on a
+# Builds the libFuzzer targets (build-fuzz/, or FUZZ_BUILD, clang, ASan + UBSan) and runs each for SECONDS on a
 # scratch copy of its seed corpus (fuzz/corpus/<target>/; the committed seeds stay small). Fails on
 # any crash, sanitizer report, leak, out-of-memory or timeout and prints the reproducer path.
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default: 60 s, every target)
 # Environment: FUZZ_WORK (scratch folder, default a new mktemp -d, kept for the reproducers),
-# FUZZ_ARGS (extra libFuzzer flags), CXX (default clang++).
+# FUZZ_ARGS (extra libFuzzer flags), CXX (default clang++), FUZZ_BUILD (the build folder, default
+# build-fuzz/; scripts/test_sanitized.sh passes its build-asan/, configured with DSMOE_FUZZ too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
@@ -25,10 +26,11 @@ max_len() {
   esac
 }
 
-if [ ! -f build-fuzz/CMakeCache.txt ]; then
-  cmake -S . -B build-fuzz -DDSMOE_FUZZ=ON -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+build="${FUZZ_BUILD:-build-fuzz}"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S . -B "$build" -DDSMOE_FUZZ=ON -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
-cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
 
 work="${FUZZ_WORK:-$(mktemp -d /tmp/dsmoe-fuzz.XXXXXX)}"
 mkdir -p "$work"
@@ -49,7 +51,7 @@ for t in "${targets[@]}"; do
   echo "[fuzz] $t: ${secs}s, corpus $corpus, log $log"
   set +e
   # shellcheck disable=SC2086
-  build-fuzz/fuzz/"$t" "$corpus" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
+  "$build"/fuzz/"$t" "$corpus" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
     -rss_limit_mb=2048 -artifact_prefix="$artifacts" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
   rc=$?
   set -e
@@ -59,7 +61,7 @@ for t in "${targets[@]}"; do
     status=1
     tail -40 "$log"
     for a in "$artifacts"*; do [ -e "$a" ] && echo "[fuzz] $t: reproducer $a"; done
-    echo "[fuzz] $t: rerun with build-fuzz/fuzz/$t <reproducer>"
+    echo "[fuzz] $t: rerun with $build/fuzz/$t <reproducer>"
   fi
 done
 exit $status

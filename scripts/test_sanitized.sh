@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
-if [ ! -f build-asan/CMakeCache.txt ]; then
-  cmake -S . -B build-asan -DDSMOE_SANITIZE=ON -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+if [ ! -f build-asan/CMakeCache.txt ] || ! grep -q '^DSMOE_FUZZ:BOOL=ON' build-asan/CMakeCache.txt; then
+  # (also a build-asan/ configured before it held the fuzz targets)
+  cmake -S . -B build-asan -DDSMOE_SANITIZE=ON -DDSMOE_FUZZ=ON -DCMAKE_CXX_COMPILER="${CXX:-clang++}" \
+    -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
 cmake --build build-asan -j"$(nproc)"
 t_build=$((SECONDS - t0))
@@ -25,6 +27,6 @@ t1=$SECONDS
 t_suite=$((SECONDS - t1))
 
 t2=$SECONDS
-scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+FUZZ_BUILD=build-asan scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 t_fuzz=$((SECONDS - t2))
 echo "[sanitized] build ${t_build}s, sanitized suite ${t_suite}s, fuzz targets ${t_fuzz}s"

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -60,6 +61,8 @@ dnnl::engine& cpu_engine() {
 
 using MatmulKey = std::array<int64_t, 10>;
 
+std::atomic<int64_t> primitives_made{0};
+
 // alpha as oneDNN's output scale, beta as its sum post-op (C = alpha A B + beta C).
 dnnl::primitive_attr scale_and_sum(float alpha, float beta) {
   dnnl::primitive_attr attr;
@@ -93,10 +96,13 @@ const OnednnMatmul& onednn_matmul(bool ta, bool tb, int64_t M, int64_t N, int64_
   m.c = dnnl::memory::desc({M, N}, dt::f32, dims{ldc, 1});
   m.mm = dnnl::matmul(
       dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.a, m.b, m.c), scale_and_sum(alpha, beta), cpu_engine()));
+  primitives_made.fetch_add(1, std::memory_order_relaxed);
   return cache.emplace(key, std::move(m)).first->second;
 }
 
 }  // namespace
+
+int64_t bf16_gemm_primitives_made() { return primitives_made.load(std::memory_order_relaxed); }
 
 const char* bf16_gemm_implementation() {
   static const std::string impl = [] {
@@ -225,7 +231,10 @@ bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float 
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(m.a, pack->desc, m.c), scale_and_sum(alpha, beta),
                                             cpu_engine());
       m.ok = std::string(pd.impl_info_str()).rfind("brg", 0) == 0;
-      if (m.ok) m.mm = dnnl::matmul(pd);
+      if (m.ok) {
+        m.mm = dnnl::matmul(pd);
+        primitives_made.fetch_add(1, std::memory_order_relaxed);
+      }
       it = cache.emplace(key, std::move(m)).first;
     }
     if (!it->second.ok) return false;

@@ -44,6 +44,9 @@ inline uint16_t round_to_bf16(float x) {
 // per thread. Requires bf16_gemm_available().
 void bf16_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
                int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// How many oneDNN matmul primitives this process has made so far (all threads; bf16_gemm and the
+// packed products below): making one costs far more than a small product, so benchmarks report it.
+int64_t bf16_gemm_primitives_made();
 // y [n, R] (row stride ldy) = xb [n, K] . w [R, K]^T: bf16 operands, rows of both contiguous along K
 // (the prefill product: bf16_gemm(false, true, n, R, K, 1, xb, K, w, K, 0, y, ldy)).
 void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int64_t n, int64_t R, int64_t K);
