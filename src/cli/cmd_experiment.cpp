@@ -23,7 +23,8 @@ void add_experiment_commands(CLI::App& app) {
   auto report_only = std::make_shared<bool>(false);
   auto quiet = std::make_shared<bool>(false);
   auto no_verify = std::make_shared<bool>(false);
-  c->add_option("--suite", *suite, "suite JSON (models, seeds, analyses)")->capture_default_str();
+  CLI::Option* suite_option =
+      c->add_option("--suite", *suite, "suite JSON (models, seeds, analyses)")->capture_default_str();
   c->add_option("--out", *out, "output folder: runs/, results.json, report.md and its images")->required();
   c->add_option("--data", *data, "prepared data folder (overrides the suite's \"data\")");
   c->add_flag("--quick", *quick, "the suite's quick variant: tiny models, a few steps (a smoke run)");
@@ -70,6 +71,16 @@ void add_experiment_commands(CLI::App& app) {
         results = nlohmann::json::parse(read_text_file(p));
       } catch (const nlohmann::json::exception& e) {
         fail("{}: not a results file: {}", p, e.what());
+      }
+      if (!results.is_object()) fail("{}: not a results file: not a JSON object", p);
+      // A --suite given with --report-only must be the suite of those results: otherwise the
+      // report would silently be another suite's (the flag is not needed to redraw).
+      if (suite_option->count() > 0) {
+        const experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
+        const std::string recorded = results.value("suite", std::string());
+        if (s.name != recorded)
+          fail("{} is the results of suite \"{}\" ({}), not of --suite {} (\"{}\"); leave --suite out to redraw them", p,
+               recorded, results.value("suite_file", std::string("file not recorded")), *suite, s.name);
       }
     } else {
       experiment::Suite s = experiment::load_suite(*suite, *quick, *data);

@@ -338,6 +338,26 @@ TEST(CliSafety, OutOfRangeValuesAreUsageErrorsNamingTheFlagAndRange) {
   EXPECT_TRUE(contains(e.err, "no token to score")) << e.describe();
 }
 
+// --report-only redraws OUT/results.json; a --suite given with it must be the suite of those results
+// (it used to be ignored: a mistyped or other suite redrew the report without a word).
+TEST(CliSafety, ReportOnlyRefusesASuiteThatIsNotTheResultsSuite) {
+  const std::string dir = scratch("report_only_suite");
+  const std::string suite = std::string(DSMOE_SOURCE_DIR) + "/configs/paper/suite.json";
+  write_text(dir + "/out/results.json", R"({"suite": "another suite", "suite_file": "other.json", "runs": []})");
+  Proc missing = run_cli({"experiment", "--suite", dir + "/nope.json", "--out", dir + "/out", "--report-only"});
+  EXPECT_EQ(missing.exit_code, 1) << missing.describe();
+  EXPECT_TRUE(contains(missing.err, dir + "/nope.json")) << missing.describe();
+  Proc other = run_cli({"experiment", "--suite", suite, "--out", dir + "/out", "--report-only"});
+  EXPECT_EQ(other.exit_code, 1) << other.describe();
+  EXPECT_TRUE(contains(other.err, "is the results of suite \"another suite\" (other.json), not of --suite"))
+      << other.describe();
+  write_text(dir + "/out/results.json", "[1, 2]");
+  Proc array = run_cli({"experiment", "--out", dir + "/out", "--report-only"});
+  EXPECT_EQ(array.exit_code, 1) << array.describe();
+  EXPECT_TRUE(contains(array.err, "not a results file: not a JSON object")) << array.describe();
+  EXPECT_FALSE(fs::exists(dir + "/out/report.md"));
+}
+
 TEST(CliSafety, HelpVersionAndTheCommandList) {
   Proc bare = run_cli({});
   EXPECT_EQ(bare.exit_code, 2) << bare.describe();
