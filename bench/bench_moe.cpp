@@ -136,13 +136,13 @@ void train_step(benchmark::State& state, const char* config, int64_t B, int64_t 
   model.init_weights(rng, m.initializer_range);
   model.set_precision(precision);
   std::vector<int32_t> x(B * T), y(B * T);
-  for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
-  for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+  auto draw_batch = [&] {
+    for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+    for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
+  };
+  draw_batch();
   auto step = [&] {
-    if (fresh) {
-      for (auto& t : x) t = (int32_t)rng.below((uint64_t)m.vocab_size);
-      for (auto& t : y) t = (int32_t)rng.below((uint64_t)m.vocab_size);
-    }
+    if (fresh) draw_batch();
     if (precision == ops::Precision::BF16 && !micro) model.params();  // stands for the optimizer step's update
     model.zero_grads();
     model.forward(x.data(), y.data(), B, T, true);

@@ -77,10 +77,15 @@ void add_experiment_commands(CLI::App& app) {
       // report would silently be another suite's (the flag is not needed to redraw).
       if (suite_option->count() > 0) {
         const experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
-        const std::string recorded = results.value("suite", std::string());
+        // (read as strings only when they are: a hand-edited file must not throw a JSON type error)
+        const auto text = [&](const char* key, const std::string& otherwise) {
+          const auto it = results.find(key);
+          return it != results.end() && it->is_string() ? it->get<std::string>() : otherwise;
+        };
+        const std::string recorded = text("suite", "");
         if (s.name != recorded)
           fail("{} is the results of suite \"{}\" ({}), not of --suite {} (\"{}\"); leave --suite out to redraw them", p,
-               recorded, results.value("suite_file", std::string("file not recorded")), *suite, s.name);
+               recorded, text("suite_file", "file not recorded"), *suite, s.name);
       }
     } else {
       experiment::Suite s = experiment::load_suite(*suite, *quick, *data);
