@@ -126,7 +126,7 @@ const ops::MatmulMode& Model::matmul_mode() {
 #pragma omp parallel for schedule(static) if (n > chunk)
     for (int64_t c0 = 0; c0 < n; c0 += chunk) ops::round_to_bf16(dst + c0, src + c0, std::min(chunk, n - c0));
     if (!packs_) packs_ = std::make_shared<ops::Bf16WeightPacks>();
-    packs_->clear();
+    packs_->invalidate();
     mode_.params = src;
     mode_.params_bf16 = dst;
     mode_.count = n;

@@ -169,10 +169,13 @@ struct PackedMatmul {
 
 struct Bf16WeightPacks::Impl {
   struct Pack {
+    std::mutex mu;           // held while the pack is (re)made: one thread packs, the others wait
+    uint64_t generation = 0;  // the Impl generation whose values it holds (0: none yet)
     dnnl::memory::desc desc;
     dnnl::memory mem;
   };
   mutable std::mutex mu;
+  uint64_t generation = 1;
   std::map<std::array<int64_t, 5>, std::unique_ptr<Pack>> packs;  // (w, trans_b, N, K, ldw)
 };
 
@@ -184,9 +187,19 @@ void Bf16WeightPacks::clear() {
   impl_->packs.clear();
 }
 
+void Bf16WeightPacks::invalidate() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  ++impl_->generation;
+}
+
 int64_t Bf16WeightPacks::packs() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return (int64_t)impl_->packs.size();
+  int64_t current = 0;
+  for (const auto& [key, pack] : impl_->packs) {
+    std::lock_guard<std::mutex> pack_lock(pack->mu);
+    current += pack->generation == impl_->generation;
+  }
+  return current;
 }
 
 bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
@@ -195,27 +208,33 @@ bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float 
   if (M <= 0 || N <= 0 || K <= 0) return false;
   try {
     const std::array<int64_t, 5> pack_key{(int64_t)(uintptr_t)w, trans_b, N, K, ldw};
-    const Impl::Pack* pack = nullptr;
+    Impl::Pack* pack = nullptr;
+    uint64_t generation = 0;
     {
       std::lock_guard<std::mutex> lock(impl_->mu);
-      auto it = impl_->packs.find(pack_key);
-      if (it != impl_->packs.end()) pack = it->second.get();
-    }
-    if (!pack) {
-      // Packed outside the lock (the experts of a layer pack theirs in parallel); a pack another
-      // thread made meanwhile wins and this one is dropped (the same values).
-      auto p = std::make_unique<Impl::Pack>();
-      p->desc = packed_desc(N, K);
-      p->mem = dnnl::memory(p->desc, cpu_engine());
-      const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
-      dnnl::memory src(plain, cpu_engine(), const_cast<uint16_t*>(w));
-      thread_local dnnl::stream pack_stream(cpu_engine());
-      dnnl::reorder(src, p->mem).execute(pack_stream, src, p->mem);
-      pack_stream.wait();
-      std::lock_guard<std::mutex> lock(impl_->mu);
       auto& slot = impl_->packs[pack_key];
-      if (!slot) slot = std::move(p);
+      if (!slot) slot = std::make_unique<Impl::Pack>();
       pack = slot.get();
+      generation = impl_->generation;
+    }
+    {
+      // Each weight packs under its own lock (the experts of a layer pack theirs in parallel). A stale
+      // pack is redone in place: its memory stays allocated across optimizer steps, since a fresh
+      // allocation of every pack each step (gigabytes at the paper-2B shape) page-faulted at every
+      // first touch.
+      std::lock_guard<std::mutex> pack_lock(pack->mu);
+      if (pack->generation != generation) {
+        if (!pack->mem) {
+          pack->desc = packed_desc(N, K);
+          pack->mem = dnnl::memory(pack->desc, cpu_engine());
+        }
+        const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
+        dnnl::memory src(plain, cpu_engine(), const_cast<uint16_t*>(w));
+        thread_local dnnl::stream pack_stream(cpu_engine());
+        dnnl::reorder(src, pack->mem).execute(pack_stream, src, pack->mem);
+        pack_stream.wait();
+        pack->generation = generation;
+      }
     }
     uint32_t ab, bb;
     std::memcpy(&ab, &alpha, 4);

@@ -54,9 +54,10 @@ void bf16_gemm(float* y, int64_t ldy, const uint16_t* xb, const uint16_t* w, int
 // with row-major weights oneDNN re-packs B at EVERY product, which made bf16 training products
 // slower than fp32 SGEMM on the expert shapes (bench/RESULTS.md "bf16 mixed-precision training").
 // One pack per (weight, use): B = W^T (forward, trans_b) or B = W (the backward dX = dY W), made
-// from the weight's bf16 copy at the first product that needs it and kept until clear(), which its
-// owner calls when the copy changes (Model: once per optimizer step). Thread-safe: per-expert
-// products fill it from several threads.
+// from the weight's bf16 copy at the first product that needs it. invalidate(), which the owner calls
+// when the copies change (Model: once per optimizer step), marks every pack stale: the next product
+// re-packs it into the memory it already has. clear() frees them. Thread-safe: per-expert products
+// fill it from several threads.
 class Bf16WeightPacks {
  public:
   Bf16WeightPacks();
@@ -64,13 +65,14 @@ class Bf16WeightPacks {
   Bf16WeightPacks(const Bf16WeightPacks&) = delete;
   Bf16WeightPacks& operator=(const Bf16WeightPacks&) = delete;
   void clear();
+  void invalidate();
   // C [M, N] = alpha A [M, K] op(W) + beta C as bf16_gemm(false, trans_b, ...), with w the bf16
   // weight (leading dimension ldw) read through its pack. Same arithmetic as bf16_gemm (a product
   // of bf16 values, fp32 sums in oneDNN's order). Returns false, computing nothing, when oneDNN has
   // no packed kernel for the shape (the caller then runs bf16_gemm).
   bool gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
             const uint16_t* w, int64_t ldw, float beta, float* C, int64_t ldc);
-  int64_t packs() const;  // how many weights are packed now
+  int64_t packs() const;  // how many weights are packed with their current values
 
  private:
   struct Impl;

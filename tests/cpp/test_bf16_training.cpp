@@ -154,6 +154,51 @@ TEST_P(Bf16Linear, ForwardAndBothBackwardProductsMatchFp64OfRoundedInputs) {
   }
 }
 
+// After an optimizer step the owner invalidates the packs and they are redone in place (the same
+// memory) at the next product: the products must then read the new weights, bit for bit what a new
+// set of packs of those weights gives (same kernel, same layout, same order of sums).
+TEST(Bf16Training, InvalidatedPacksAreRedoneWithTheNewWeights) {
+  if (skip_without_bf16()) GTEST_SKIP() << "no AVX512_BF16";
+  const int64_t n = 300, in = 96, out = 160;
+  std::vector<float> params = randn(out * in, 11, 0.05);
+  std::vector<uint16_t> params_bf16 = bf16_copy(params);
+  ops::Bf16WeightPacks packs;
+  const MatmulMode mode{Precision::BF16, params.data(), params_bf16.data(), (int64_t)params.size(), &packs};
+  const std::vector<float> x = randn(n * in, 12, 1.0), dy = randn(n * out, 13, 0.3);
+  std::vector<float> y_old(n * out), dx_old(n * in, 0.0f), dw(out * in, 0.0f);
+  ops::linear_forward(y_old.data(), x.data(), params.data(), n, in, out, mode);
+  ops::linear_backward(dx_old.data(), dw.data(), dy.data(), x.data(), params.data(), n, in, out, 1.0f, mode);
+  ASSERT_EQ(packs.packs(), 2);
+
+  // The step: new values in the same buffers.
+  const std::vector<float> updated = randn(out * in, 14, 0.05);
+  std::copy(updated.begin(), updated.end(), params.begin());
+  const std::vector<uint16_t> updated_bf16 = bf16_copy(params);
+  std::copy(updated_bf16.begin(), updated_bf16.end(), params_bf16.begin());
+  ASSERT_EQ(mode.params_bf16, params_bf16.data()) << "the copy must stay where the packs point";
+  packs.invalidate();
+  EXPECT_EQ(packs.packs(), 0) << "every pack is stale after invalidate()";
+  std::vector<float> y(n * out), dx(n * in, 0.0f);
+  ops::linear_forward(y.data(), x.data(), params.data(), n, in, out, mode);
+  ops::linear_backward(dx.data(), dw.data(), dy.data(), x.data(), params.data(), n, in, out, 1.0f, mode);
+  EXPECT_EQ(packs.packs(), 2);
+
+  ops::Bf16WeightPacks fresh;
+  const MatmulMode fresh_mode{Precision::BF16, params.data(), params_bf16.data(), (int64_t)params.size(), &fresh};
+  std::vector<float> y_want(n * out), dx_want(n * in, 0.0f);
+  ops::linear_forward(y_want.data(), x.data(), params.data(), n, in, out, fresh_mode);
+  ops::linear_backward(dx_want.data(), dw.data(), dy.data(), x.data(), params.data(), n, in, out, 1.0f, fresh_mode);
+  int64_t y_diff = 0, dx_diff = 0, y_changed = 0;
+  for (int64_t i = 0; i < n * out; ++i) {
+    y_diff += y[i] != y_want[i];
+    y_changed += y[i] != y_old[i];
+  }
+  for (int64_t i = 0; i < n * in; ++i) dx_diff += dx[i] != dx_want[i];
+  EXPECT_EQ(y_diff, 0) << "forward after invalidate() differs from fresh packs of the new weights";
+  EXPECT_EQ(dx_diff, 0) << "backward dX after invalidate() differs from fresh packs of the new weights";
+  EXPECT_GT(y_changed, n * out / 2) << "the new weights should change the forward output";
+}
+
 INSTANTIATE_TEST_SUITE_P(Weights, Bf16Linear, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Packed" : "Rows"; });
 
