@@ -79,6 +79,13 @@ class Bf16WeightPacks {
   Impl* impl_;
 };
 
+// B [K, N] (B = W^T when trans_b, W [N, K] with row stride ldw; else W [K, N]) written in oneDNN's
+// BA16a64b2a layout, the one its bf16 kernels take on AVX512_BF16 and AMX: blocks of 32 K x 64 N
+// (N blocks outermost), in a block 16 pairs of K by 64 N by the pair, K padded to 32 and N to 64
+// with zeros; dst holds ceil(K / 32) ceil(N / 64) 2048 values. Bf16WeightPacks packs with it when
+// oneDNN asks for that layout (tests/cpp/test_bf16_training.cpp checks it against oneDNN's reorder).
+void pack_bf16_ba16a64b2a(uint16_t* dst, const uint16_t* w, int64_t ldw, bool trans_b, int64_t K, int64_t N);
+
 // Which kernel bf16_gemm runs on this CPU (oneDNN's implementation name, e.g. brg:avx512_core_amx_bf16).
 const char* bf16_gemm_implementation();
 // Whether that kernel runs on AMX tiles. Without AMX (AVX512_BF16 only: Cooper Lake, Zen 4) oneDNN

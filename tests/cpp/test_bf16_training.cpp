@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "cli_runner.h"
 #include "core/error.h"
@@ -152,6 +153,42 @@ TEST_P(Bf16Linear, ForwardAndBothBackwardProductsMatchFp64OfRoundedInputs) {
       EXPECT_EQ(packs.packs(), 2);
     }
   }
+}
+
+// The hand-written packer against oneDNN's own reorder into the same layout, bit for bit (padding
+// included: oneDNN zeroes it), for both orientations, padded row strides and every kind of edge
+// block (K off 32, N off 64, both, and a single partial block).
+TEST(Bf16Training, WeightPackerWritesOneDnnsBA16a64b2aLayout) {
+  using dt = dnnl::memory::data_type;
+  using dims = dnnl::memory::dims;
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  Rng rng(test::test_seed() ^ 0x9ac);
+  for (const auto& [K, N] : {std::array<int64_t, 2>{32, 64}, {1280, 880}, {70, 45}, {3, 130}, {96, 160}, {33, 65},
+                             {64, 1}})
+    for (const bool trans_b : {false, true}) {
+      SCOPED_TRACE(fmt::format("K {} N {} trans_b {}", K, N, trans_b));
+      const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N, ldw = cols + 5;
+      std::vector<uint16_t> w((size_t)(rows * ldw));
+      for (auto& v : w) v = (uint16_t)rng.below(65536);
+      const dnnl::memory::desc packed({K, N}, dt::bf16, dnnl::memory::format_tag::BA16a64b2a);
+      const size_t count = packed.get_size() / sizeof(uint16_t);
+      ASSERT_EQ(count, (size_t)(((K + 31) / 32) * ((N + 63) / 64) * 2048));
+      std::vector<uint16_t> want(count, 0xdead), got(count, 0xbeef);
+      const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
+      dnnl::memory src(plain, engine, w.data()), dst(packed, engine, want.data());
+      dnnl::reorder(src, dst).execute(stream, src, dst);
+      stream.wait();
+      ops::pack_bf16_ba16a64b2a(got.data(), w.data(), ldw, trans_b, K, N);
+      size_t differ = 0, first = count;
+      for (size_t i = 0; i < count; ++i)
+        if (got[i] != want[i]) {
+          ++differ;
+          first = std::min(first, i);
+        }
+      EXPECT_EQ(differ, 0u) << "first at " << first << ": packer " << (first < count ? got[first] : 0)
+                            << ", oneDNN " << (first < count ? want[first] : 0);
+    }
 }
 
 // After an optimizer step the owner invalidates the packs and they are redone in place (the same
