@@ -3,6 +3,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "model/params.h"
 #include "ops/bf16_gemm.h"
 #include "ops/matmul.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
 
 using namespace dsmoe;
 
@@ -101,6 +104,46 @@ BENCHMARK(Moe_LayerFwdBwd_Bf16)
     ->Args({1280, 1, 63, 7, 896, 2048})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// Packing bf16 weights into oneDNN's BA16a64b2a layout, as bf16 training does for every weight and
+// both uses after each optimizer step: impl 0 oneDNN's reorder, 1 ops::pack_bf16_ba16a64b2a (what
+// Bf16WeightPacks runs); trans_b 1 packs B = W^T (the forward's), 0 B = W (the backward dX's).
+// 64 distinct [1760, 1280] weights (the paper-2B experts' gate + up), 288 MB, so the pass streams
+// from memory as in a step; GB/s counts bytes read + written. Threads: OMP_NUM_THREADS.
+void Bf16_PackWeights(benchmark::State& state) {
+  if (!ops::bf16_gemm_available()) return state.SkipWithError("no AVX512_BF16");
+  const bool packer = state.range(0) != 0, trans_b = state.range(1) != 0;
+  const int64_t K = 1280, N = 1760, count = 64;
+  using dims = dnnl::memory::dims;
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const dnnl::memory::desc packed({K, N}, dnnl::memory::data_type::bf16, dnnl::memory::format_tag::BA16a64b2a);
+  const dnnl::memory::desc plain({K, N}, dnnl::memory::data_type::bf16, trans_b ? dims{1, K} : dims{N, 1});
+  Rng rng(7);
+  std::vector<std::vector<uint16_t>> w(count, std::vector<uint16_t>((size_t)(K * N)));
+  std::vector<dnnl::memory> dst;
+  for (auto& v : w) {
+    for (auto& x : v) x = (uint16_t)rng.below(65536);
+    dst.emplace_back(packed, engine);
+  }
+  auto pass = [&] {
+    for (int64_t i = 0; i < count; ++i) {
+      if (packer) {
+        ops::pack_bf16_ba16a64b2a(static_cast<uint16_t*>(dst[i].get_data_handle()), w[i].data(), trans_b ? K : N,
+                                  trans_b, K, N);
+      } else {
+        dnnl::memory src(plain, engine, w[i].data());
+        dnnl::reorder(src, dst[i]).execute(stream, src, dst[i]);
+        stream.wait();
+      }
+    }
+  };
+  pass();  // untimed: first touch of the destinations, oneDNN's kernel generation
+  for (auto _ : state) pass();
+  state.counters["GB/s"] = benchmark::Counter((double)(count * K * N * 2 * 2), benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(Bf16_PackWeights)->ArgNames({"impl", "trans_b"})->ArgsProduct({{0, 1}, {1, 0}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // A whole training step (zero the gradients, forward, backward; no optimizer) of a config file's
 // model at batch B x T, in model FLOPs per token from model_stats (6 x activated non-embedding
