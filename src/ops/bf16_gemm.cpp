@@ -308,8 +308,8 @@ bool Bf16WeightPacks::gemm(bool trans_b, int64_t M, int64_t N, int64_t K, float 
         }
         if (is_ba16a64b2a(pack->desc, K, N)) {
           // The layout of oneDNN's bf16 kernels on AVX512_BF16 and AMX, packed here: oneDNN's reorder
-          // into it ran at a quarter of this speed and took a fifth of the bf16 step's oneDNN time
-          // (bench/RESULTS.md "bf16 weight packs").
+          // into it took a fifth of the AMX bf16 step's oneDNN time and runs at 1/1.5-1/2.1 of this
+          // speed (bench/RESULTS.md "bf16 weight packs").
           pack_bf16_ba16a64b2a(static_cast<uint16_t*>(pack->mem.get_data_handle()), w, ldw, trans_b, K, N);
         } else {
           const dnnl::memory::desc plain({K, N}, dt::bf16, trans_b ? dims{1, ldw} : dims{ldw, 1});
