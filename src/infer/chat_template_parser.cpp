@@ -619,6 +619,24 @@ class Parser {
     ~NestingGuard() { --p.nesting_; }
   };
 
+  // Every child joins its parent here, which keeps the tree's depth (the evaluator's recursion and
+  // the tree's destructor follow it) within kMaxNesting: `a ~ b ~ c ...` and `x.a.a.a ...` are loops
+  // in the parser but chains in the tree.
+  void attach(Expr& parent, ExprPtr child) {
+    if (child) {
+      parent.depth = std::max(parent.depth, child->depth + 1);
+      if (parent.depth > kMaxNesting)
+        fail("{} line {} column {}: expression nested deeper than {} levels", origin_, parent.line, parent.column,
+             kMaxNesting);
+    }
+    parent.args.push_back(std::move(child));
+  }
+  void attach_kwarg(Expr& parent, std::string key, ExprPtr value) {
+    attach(parent, std::move(value));  // checked as an argument, then moved to the keywords
+    parent.kwargs.emplace_back(std::move(key), std::move(parent.args.back()));
+    parent.args.pop_back();
+  }
+
   ExprPtr parse_expression(bool with_condexpr) {
     NestingGuard guard(*this, cur());
     return with_condexpr ? parse_condexpr() : parse_or();
@@ -629,13 +647,14 @@ class Parser {
     while (is_name(cur(), "if")) {
       auto c = make(Expr::Kind::CondExpr, cur());
       advance();
-      c->args.push_back(std::move(e));
-      c->args.push_back(parse_or());
+      attach(*c, std::move(e));
+      attach(*c, parse_or());
       if (is_name(cur(), "else")) {
+        NestingGuard guard(*this, cur());  // `a if b else c if d else ...` recurses here
         advance();
-        c->args.push_back(parse_condexpr());
+        attach(*c, parse_condexpr());
       } else {
-        c->args.push_back(nullptr);
+        attach(*c, nullptr);
       }
       e = std::move(c);
     }
@@ -645,8 +664,8 @@ class Parser {
   ExprPtr binary(Expr::Kind kind, const Token& at, std::string op, ExprPtr l, ExprPtr r) {
     auto e = make(kind, at);
     e->name = std::move(op);
-    e->args.push_back(std::move(l));
-    e->args.push_back(std::move(r));
+    attach(*e, std::move(l));
+    attach(*e, std::move(r));
     return e;
   }
 
@@ -667,8 +686,9 @@ class Parser {
     if (is_name(cur(), "not")) {
       auto e = make(Expr::Kind::Unary, cur());
       e->name = "not";
+      NestingGuard guard(*this, cur());  // `not not not ...` recurses here
       advance();
-      e->args.push_back(parse_not());
+      attach(*e, parse_not());
       return e;
     }
     return parse_compare();
@@ -697,10 +717,10 @@ class Parser {
       }
       if (!cmp) {
         cmp = make(Expr::Kind::Compare, at);
-        cmp->args.push_back(std::move(first));
+        attach(*cmp, std::move(first));
       }
       cmp->ops.push_back(op);
-      cmp->args.push_back(parse_math1());
+      attach(*cmp, parse_math1());
     }
     return cmp ? std::move(cmp) : std::move(first);
   }
@@ -727,8 +747,9 @@ class Parser {
     if (is_op(cur(), "-") || is_op(cur(), "+")) {
       node = make(Expr::Kind::Unary, cur());
       node->name = cur().value;
+      NestingGuard guard(*this, cur());  // `- - + ...` recurses here
       advance();
-      node->args.push_back(parse_unary(false));
+      attach(*node, parse_unary(false));
     } else {
       node = parse_primary();
     }
@@ -784,11 +805,11 @@ class Parser {
           if (is_op(cur(), ",")) {
             auto tuple = make(Expr::Kind::List, t);
             tuple->name = "tuple";
-            tuple->args.push_back(std::move(e));
+            attach(*tuple, std::move(e));
             while (is_op(cur(), ",")) {
               advance();
               if (is_op(cur(), ")")) break;
-              tuple->args.push_back(parse_expression(true));
+              attach(*tuple, parse_expression(true));
             }
             e = std::move(tuple);
           }
@@ -808,10 +829,10 @@ class Parser {
     auto e = make(kind, cur());
     advance();
     while (!is_op(cur(), close)) {
-      e->args.push_back(parse_expression(true));
+      attach(*e, parse_expression(true));
       if (kind == Expr::Kind::Dict) {
         expect_op(":");
-        e->args.push_back(parse_expression(true));
+        attach(*e, parse_expression(true));
       }
       if (!is_op(cur(), ",")) break;
       advance();
@@ -828,14 +849,14 @@ class Parser {
         if (cur().type == Token::Type::Name) {
           auto e = make(Expr::Kind::Attr, at);
           e->name = cur().value;
-          e->args.push_back(std::move(node));
+          attach(*e, std::move(node));
           node = std::move(e);
         } else if (cur().type == Token::Type::Integer) {
           auto e = make(Expr::Kind::Item, at);
           auto index = make(Expr::Kind::Literal, cur());
           index->literal = Value::from_int(cur().integer);
-          e->args.push_back(std::move(node));
-          e->args.push_back(std::move(index));
+          attach(*e, std::move(node));
+          attach(*e, std::move(index));
           node = std::move(e);
         } else {
           error(cur(), fmt::format("expected an attribute name after '.', got {}", describe(cur())));
@@ -869,20 +890,20 @@ class Parser {
       if (is_op(cur(), ",")) error(cur(), "tuple subscripts (x[a, b]) are not supported");
       expect_op("]");
       auto e = make(Expr::Kind::Item, at);
-      e->args.push_back(std::move(node));
-      e->args.push_back(std::move(first));
+      attach(*e, std::move(node));
+      attach(*e, std::move(first));
       return e;
     }
     auto e = make(Expr::Kind::Slice, at);
-    e->args.push_back(std::move(node));
-    e->args.push_back(std::move(first));
+    attach(*e, std::move(node));
+    attach(*e, std::move(first));
     advance();  // :
-    e->args.push_back(is_op(cur(), "]") || is_op(cur(), ":") ? nullptr : parse_expression(true));
+    attach(*e, is_op(cur(), "]") || is_op(cur(), ":") ? nullptr : parse_expression(true));
     if (is_op(cur(), ":")) {
       advance();
-      e->args.push_back(is_op(cur(), "]") ? nullptr : parse_expression(true));
+      attach(*e, is_op(cur(), "]") ? nullptr : parse_expression(true));
     } else {
-      e->args.push_back(nullptr);
+      attach(*e, nullptr);
     }
     expect_op("]");
     return e;
@@ -896,10 +917,10 @@ class Parser {
         std::string key = cur().value;
         advance();
         advance();
-        e.kwargs.emplace_back(std::move(key), parse_expression(true));
+        attach_kwarg(e, std::move(key), parse_expression(true));
       } else {
         if (!e.kwargs.empty()) error(cur(), "a positional argument follows a keyword argument");
-        e.args.push_back(parse_expression(true));
+        attach(e, parse_expression(true));
       }
       if (!is_op(cur(), ",")) break;
       advance();
@@ -909,7 +930,7 @@ class Parser {
 
   ExprPtr parse_call(ExprPtr node) {
     auto e = make(Expr::Kind::Call, cur());
-    e->args.push_back(std::move(node));
+    attach(*e, std::move(node));
     parse_call_args(*e);
     return e;
   }
@@ -927,7 +948,7 @@ class Parser {
     auto e = make(Expr::Kind::Filter, cur());
     advance();  // |
     e->name = dotted_name("a filter name");
-    e->args.push_back(std::move(node));
+    attach(*e, std::move(node));
     if (is_op(cur(), "(")) parse_call_args(*e);
     return e;
   }
@@ -940,7 +961,7 @@ class Parser {
       advance();
     }
     e->name = dotted_name("a test name");
-    e->args.push_back(std::move(node));
+    attach(*e, std::move(node));
     const Token& t = cur();
     if (is_op(t, "(")) {
       parse_call_args(*e);
@@ -949,7 +970,7 @@ class Parser {
                is_op(t, "[") || is_op(t, "{")) {
       // `x is divisibleby 3`: one argument without parentheses.
       if (is_name(t, "is")) error(t, "tests cannot be chained with 'is'");
-      e->args.push_back(parse_postfix(parse_primary()));
+      attach(*e, parse_postfix(parse_primary()));
     }
     return e;
   }

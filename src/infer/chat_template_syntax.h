@@ -37,6 +37,7 @@ struct Expr {
   Value literal;
   std::string name;
   bool negated = false;
+  int depth = 1;  // levels from here to the deepest leaf (the parser bounds it)
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;

@@ -753,6 +753,27 @@ TEST(ChatTemplate, ErrorsNameTheLineColumnAndConstruct) {
   std::string deep_ifs;
   for (int i = 0; i < 1000; ++i) deep_ifs += "{% if true %}";
   expect_contains(error_of(deep_ifs), "nesting deeper than");
+  // Chains within the 2000-token limit that the parser reads by recursion (unary signs, `not`,
+  // `else ... if`) or by loops that still build a deep tree (operators, attributes, filters): the
+  // evaluator recursed through them and overflowed the stack (fuzz_chat_template, 2026-12-03:
+  // `{% if +++...` with ~1300 signs).
+  const auto repeat = [](const std::string& s, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += s;
+    return out;
+  };
+  expect_contains(error_of("{{ " + std::string(1500, '+') + "1 }}"), "nesting deeper than");
+  expect_contains(error_of("{{ " + repeat("- ", 1500) + "1 }}"), "nesting deeper than");
+  expect_contains(error_of("{{ " + repeat("not ", 1500) + "x }}", {{"x", true}}), "nesting deeper than");
+  expect_contains(error_of("{{ " + repeat("1 if x else ", 450) + "1 }}", {{"x", true}}), "nesting deeper than");
+  expect_contains(error_of("{{ 1" + repeat(" ~ 1", 900) + " }}"), "expression nested deeper than");
+  expect_contains(error_of("{{ x" + repeat(".a", 900) + " }}", {{"x", json::object()}}), "expression nested deeper than");
+  expect_contains(error_of("{{ x" + repeat("|trim", 900) + " }}", {{"x", "a"}}), "expression nested deeper than");
+  expect_contains(error_of("{{ f(" + repeat("x ~ ", 300) + "x) }}"), "expression nested deeper than");
+  // Templates of ordinary depth still render.
+  EXPECT_EQ(ChatTemplate::parse("{{ 1" + repeat(" + 1", 150) + " }}").render(json::object()), "151");
+  EXPECT_EQ(ChatTemplate::parse("{{ " + repeat("- ", 150) + "7 }}").render(json::object()), "7");
+  EXPECT_EQ(ChatTemplate::parse("{{ 'a' ~ x" + repeat("|trim", 150) + " }}").render(json{{"x", " b "}}), "ab");
 }
 
 TEST(ChatTemplate, WorkIsBounded) {

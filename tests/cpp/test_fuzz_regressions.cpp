@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "experiment/suite.h"
+#include "infer/chat_template.h"
 #include "infer/gguf_vocab.h"
 #include "infer/hf_checkpoint.h"
 #include "io/gguf.h"
@@ -53,6 +54,14 @@ TEST(FuzzRegressions, JsonNumberOverflowIsRefused) {
 TEST(FuzzRegressions, SuiteNameNotString) {
   const std::string path = std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_suite/name_not_string.json";
   EXPECT_THROW(dsmoe::experiment::load_suite(path, false), dsmoe::Error);
+}
+
+// `{% if +++...` with about 1300 unary signs (under the 2000-token limit of a tag): the parser read
+// the chain by recursion outside its nesting guard, and the renderer's recursive evaluation of the
+// 1300-deep expression overflowed the stack under ASan. Now refused at parse time.
+TEST(FuzzRegressions, ChatTemplateUnarySignChain) {
+  const std::string source = reproducer("fuzz_chat_template", "unary_sign_chain.jinja");
+  EXPECT_TRUE(dsmoe::test::error_mentions([&] { dsmoe::ChatTemplate::parse(source, "fuzz"); }, {"nesting deeper than"}));
 }
 
 // gguf_tokenizer_json put tokenizer.ggml.tokens into a JSON document as they were; a token that is
