@@ -391,9 +391,10 @@ class Parser {
   static bool is_name(const Token& t, const char* n) { return t.type == Token::Type::Name && t.value == n; }
   static bool is_op(const Token& t, const char* o) { return t.type == Token::Type::Op && t.value == o; }
 
-  [[noreturn]] void error(const Token& t, const std::string& msg) const {
-    fail("{} line {} column {}: {}", origin_, t.line, t.column, msg);
+  [[noreturn]] void error_at(int line, int column, const std::string& msg) const {
+    fail("{} line {} column {}: {}", origin_, line, column, msg);
   }
+  [[noreturn]] void error(const Token& t, const std::string& msg) const { error_at(t.line, t.column, msg); }
   void expect_op(const char* o) {
     if (!is_op(cur(), o)) error(cur(), fmt::format("expected '{}', got {}", o, describe(cur())));
     advance();
@@ -622,19 +623,19 @@ class Parser {
   // Every child joins its parent here, which keeps the tree's depth (the evaluator's recursion and
   // the tree's destructor follow it) within kMaxNesting: `a ~ b ~ c ...` and `x.a.a.a ...` are loops
   // in the parser but chains in the tree.
+  void deepen(Expr& parent, const Expr* child) const {
+    if (!child) return;
+    parent.depth = std::max(parent.depth, child->depth + 1);
+    if (parent.depth > kMaxNesting)
+      error_at(parent.line, parent.column, fmt::format("expression nested deeper than {} levels", kMaxNesting));
+  }
   void attach(Expr& parent, ExprPtr child) {
-    if (child) {
-      parent.depth = std::max(parent.depth, child->depth + 1);
-      if (parent.depth > kMaxNesting)
-        fail("{} line {} column {}: expression nested deeper than {} levels", origin_, parent.line, parent.column,
-             kMaxNesting);
-    }
+    deepen(parent, child.get());
     parent.args.push_back(std::move(child));
   }
   void attach_kwarg(Expr& parent, std::string key, ExprPtr value) {
-    attach(parent, std::move(value));  // checked as an argument, then moved to the keywords
-    parent.kwargs.emplace_back(std::move(key), std::move(parent.args.back()));
-    parent.args.pop_back();
+    deepen(parent, value.get());
+    parent.kwargs.emplace_back(std::move(key), std::move(value));
   }
 
   ExprPtr parse_expression(bool with_condexpr) {

@@ -168,6 +168,37 @@ struct PackedMatmul {
 
 }  // namespace
 
+#ifdef DSMOE_BF16_GEMM
+// A full 32 x 64 block of B = W^T (below): 16 x 16 transposes of 32-bit words, rows n of W (16
+// pairs each) becoming rows p of the block. Without this vector path the general loop packs it.
+static void pack_block_transposed(uint32_t* out, const uint16_t* w, int64_t ldw, int64_t n0, int64_t k0) {
+  for (int64_t nq = 0; nq < 64; nq += 16) {
+    __m512i r[16], a[16], b[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(w + (n0 + nq + i) * ldw + k0);
+    for (int i = 0; i < 16; i += 2) {
+      a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+      a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    // b[4q + c], lane L: rows 4q..4q+3 of column 4L + c.
+    for (int q = 0; q < 16; q += 4) {
+      b[q] = _mm512_unpacklo_epi64(a[q], a[q + 2]);
+      b[q + 1] = _mm512_unpackhi_epi64(a[q], a[q + 2]);
+      b[q + 2] = _mm512_unpacklo_epi64(a[q + 1], a[q + 3]);
+      b[q + 3] = _mm512_unpackhi_epi64(a[q + 1], a[q + 3]);
+    }
+    for (int c = 0; c < 4; ++c) {
+      const __m512i d0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), d1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
+      const __m512i e0 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44),
+                    e1 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
+      _mm512_storeu_si512(out + (0 + c) * 64 + nq, _mm512_shuffle_i32x4(d0, e0, 0x88));
+      _mm512_storeu_si512(out + (4 + c) * 64 + nq, _mm512_shuffle_i32x4(d0, e0, 0xDD));
+      _mm512_storeu_si512(out + (8 + c) * 64 + nq, _mm512_shuffle_i32x4(d1, e1, 0x88));
+      _mm512_storeu_si512(out + (12 + c) * 64 + nq, _mm512_shuffle_i32x4(d1, e1, 0xDD));
+    }
+  }
+}
+#endif
+
 void pack_bf16_ba16a64b2a(uint16_t* dst, const uint16_t* w, int64_t ldw, bool trans_b, int64_t K, int64_t N) {
   const int64_t KB = (K + 31) / 32, NB = (N + 63) / 64;
   // One 32 x 64 block: 16 rows of 64 32-bit words, word (p, n) = the pair B[2p][n], B[2p + 1][n]
@@ -176,50 +207,18 @@ void pack_bf16_ba16a64b2a(uint16_t* dst, const uint16_t* w, int64_t ldw, bool tr
     uint32_t* out = reinterpret_cast<uint32_t*>(dst + (nb * KB + kb) * 2048);
     const int64_t k0 = kb * 32, n0 = nb * 64;
     const bool full = k0 + 32 <= K && n0 + 64 <= N;
-    if (full && trans_b) {
 #ifdef DSMOE_BF16_GEMM
-      // 16 x 16 transposes of 32-bit words: rows n of W (16 pairs each) become rows p of the block.
-      for (int64_t nq = 0; nq < 64; nq += 16) {
-        __m512i r[16], a[16], b[16];
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(w + (n0 + nq + i) * ldw + k0);
-        for (int i = 0; i < 16; i += 2) {
-          a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-          a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-        }
-        // b[4q + c], lane L: rows 4q..4q+3 of column 4L + c.
-        for (int q = 0; q < 16; q += 4) {
-          b[q] = _mm512_unpacklo_epi64(a[q], a[q + 2]);
-          b[q + 1] = _mm512_unpackhi_epi64(a[q], a[q + 2]);
-          b[q + 2] = _mm512_unpacklo_epi64(a[q + 1], a[q + 3]);
-          b[q + 3] = _mm512_unpackhi_epi64(a[q + 1], a[q + 3]);
-        }
-        for (int c = 0; c < 4; ++c) {
-          const __m512i d0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), d1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
-          const __m512i e0 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44),
-                        e1 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
-          _mm512_storeu_si512(out + (0 + c) * 64 + nq, _mm512_shuffle_i32x4(d0, e0, 0x88));
-          _mm512_storeu_si512(out + (4 + c) * 64 + nq, _mm512_shuffle_i32x4(d0, e0, 0xDD));
-          _mm512_storeu_si512(out + (8 + c) * 64 + nq, _mm512_shuffle_i32x4(d1, e1, 0x88));
-          _mm512_storeu_si512(out + (12 + c) * 64 + nq, _mm512_shuffle_i32x4(d1, e1, 0xDD));
-        }
-      }
-#else
-      for (int64_t n = 0; n < 64; ++n) {
-        const uint16_t* row = w + (n0 + n) * ldw + k0;
-        for (int64_t p = 0; p < 16; ++p) {
-          uint32_t pair;
-          std::memcpy(&pair, row + 2 * p, 4);
-          out[p * 64 + n] = pair;
-        }
-      }
+    if (full && trans_b) return pack_block_transposed(out, w, ldw, n0, k0);
 #endif
-    } else if (full) {
+    if (full && !trans_b) {
       for (int64_t p = 0; p < 16; ++p) {
         const uint16_t* lo = w + (k0 + 2 * p) * ldw + n0;
         const uint16_t* hi = lo + ldw;
         for (int64_t n = 0; n < 64; ++n) out[p * 64 + n] = (uint32_t)lo[n] | ((uint32_t)hi[n] << 16);
       }
-    } else {  // an edge block: what lies past K or N is zero, as oneDNN pads it
+      return;
+    }
+    {  // an edge block (what lies past K or N is zero, as oneDNN pads it), or B = W^T without AVX-512
       auto at = [&](int64_t k, int64_t n) -> uint32_t {
         if (k >= K || n >= N) return 0;
         return trans_b ? w[n * ldw + k] : w[k * ldw + n];
