@@ -107,3 +107,43 @@ BENCHMARK(Gemm_Split)
     ->Args({0, 0})->Args({0, 1})->Args({1, 0})->Args({1, 1})->Args({2, 0})->Args({2, 1})
     ->Args({3, 0})->Args({3, 1})->Args({4, 0})->Args({4, 1})->Args({5, 0})->Args({5, 1})
     ->ArgNames({"case", "split"})->UseRealTime();
+
+// The GEMMs of one training step of the issue-16 suite's small models (hidden 64, vocab 8192,
+// 4096 tokens a step, experts of 44; bench/RESULTS.md "Small-model training"), as Model makes them,
+// by dsmoe's gemm() (core/gemm_kernel where it reproduces OpenBLAS's rounding) against one
+// cblas_sgemm call, at the thread count the run sets (the suite trains with one). Cases:
+//   0: lm_head forward, one 32-row block against the transposed weight  NN 32x8192x64
+//   1: lm_head dX  NN 4096x64x8192       2: lm_head dW  TN 8192x64x4096 (dlogits^T x)
+//   3: expert gate/up  NT 455x88x64      4: expert dW_down  TN 64x44x455
+//   5: attention projection forward  NT 4096x64x64   6: its dW  TN 64x64x4096
+static void Gemm_SmallModel(benchmark::State& state) {
+  struct Case {
+    bool ta, tb;
+    int64_t M, N, K;
+    const char* name;
+  };
+  static const Case cases[] = {{false, false, 32, 8192, 64, "lm_head fwd block"}, {false, false, 4096, 64, 8192, "lm_head dX"},
+                               {true, false, 8192, 64, 4096, "lm_head dW"},       {false, true, 455, 88, 64, "expert gate/up"},
+                               {true, false, 64, 44, 455, "expert dW_down"},       {false, true, 4096, 64, 64, "attn proj"},
+                               {true, false, 64, 64, 4096, "attn proj dW"}};
+  const Case& c = cases[state.range(0)];
+  const bool ours = state.range(1) == 1;
+  state.SetLabel(std::string(c.name) + (ours ? " dsmoe gemm" : " cblas_sgemm"));
+  std::vector<float> a((size_t)(c.M * c.K)), b((size_t)(c.K * c.N)), out((size_t)(c.M * c.N), 0.0f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 0.001f * (float)(i % 997);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = 0.002f * (float)(i % 991);
+  const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
+  for (auto _ : state) {
+    if (ours)
+      dsmoe::gemm(c.ta, c.tb, c.M, c.N, c.K, 1.0f, a.data(), lda, b.data(), ldb, 1.0f, out.data(), c.N);
+    else
+      cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, c.tb ? CblasTrans : CblasNoTrans, (int)c.M, (int)c.N,
+                  (int)c.K, 1.0f, a.data(), (int)lda, b.data(), (int)ldb, 1.0f, out.data(), (int)c.N);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * c.M * c.N * c.K, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(Gemm_SmallModel)
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6}, {0, 1}})
+    ->ArgNames({"case", "dsmoe"})->UseRealTime();

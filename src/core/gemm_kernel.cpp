@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 
@@ -17,6 +18,11 @@ namespace {
 // chunking of K in driver/level3/level3.c), as measured (tests/cpp/test_gemm_kernel.cpp).
 constexpr int64_t kChunkQ = 320;
 constexpr int64_t kUnrollM = 16;
+
+// Operand rows at least this many floats apart (4 KB: a page) are copied into panels first.
+constexpr int64_t kPageFloats = 1024;
+// Rows of A^T per copied block: a multiple of every tile height (8, 6, 4), 120 KB a chunk (L2).
+constexpr int64_t kRowBlock = 96;
 
 // Length of the K chunk starting with `left` elements still to do (level3.c's min_l).
 int64_t chunk_len(int64_t left) {
@@ -241,22 +247,49 @@ void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
   // Column tiles: all of N in one tile up to 6 vectors (96 columns), else tiles of 4 vectors.
   const int64_t vecs = (N + 15) / 16;
   const int64_t tile_vecs = vecs <= 6 ? vecs : 4;
+  // Operands whose rows lie a page or more apart are copied, one K chunk at a time, into small
+  // contiguous panels first: read in place, every k of a chunk is a different page and (at strides
+  // of a power of two) the same few cache sets, so each tile re-fetched them from L3 (the lm_head's
+  // dW = dlogits^T x ran at half the speed of dX; bench `Gemm_SmallModel`). The copy moves values,
+  // not sums: the rounding is unchanged. A^T is copied per block of kRowBlock rows (each of its
+  // k rows then read once, whole), a B panel per column tile where several row tiles share it.
+  const bool pack_a = trans_a && lda >= kPageFloats;
+  const int64_t row_block = pack_a ? kRowBlock : M;
+  thread_local std::vector<float> a_panel, b_panel;
   for (int64_t k0 = 0; k0 < K;) {
     const int64_t kc = chunk_len(K - k0);
     const bool load_c = !(k0 == 0 && beta == 0.0f);
-    for (int64_t j0 = 0; j0 < N; j0 += 16 * tile_vecs) {
-      const int64_t cols = std::min(N - j0, 16 * tile_vecs);
-      const int nv = (int)((cols + 15) / 16);
-      const int rem = (int)(cols - 16 * (nv - 1));
-      const __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-      const int R = rows_for(nv);
-      const TileFn full = trans_a ? pick<true>(R, nv) : pick<false>(R, nv);
-      const float* b = B + k0 * ldb + j0;
-      for (int64_t i0 = 0; i0 < M; i0 += R) {
-        const int r = (int)std::min<int64_t>(R, M - i0);
-        const TileFn fn = r == R ? full : (trans_a ? pick<true>(r, nv) : pick<false>(r, nv));
-        const float* a = trans_a ? A + k0 * lda + i0 : A + i0 * lda + k0;
-        fn(kc, alpha, a, lda, b, ldb, C + i0 * ldc + j0, ldc, last, load_c);
+    for (int64_t ib = 0; ib < M; ib += row_block) {
+      const int64_t mb = std::min(row_block, M - ib);
+      const float* a_src = trans_a ? A + k0 * lda + ib : A + ib * lda + k0;
+      int64_t a_ld = lda;
+      if (pack_a) {
+        if (a_panel.size() < (size_t)(kc * mb)) a_panel.resize((size_t)(kChunkQ * kRowBlock));
+        for (int64_t k = 0; k < kc; ++k) std::memcpy(a_panel.data() + k * mb, a_src + k * lda, sizeof(float) * mb);
+        a_src = a_panel.data();
+        a_ld = mb;
+      }
+      for (int64_t j0 = 0; j0 < N; j0 += 16 * tile_vecs) {
+        const int64_t cols = std::min(N - j0, 16 * tile_vecs);
+        const int nv = (int)((cols + 15) / 16);
+        const int rem = (int)(cols - 16 * (nv - 1));
+        const __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+        const int R = rows_for(nv);
+        const TileFn full = trans_a ? pick<true>(R, nv) : pick<false>(R, nv);
+        const float* b = B + k0 * ldb + j0;
+        int64_t b_ld = ldb;
+        if (ldb >= kPageFloats && mb > R) {
+          if (b_panel.size() < (size_t)(kc * cols)) b_panel.resize((size_t)(kChunkQ * 16 * 6));  // the widest tile
+          for (int64_t k = 0; k < kc; ++k) std::memcpy(b_panel.data() + k * cols, b + k * ldb, sizeof(float) * cols);
+          b = b_panel.data();
+          b_ld = cols;
+        }
+        for (int64_t i0 = 0; i0 < mb; i0 += R) {
+          const int r = (int)std::min<int64_t>(R, mb - i0);
+          const TileFn fn = r == R ? full : (trans_a ? pick<true>(r, nv) : pick<false>(r, nv));
+          const float* a = trans_a ? a_src + i0 : a_src + i0 * a_ld;
+          fn(kc, alpha, a, a_ld, b, b_ld, C + (ib + i0) * ldc + j0, ldc, last, load_c);
+        }
       }
     }
     k0 += kc;

@@ -2,7 +2,8 @@
 // before the kernel existed must continue with the same numbers). Every shape class the models
 // use (expert, projection, lm_head, weight-gradient products), K on both sides of OpenBLAS's chunk
 // lengths (320, 640, the halved remainders), products just above the small-matrix threshold,
-// leading dimensions wider than the matrices, alpha 1 / other, beta 0 / 1 / other, A transposed or
+// leading dimensions wider than the matrices (and a page or more wide, where the kernel copies
+// operands into panels), alpha 1 / other, beta 0 / 1 / other, A transposed or
 // not, and B given as B or (as core/gemm does for op(B) = B^T) transposed into a copy.
 // On a CPU or OpenBLAS kernel set the order was not established for, the kernel is off and
 // core/gemm never calls it; the test then checks only that.
@@ -87,7 +88,11 @@ TEST(GemmKernel, BitIdenticalToOpenBlasOnModelShapes) {
   const Shape shapes[] = {{455, 88, 64},   {455, 64, 44},  {455, 44, 64},  {455, 64, 88},   {64, 44, 455},
                           {88, 64, 455},   {32, 8192, 64}, {4096, 64, 64}, {4096, 63, 64},  {4096, 64, 63},
                           {4096, 352, 64}, {64, 64, 4096}, {176, 64, 700}, {64, 176, 641}, {40, 40, 639},
-                          {30, 30, 1290},  {70, 72, 960},  {1, 1000, 1001}, {1001, 1, 1000}, {33, 47, 655}};
+                          {30, 30, 1290},  {70, 72, 960},  {1, 1000, 1001}, {1001, 1, 1000}, {33, 47, 655},
+                          // Operands whose rows are a page or more apart, copied into panels first:
+                          // A^T in row blocks (a partial last block, several chunks), and B panels
+                          // shared by several row tiles (one or many column tiles).
+                          {3000, 64, 700}, {1100, 100, 650}, {40, 1030, 330}, {200, 1500, 64}, {1030, 1030, 20}};
   Rng rng(7);
   int64_t bad = 0;
   for (const Shape& s : shapes)
