@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/path_exists.h"
 #include "io/safetensors.h"
 
 namespace dsmoe::experiment {
@@ -168,7 +169,7 @@ Suite load_suite(const std::string& path, bool quick, const std::string& data_ov
       m.seeds = read_seeds(seeds, w + ".seeds");
       if (quick) m.seeds = {s.seeds.front()};  // quick mode has its own seed list
     }
-    if (!fs::exists(m.config_path)) fail("{} ('{}'): config file '{}' not found", w, m.id, m.config_path);
+    if (!path_exists(m.config_path, fmt::format("{} ('{}')", w, m.id))) fail("{} ('{}'): config file '{}' not found", w, m.id, m.config_path);
     json cj = load_config_json(m.config_path);
     for (auto it = quick_model.begin(); it != quick_model.end(); ++it) cj[it.key()] = *it;
     if (!quick_training.empty()) {

@@ -176,27 +176,51 @@ Config load_gguf_config(const GgufFile& f) {
 
 // ---------------------------------------------------------------- import
 
-LoadReport load_gguf_weights_into(const GgufFile& f, InferenceWeights& w, const TensorProgress& progress) {
+namespace {
+
+// The file's tensor for `s` (llama.cpp's tied embeddings: token_embd.weight stands for output.weight).
+const GgufTensor* tensor_for(const GgufFile& f, const GgufSpec& s) {
+  const GgufTensor* t = f.find_tensor(s.name);
+  if (!t && s.name == "output.weight") t = f.find_tensor("token_embd.weight");
+  return t;
+}
+
+// The tensors the file's metadata calls for, each checked present with its shape, and nothing else
+// in the file: done before any weight memory is allocated, so that metadata announcing a model the
+// file does not hold is refused at the cost of reading its tensor list.
+std::vector<GgufSpec> checked_gguf_specs(const GgufFile& f, const ModelConfig& m, const ParamLayout& layout) {
   const std::string& path = f.path();
-  const ModelConfig& m = w.config();
-  const ParamLayout layout(m);
   std::vector<GgufSpec> specs = gguf_layout(m, layout);
   std::set<std::string> expected;
   for (const auto& s : specs) expected.insert(s.name);
   for (const GgufTensor& t : f.tensors())
     if (!expected.count(t.name))
       fail("{}: unexpected tensor '{}' (not part of a deepseek model with this file's metadata)", path, t.name);
+  for (const GgufSpec& s : specs) {
+    const GgufTensor* t = tensor_for(f, s);
+    if (!t) fail("{}: missing tensor '{}' (ggml shape {})", path, s.name, ne_str(s.ne));
+    if (t->ne != s.ne)
+      fail("{}: tensor '{}' has ggml shape {}, expected {} (from the file's metadata)", path, t->name, ne_str(t->ne),
+           ne_str(s.ne));
+  }
+  return specs;
+}
+
+void check_gguf_tensors(const GgufFile& f, const ModelConfig& m) { checked_gguf_specs(f, m, ParamLayout(m)); }
+
+}  // namespace
+
+LoadReport load_gguf_weights_into(const GgufFile& f, InferenceWeights& w, const TensorProgress& progress) {
+  const ModelConfig& m = w.config();
+  const ParamLayout layout(m);
+  const std::vector<GgufSpec> specs = checked_gguf_specs(f, m, layout);
+  const std::string& path = f.path();
   LoadReport rep;
   rep.files = 1;
   std::vector<float> row, tmp;
   int64_t done = 0;
   for (const GgufSpec& s : specs) {
-    const GgufTensor* t = f.find_tensor(s.name);
-    if (!t && s.name == "output.weight") t = f.find_tensor("token_embd.weight");  // tied embeddings
-    if (!t) fail("{}: missing tensor '{}' (ggml shape {})", path, s.name, ne_str(s.ne));
-    if (t->ne != s.ne)
-      fail("{}: tensor '{}' has ggml shape {}, expected {} (from the file's metadata)", path, t->name, ne_str(t->ne),
-           ne_str(s.ne));
+    const GgufTensor* t = tensor_for(f, s);
     rep.tensors++;
     rep.bytes_read += (int64_t)t->nbytes;
     rep.f32 += t->type == GgmlType::F32;
@@ -240,6 +264,7 @@ InferenceModel load_gguf_inference_model(const std::string& path, std::optional<
   InferenceModel im;
   im.config = load_gguf_config(f);
   const ops::WType t = type ? *type : gguf_native_storage(f).value_or(ops::WType::F32);
+  check_gguf_tensors(f, im.config.model);
   im.weights = std::make_unique<InferenceWeights>(InferenceWeights::allocate(im.config.model, t));
   im.report = load_gguf_weights_into(f, *im.weights, progress);
   return im;
@@ -249,6 +274,7 @@ LoadedModel load_gguf_model(const std::string& path, const TensorProgress& progr
   const GgufFile f(path);
   LoadedModel lm;
   lm.config = load_gguf_config(f);
+  check_gguf_tensors(f, lm.config.model);
   lm.model = std::make_unique<Model>(lm.config.model);
   InferenceWeights view = InferenceWeights::view(*lm.model);
   lm.report = load_gguf_weights_into(f, view, progress);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/path_exists.h"
 #include "infer/gguf_checkpoint.h"
 
 namespace dsmoe {
@@ -205,7 +206,7 @@ FilePlan plan_files(const std::string& dir, const ParamLayout& layout, const std
     auto it = wm.find(t.name);
     if (it == wm.end()) fail("{}: missing tensor '{}': weight_map has no entry for it", index_path, t.name);
     const std::string file = join(dir, it->get<std::string>());
-    if (!fs::exists(file))
+    if (!path_exists(file, fmt::format("{}: weight_map['{}']", index_path, t.name)))
       fail("{}: shard '{}' (holding tensor '{}') does not exist", index_path, it->get<std::string>(), t.name);
     const std::string sc = t.name + kScaleSuffix;
     if (scale_names.count(sc)) {  // a block's scale lives beside its weights

@@ -1,6 +1,9 @@
 #include "infer/infer_weights.h"
 
+#include <algorithm>
 #include <cstring>
+#include <string_view>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -74,8 +77,15 @@ void InferenceWeights::set_compute(ops::Compute c) {
 }
 
 InferenceWeights::Slot& InferenceWeights::slot_at(int64_t offset) {
-  for (Slot& s : slots_)
-    if (offset >= s.t.offset && offset < s.t.offset + s.t.numel) return s;
+  // Slots are in layout order (offsets never decrease): the last one starting at or before
+  // `offset`, stepping back over empty ones that share its start.
+  auto it = std::upper_bound(slots_.begin(), slots_.end(), offset,
+                             [](int64_t o, const Slot& s) { return o < s.t.offset; });
+  while (it != slots_.begin()) {
+    --it;
+    if (offset < it->t.offset + it->t.numel) return *it;
+    if (it->t.numel != 0) break;
+  }
   fail("internal: no parameter tensor holds offset {}", offset);
 }
 
@@ -86,10 +96,11 @@ int64_t InferenceWeights::bytes() const {
 }
 
 void InferenceWeights::build_views() {
+  std::unordered_map<std::string_view, const Slot*> by_name;  // a dozen lookups per layer
+  for (const Slot& s : slots_) by_name.emplace(s.t.name, &s);
   auto find = [&](const std::string& name) -> const Slot* {
-    for (const Slot& s : slots_)
-      if (s.t.name == name) return &s;
-    return nullptr;
+    const auto it = by_name.find(name);
+    return it == by_name.end() ? nullptr : it->second;
   };
   auto mat = [&](const std::string& name) -> WeightMat {
     const Slot* s = find(name);

@@ -12,6 +12,7 @@
 
 #include "core/edit_distance.h"
 #include "core/error.h"
+#include "core/path_exists.h"
 #include "io/safetensors.h"
 
 namespace dsmoe {
@@ -368,7 +369,7 @@ static json load_config_json(const std::string& path, int depth) {
   if (depth >= 8) fail("{}: 'extends' chain deeper than 8 files (a cycle?)", path);
   const std::string base_path =
       (std::filesystem::path(path).parent_path() / j["extends"].get<std::string>()).lexically_normal().string();
-  if (!std::filesystem::exists(base_path)) fail("{}: key 'extends': no such file '{}'", path, base_path);
+  if (!path_exists(base_path, fmt::format("{}: key 'extends'", path))) fail("{}: key 'extends': no such file '{}'", path, base_path);
   json merged = load_config_json(base_path, depth + 1);
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "extends") continue;

@@ -14,11 +14,13 @@ static int64_t prod(const std::vector<int64_t>& s, const std::string& name) {
 int64_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool decay, bool routed_experts) {
   ParamTensor t{name, shape, total_, prod(shape, name), decay, routed_experts};
   total_ = checked_add(total_, t.numel, "total parameter count");
+  index_.emplace(name, tensors_.size());
   tensors_.push_back(t);
   return t.offset;
 }
 
 void ParamLayout::add_hf(const std::string& name, std::vector<int64_t> shape, int64_t offset) {
+  hf_index_.emplace(name, hf_.size());
   hf_.push_back(HfTensor{name, shape, offset, prod(shape, name)});
 }
 
@@ -68,15 +70,13 @@ ParamLayout::ParamLayout(const ModelConfig& m, ExpertShard shard) : m_(m), shard
 }
 
 const ParamTensor* ParamLayout::find(const std::string& name) const {
-  for (const auto& t : tensors_)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
 const HfTensor* ParamLayout::find_hf(const std::string& name) const {
-  for (const auto& t : hf_)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = hf_index_.find(name);
+  return it == hf_index_.end() ? nullptr : &hf_[it->second];
 }
 
 ModelView ParamLayout::view(float* base) const {

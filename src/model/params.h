@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "model/config.h"
@@ -70,6 +71,10 @@ class ParamLayout {
   ExpertShard shard_;
   std::vector<ParamTensor> tensors_;
   std::vector<HfTensor> hf_;
+  // Name -> position, for find() and find_hf(): loaders look up every tensor by name, and a model
+  // has tens of thousands (deepseek-moe-16b: 28 layers x 64 experts x 3); a linear search made
+  // loading quadratic (a GGUF with a large layer and expert count took seconds before its first check).
+  std::unordered_map<std::string, size_t> index_, hf_index_;
   int64_t total_ = 0;
 };
 

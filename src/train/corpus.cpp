@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "core/error.h"
+#include "core/path_exists.h"
 #include "io/safetensors.h"
 #include "tokenizer/unicode.h"
 #include "train/data.h"
@@ -46,7 +47,7 @@ LabelledCorpus read_manifest(const std::string& manifest_path) {
     const std::string domain = line.substr(0, tab), path = line.substr(tab + 1);
     if (path.empty()) fail("{}: empty path", where);
     const fs::path p = fs::path(path).is_absolute() ? fs::path(path) : base / path;
-    if (!fs::is_regular_file(p)) fail("{}: {} is not a readable file", where, p.string());
+    if (!regular_file_exists(p.string(), where)) fail("{}: {} is not a readable file", where, p.string());
     Document d;
     d.domain = c.domain_index(domain, where);
     d.text = read_text_file(p.string());

@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include "core/error.h"
+#include "core/path_exists.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 
@@ -104,7 +105,7 @@ TokenSplit load_split(const std::string& dir, const std::string& split, int64_t 
   s.tokenizer = tk == f.metadata().end() ? "bytes" : tk->second;
   if (s.tokenizer != "bytes") {  // a tokenizer.json stored beside the splits (relative path)
     fs::path tp = fs::path(s.tokenizer).is_absolute() ? fs::path(s.tokenizer) : fs::path(dir) / s.tokenizer;
-    if (!fs::exists(tp)) fail("{}: metadata 'tokenizer' names {}, which does not exist", path, tp.string());
+    if (!path_exists(tp.string(), fmt::format("{}: metadata 'tokenizer'", path))) fail("{}: metadata 'tokenizer' names {}, which does not exist", path, tp.string());
     s.tokenizer = tp.string();
   }
   for (const char* key : {"bos_id", "eos_id"}) {

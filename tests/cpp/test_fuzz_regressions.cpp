@@ -7,14 +7,17 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "experiment/suite.h"
 #include "infer/chat_template.h"
+#include "infer/gguf_checkpoint.h"
 #include "infer/gguf_vocab.h"
 #include "infer/hf_checkpoint.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "model/params.h"
 #include "model/config.h"
 #include "serve/api_request.h"
 #include "test_util.h"
@@ -101,3 +104,43 @@ TEST(FuzzRegressions, ApiRequestContentPartTypeNotString) {
 }
 
 }  // namespace
+
+// A model folder whose index names a shard by a file name longer than the file system allows:
+// std::filesystem::exists threw filesystem_error (ENAMETOOLONG), which escaped the loader as an
+// exception that was not an input error (fuzz_hf_folder). The input is the fuzz target's: config,
+// index and shard bytes separated by "\n=====\n".
+TEST(FuzzRegressions, HfFolderShardNameTooLong) {
+  const std::string in = reproducer("fuzz_hf_folder", "shard_name_too_long.bin");
+  const std::string sep = "\n=====\n";
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t next = parts.size() < 2 ? in.find(sep, at) : std::string::npos;
+    parts.push_back(in.substr(at, next == std::string::npos ? std::string::npos : next - at));
+    if (next == std::string::npos) break;
+    at = next + sep.size();
+  }
+  ASSERT_EQ(parts.size(), 3u) << "the reproducer is config, index and shard";
+  const std::string dir = dsmoe::test::tmp_path("fuzz_shard_name_too_long");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  dsmoe::write_file_atomic(dir + "/config.json", parts[0]);
+  dsmoe::write_file_atomic(dir + "/model.safetensors.index.json", parts[1]);
+  dsmoe::write_file_atomic(dir + "/model-00001-of-00001.safetensors", parts[2]);
+  EXPECT_TRUE(dsmoe::test::error_mentions([&] { dsmoe::load_inference_model(dir); },
+                                          {"model.safetensors.index.json: weight_map['", "File name too long"}));
+}
+
+// A GGUF whose metadata asks for many layers of many small experts (8188 HF tensors,
+// within the fuzz target's parameter bound): every tensor was looked up by a linear search over
+// all names (ParamLayout::find_hf, InferenceWeights::build_views), so mapping it took seconds of
+// quadratic work before the first check refused it (fuzz_gguf: a timeout). Now a hash lookup;
+// the file is refused as before. (The time is not asserted here; the fuzz run's 10-s bound is
+// what checks it.)
+TEST(FuzzRegressions, GgufWithManyTensorsIsRefused) {
+  const dsmoe::GgufFile f(std::string(DSMOE_SOURCE_DIR) + "/fuzz/regressions/fuzz_gguf/many_tensors_quadratic_lookup.gguf");
+  const dsmoe::Config c = dsmoe::load_gguf_config(f);
+  const dsmoe::ParamLayout layout(c.model);
+  EXPECT_GT(layout.hf_tensors().size(), 5000u) << "the reproducer no longer describes a model of many tensors";
+  dsmoe::InferenceWeights w = dsmoe::InferenceWeights::allocate(c.model, dsmoe::ops::WType::F32);
+  EXPECT_THROW(dsmoe::load_gguf_weights_into(f, w), dsmoe::Error);
+}

@@ -176,6 +176,9 @@ TEST(HfErrors, BadIndex) {
   d = make_dir("index_missing_file", true);
   edit_json(d + "/model.safetensors.index.json", [](json& j) { j["weight_map"][kDown] = "model-00099-of-00099.safetensors"; });
   expect_error(d, {"shard 'model-00099-of-00099.safetensors'", "'" + kDown + "'", "does not exist"});
+  d = make_dir("index_name_too_long", true);  // past the file system's 255 bytes: the OS cannot say
+  edit_json(d + "/model.safetensors.index.json", [](json& j) { j["weight_map"][kDown] = std::string(300, 'x') + ".safetensors"; });
+  expect_error(d, {"weight_map['" + kDown + "']", "cannot check", "File name too long"});
   d = make_dir("index_escape", true);
   edit_json(d + "/model.safetensors.index.json", [](json& j) { j["weight_map"][kDown] = "../model.safetensors"; });
   expect_error(d, {"weight_map['" + kDown + "']", "is not a file name in the checkpoint folder"});
