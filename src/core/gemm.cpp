@@ -1,5 +1,6 @@
 #include "core/gemm.h"
 
+#include "core/error.h"
 #include "core/gemm_kernel.h"
 
 #include <cblas.h>
@@ -16,6 +17,16 @@ namespace {
 // share of L3; every weight of the issue-16 models is smaller (hidden 64 x vocab 8192 = 0.5M floats).
 constexpr int64_t kMaxTransposedFloats = int64_t(1) << 20;
 
+// Whether a single-threaded leaf product runs on core/gemm_kernel (see sgemm).
+bool exact_leaf(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
+  if (!gemm_exact_available() || !gemm_exact_applies(M, N, K)) return false;
+  // A B^T is transposed per call, so only a small one (the small models' weights): the transpose of
+  // a large weight costs more than packing saves, and with few rows (f32 decode of a 16B-shaped
+  // model: one row times a [10944, 2048] weight) it is the whole cost (bench/RESULTS.md
+  // "Small-model training"). Either path gives the same bits. A few rows read B^T in place.
+  return !trans_b || N * K <= kMaxTransposedFloats || (!trans_a && M <= kMaxRowsBtInPlace);
+}
+
 // One single-threaded product. Where core/gemm_kernel reproduces OpenBLAS's rounding it runs instead
 // (no packing of A or B, no separate zeroing of C for beta 0: bench/RESULTS.md "Small-model
 // training"); B^T is then transposed into a per-thread scratch first, a small copy for the weights
@@ -26,16 +37,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   // Only where OpenBLAS would run the product on this thread: called outside a parallel region with
   // several OpenMP threads it threads it itself, and its threaded driver cuts K differently.
   const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
-  // A B^T is transposed per call, so only a small one (the small models' weights): the transpose of
-  // a large weight costs more than packing saves, and with few rows (f32 decode of a 16B-shaped
-  // model: one row times a [10944, 2048] weight) it is the whole cost (bench/RESULTS.md
-  // "Small-model training"). Either path gives the same bits.
-  const bool small_bt = !trans_b || N * K <= kMaxTransposedFloats;
-  const bool exact = single_threaded && gemm_exact_available() && gemm_exact_applies(M, N, K);
+  const bool exact = single_threaded && exact_leaf(trans_a, trans_b, M, N, K);
   // A few rows against B^T (decode, and the small models' per-expert products): B^T read in place.
   if (exact && trans_b && !trans_a && M <= kMaxRowsBtInPlace)
     return gemm_exact_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  if (exact && small_bt) {
+  if (exact) {
     if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     thread_local std::vector<float> bt;
     if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));
@@ -116,6 +122,41 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
       else  // columns b0..b1 of op(B) and C
         sgemm(trans_a, trans_b, M, b1 - b0, K, alpha, A, lda, trans_b ? B + b0 * ldb : B + b0, ldb, beta, C + b0, ldc);
     }
+  }
+}
+
+bool gemm_is_exact(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
+  if (M == 0 || N == 0) return true;
+  const int T = omp_get_max_threads();
+  // The same dispatch as gemm() above.
+  if (omp_in_parallel() || T == 1) return exact_leaf(trans_a, trans_b, M, N, K);
+  if (M * N * K < kMinSplitWork) return false;  // OpenBLAS threads the call itself
+  if (M * N <= (int64_t(1) << 16) && K >= 8 * std::max(M, N)) return false;  // K split: partial sums added
+  const bool by_rows = M >= N;
+  const int64_t len = by_rows ? M : N;
+  const int64_t align = len >= 16 * T ? 16 : 1;
+  for (int t = 0; t < T; ++t) {
+    int64_t b0, b1;
+    band(len, align, t, T, b0, b1);
+    if (b1 > b0 && !exact_leaf(trans_a, trans_b, by_rows ? b1 - b0 : M, by_rows ? N : b1 - b0, K)) return false;
+  }
+  return true;
+}
+
+void gemm_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* panels,
+                 float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  DSMOE_ASSERT(gemm_is_exact(false, false, M, N, K), "gemm_panels on a {}x{}x{} product gemm() would not run exactly",
+               M, N, K);
+  const int T = omp_get_max_threads();
+  if (omp_in_parallel() || T == 1 || M * N * K < kMinSplitWork)
+    return gemm_exact_panels(M, N, K, alpha, A, lda, panels, beta, C, ldc);
+  // By rows, whatever gemm() would have split: each element's sums are the same in any band.
+#pragma omp parallel num_threads(T)
+  {
+    int64_t b0, b1;
+    band(M, M >= 16 * T ? 16 : 1, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
+    if (b1 > b0) gemm_exact_panels(b1 - b0, N, K, alpha, A + b0 * lda, lda, panels, beta, C + b0 * ldc, ldc);
   }
 }
 

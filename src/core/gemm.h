@@ -8,6 +8,16 @@ namespace dsmoe {
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// C[M,N] = alpha A[M,K] B[K,N] + beta C with B laid out by pack_b_panels (core/gemm_kernel.h), for a
+// B that many products share (the lm_head in the training forward's row blocks). Only where
+// gemm_is_exact(false, false, M, N, K): with every element then summed as gemm() would, the bits
+// are gemm()'s on the unpacked B. Split over the threads by rows.
+void gemm_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* panels,
+                 float beta, float* C, int64_t ldc);
+// Whether gemm() at this thread count computes every element of this product with core/gemm_kernel
+// (OpenBLAS's rounding reproduced; elsewhere OpenBLAS itself runs).
+bool gemm_is_exact(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K);
+
 // Threading: dsmoe threads its GEMMs itself. A call made inside an OpenMP parallel region (per-expert
 // GEMMs run in parallel across experts, attention blocks, prefill tiles) runs on its thread: the
 // OpenMP build of OpenBLAS is single-threaded there. A call made outside one is split over the

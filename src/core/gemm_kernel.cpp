@@ -236,23 +236,32 @@ bool gemm_exact_available() {
 #endif
 }
 
-void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+
+// Columns per column tile of gemm_exact for a product of N columns: all of N in one tile up to 6
+// vectors (96 columns), else tiles of 4 vectors. pack_b_panels lays B out in these tiles.
+int64_t tile_cols(int64_t N) {
+  const int64_t vecs = (N + 15) / 16;
+  return 16 * (vecs <= 6 ? vecs : 4);
+}
+
 #ifdef __AVX512F__
+// gemm_exact's loops. B is either [K, N] with leading dimension ldb (panels false) or pack_b_panels'
+// layout (panels true: the tile of columns [j0, j0 + w) is w-wide rows k = 0..K-1 at B + j0 K).
+void exact_product(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, bool panels, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  DSMOE_ASSERT(gemm_exact_applies(M, N, K), "gemm_exact on a {}x{}x{} product (OpenBLAS's small-matrix path)", M, N, K);
   if (beta != 0.0f && beta != 1.0f)  // the level-3 driver scales C first (its beta kernel)
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] *= beta;
-  // Column tiles: all of N in one tile up to 6 vectors (96 columns), else tiles of 4 vectors.
-  const int64_t vecs = (N + 15) / 16;
-  const int64_t tile_vecs = vecs <= 6 ? vecs : 4;
+  const int64_t width = tile_cols(N);
   // Operands whose rows lie a page or more apart are copied, one K chunk at a time, into small
   // contiguous panels first: read in place, every k of a chunk is a different page and (at strides
   // of a power of two) the same few cache sets, so each tile re-fetched them from L3 (the lm_head's
   // dW = dlogits^T x ran at half the speed of dX; bench `Gemm_SmallModel`). The copy moves values,
   // not sums: the rounding is unchanged. A^T is copied per block of kRowBlock rows (each of its
-  // k rows then read once, whole), a B panel per column tile where several row tiles share it.
+  // k rows then read once, whole), a B panel per column tile where several row tiles share it
+  // (a B that is multiplied often, as the lm_head is by every row block, comes packed instead).
   const bool pack_a = trans_a && lda >= kPageFloats;
   const int64_t row_block = pack_a ? kRowBlock : M;
   thread_local std::vector<float> a_panel, b_panel;
@@ -269,16 +278,16 @@ void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
         a_src = a_panel.data();
         a_ld = mb;
       }
-      for (int64_t j0 = 0; j0 < N; j0 += 16 * tile_vecs) {
-        const int64_t cols = std::min(N - j0, 16 * tile_vecs);
+      for (int64_t j0 = 0; j0 < N; j0 += width) {
+        const int64_t cols = std::min(N - j0, width);
         const int nv = (int)((cols + 15) / 16);
         const int rem = (int)(cols - 16 * (nv - 1));
         const __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
         const int R = rows_for(nv);
         const TileFn full = trans_a ? pick<true>(R, nv) : pick<false>(R, nv);
-        const float* b = B + k0 * ldb + j0;
-        int64_t b_ld = ldb;
-        if (ldb >= kPageFloats && mb > R) {
+        const float* b = panels ? B + j0 * K + k0 * cols : B + k0 * ldb + j0;
+        int64_t b_ld = panels ? cols : ldb;
+        if (!panels && ldb >= kPageFloats && mb > R) {
           if (b_panel.size() < (size_t)(kc * cols)) b_panel.resize((size_t)(kChunkQ * 16 * 6));  // the widest tile
           for (int64_t k = 0; k < kc; ++k) std::memcpy(b_panel.data() + k * cols, b + k * ldb, sizeof(float) * cols);
           b = b_panel.data();
@@ -294,9 +303,38 @@ void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
     }
     k0 += kc;
   }
+}
+#endif
+
+}  // namespace
+
+void gemm_exact(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+#ifdef __AVX512F__
+  DSMOE_ASSERT(M <= 0 || N <= 0 || gemm_exact_applies(M, N, K),
+               "gemm_exact on a {}x{}x{} product (OpenBLAS's small-matrix path)", M, N, K);
+  exact_product(trans_a, M, N, K, alpha, A, lda, B, ldb, false, beta, C, ldc);
 #else
   (void)trans_a, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)B, (void)ldb, (void)beta, (void)C,
       (void)ldc;
+#endif
+}
+
+void pack_b_panels(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K) {
+  const int64_t width = tile_cols(N);
+  for (int64_t j0 = 0; j0 < N; j0 += width) {
+    const int64_t cols = std::min(N - j0, width);
+    float* panel = out + j0 * K;
+    transpose_for_gemm(panel, Bt + j0 * ldb, ldb, cols, K);  // [K][cols]: the tile's rows, contiguous
+  }
+}
+
+void gemm_exact_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* panels,
+                       float beta, float* C, int64_t ldc) {
+#ifdef __AVX512F__
+  exact_product(false, M, N, K, alpha, A, lda, panels, 0, true, beta, C, ldc);
+#else
+  (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)panels, (void)beta, (void)C, (void)ldc;
 #endif
 }
 

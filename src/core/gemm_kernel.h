@@ -47,6 +47,17 @@ constexpr int64_t kMaxRowsBtInPlace = 8;
 void gemm_exact_bt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* Bt,
                    int64_t ldb, float beta, float* C, int64_t ldc);
 
+// A B that many products share (the lm_head, multiplied by every row block of a training forward),
+// laid out once as gemm_exact walks it: its column tiles one after another, each [K][tile width]
+// contiguous (N K floats in all), from B^T [N, K] (leading dimension ldb). Read in place, a B with
+// rows far apart (the transposed [64, 8192] lm_head) is a gather from L3 for every tile.
+void pack_b_panels(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K);
+// gemm_exact with op(A) = A and B given as pack_b_panels(N, K) wrote it: the same rounding. Also on
+// a band of rows of a product that qualifies (core/gemm's gemm_panels splits one over threads):
+// the size condition is the whole product's, checked by the caller.
+void gemm_exact_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* panels,
+                       float beta, float* C, int64_t ldc);
+
 // out [K, N] = the transpose of B^T [N, K] (leading dimension ldb): gemm_exact's B for a product
 // with op(B) = B^T. In 16 x 16 blocks, so that both sides touch whole cache lines.
 void transpose_for_gemm(float* out, const float* Bt, int64_t ldb, int64_t N, int64_t K);

@@ -213,17 +213,24 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     // more times (and backward no longer zeroes [N, V] gradients to accumulate into).
     fit(d_logits_, N * V);
     const int64_t rows = std::max<int64_t>(16, ((int64_t(1) << 18) / V) / 16 * 16);
-    // fp32 with core/gemm_kernel: the lm_head transposed once ([H, V]) for all the blocks, so that
-    // no block's product copies the [V, H] weight again (OpenBLAS packed it per block: half the
-    // time of the lm_head's forward at hidden 64). The same products, the same rounding.
-    const bool transposed = exact && gemm_exact_available() && gemm_exact_applies(std::min(rows, N), V, H);
-    if (transposed) {
-      fit(lm_head_t_, H * V);
-      transpose_for_gemm(lm_head_t_.data(), P_.lm_head, H, V, H);
-    }
+    // fp32 with core/gemm_kernel: the lm_head laid out once for all the blocks, so that no block's
+    // product copies the [V, H] weight again (OpenBLAS packed it per block: half the time of the
+    // lm_head's forward at hidden 64). Where every block's product runs on the kernel, in the
+    // column panels it reads (read from a plain transposed [H, V] copy, each panel was a gather of H
+    // rows 4V bytes apart, again for every block); otherwise transposed. The same products, the
+    // same rounding.
+    const int64_t first = std::min(rows, N), last = N % rows ? N % rows : first;
+    const bool packed =
+        exact && gemm_is_exact(false, false, first, V, H) && gemm_is_exact(false, false, last, V, H);
+    const bool transposed = !packed && exact && gemm_exact_available() && gemm_exact_applies(first, V, H);
+    if (packed || transposed) fit(lm_head_t_, H * V);
+    if (packed) pack_b_panels(lm_head_t_.data(), P_.lm_head, H, V, H);
+    if (transposed) transpose_for_gemm(lm_head_t_.data(), P_.lm_head, H, V, H);
     for (int64_t r0 = 0; r0 < N; r0 += rows) {
       const int64_t n = std::min(rows, N - r0);
-      if (transposed && gemm_exact_applies(n, V, H))
+      if (packed)
+        gemm_panels(n, V, H, 1.0f, lnf_.data() + r0 * H, H, lm_head_t_.data(), 0.0f, logits_.data() + r0 * V, V);
+      else if (transposed && gemm_exact_applies(n, V, H))
         gemm(false, false, n, V, H, 1.0f, lnf_.data() + r0 * H, H, lm_head_t_.data(), V, 0.0f, logits_.data() + r0 * V,
              V);
       else

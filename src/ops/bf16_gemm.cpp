@@ -169,6 +169,13 @@ struct PackedMatmul {
 }  // namespace
 
 #ifdef DSMOE_BF16_GEMM
+// GCC 12's unpack intrinsics start from an undefined vector, which it then reports as maybe
+// uninitialized wherever they are inlined (a false positive, fixed in GCC 13; core/gemm_kernel.cpp).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 // A full 32 x 64 block of B = W^T (below): 16 x 16 transposes of 32-bit words, rows n of W (16
 // pairs each) becoming rows p of the block. Without this vector path the general loop packs it.
 static void pack_block_transposed(uint32_t* out, const uint16_t* w, int64_t ldw, int64_t n0, int64_t k0) {
@@ -197,6 +204,9 @@ static void pack_block_transposed(uint32_t* out, const uint16_t* w, int64_t ldw,
     }
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 void pack_bf16_ba16a64b2a(uint16_t* dst, const uint16_t* w, int64_t ldw, bool trans_b, int64_t K, int64_t N) {

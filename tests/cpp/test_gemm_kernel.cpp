@@ -170,6 +170,41 @@ TEST(GemmKernel, CoreGemmKeepsItsNumbersAtThisThreadCount) {
   }
 }
 
+// B laid out once in column panels (the training forward's lm_head) and multiplied by gemm_panels
+// gives gemm()'s bits on the plain B at this thread count, wherever gemm_is_exact says gemm() runs
+// the kernel: one tile of all N (N <= 96), many tiles with a narrower last one, K over several
+// chunks, rows split over the threads or not, beta 0 / 1 / other.
+TEST(GemmKernel, PanelsGiveGemmsBits) {
+  if (!gemm_exact_available()) GTEST_SKIP() << "no AVX-512 or another OpenBLAS kernel set: core/gemm uses OpenBLAS";
+  Rng rng(17);
+  EXPECT_TRUE(gemm_is_exact(false, false, 32, 8192, 64)) << "the small models' lm_head block at "
+                                                         << omp_get_max_threads() << " threads";
+  int tried = 0;
+  for (const Shape s : {Shape{32, 8192, 64}, Shape{33, 1000, 330}, Shape{40, 90, 700}, Shape{7, 2000, 641},
+                        Shape{300, 200, 64}, Shape{3, 8192, 64}})
+    for (float beta : {0.0f, 1.0f, 0.5f}) {
+      if (!gemm_is_exact(false, false, s.M, s.N, s.K)) continue;
+      ++tried;
+      const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3;
+      std::vector<float> A((size_t)(M * lda)), Bt((size_t)(N * K)), C((size_t)(M * N));
+      for (auto& x : A) x = uniform(rng);
+      for (auto& x : Bt) x = uniform(rng);
+      for (auto& x : C) x = uniform(rng);
+      std::vector<float> B((size_t)(K * N)), panels((size_t)(K * N));
+      transpose_for_gemm(B.data(), Bt.data(), K, N, K);
+      pack_b_panels(panels.data(), Bt.data(), K, N, K);
+      std::vector<float> want = C, got = C;
+      gemm(false, false, M, N, K, 0.75f, A.data(), lda, B.data(), N, beta, want.data(), N);
+      gemm_panels(M, N, K, 0.75f, A.data(), lda, panels.data(), beta, got.data(), N);
+      int64_t bad = 0, first = -1;
+      for (size_t i = 0; i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ == 0) first = (int64_t)i;
+      EXPECT_EQ(bad, 0) << M << "x" << N << "x" << K << " beta " << beta << " at " << omp_get_max_threads()
+                        << " threads: first at C[" << first / N << "][" << first % N << "]";
+    }
+  EXPECT_GE(tried, 12);
+}
+
 TEST(GemmKernel, NaNInCIsIgnoredForBetaZero) {
   if (!gemm_exact_available()) GTEST_SKIP() << "no AVX-512 or another OpenBLAS kernel set";
   const int64_t M = 64, N = 64, K = 300;
