@@ -116,6 +116,8 @@ BENCHMARK(Gemm_Split)
 //   1: lm_head dX  NN 4096x64x8192       2: lm_head dW  TN 8192x64x4096 (dlogits^T x)
 //   3: expert gate/up  NT 455x88x64      4: expert dW_down  TN 64x44x455
 //   5: attention projection forward  NT 4096x64x64   6: its dW  TN 64x64x4096
+//   7-12: Dense x16's FFN (2816 wide): gate/up NT 4096x5632x64, down NT 4096x64x2816, d_act NN
+//         4096x2816x64, dX NN 4096x64x5632, dW_gate_up TN 5632x64x4096, dW_down TN 64x2816x4096
 static void Gemm_SmallModel(benchmark::State& state) {
   struct Case {
     bool ta, tb;
@@ -125,7 +127,11 @@ static void Gemm_SmallModel(benchmark::State& state) {
   static const Case cases[] = {{false, false, 32, 8192, 64, "lm_head fwd block"}, {false, false, 4096, 64, 8192, "lm_head dX"},
                                {true, false, 8192, 64, 4096, "lm_head dW"},       {false, true, 455, 88, 64, "expert gate/up"},
                                {true, false, 64, 44, 455, "expert dW_down"},       {false, true, 4096, 64, 64, "attn proj"},
-                               {true, false, 64, 64, 4096, "attn proj dW"}};
+                               {true, false, 64, 64, 4096, "attn proj dW"},
+                               // Dense x16 (FFN 2816): the suite's costliest model.
+                               {false, true, 4096, 5632, 64, "x16 gate/up"},     {false, true, 4096, 64, 2816, "x16 down"},
+                               {false, false, 4096, 2816, 64, "x16 d_act"},      {false, false, 4096, 64, 5632, "x16 dX"},
+                               {true, false, 5632, 64, 4096, "x16 dW_gate_up"},  {true, false, 64, 2816, 4096, "x16 dW_down"}};
   const Case& c = cases[state.range(0)];
   const bool ours = state.range(1) == 1;
   state.SetLabel(std::string(c.name) + (ours ? " dsmoe gemm" : " cblas_sgemm"));
@@ -143,7 +149,9 @@ static void Gemm_SmallModel(benchmark::State& state) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * c.M * c.N * c.K, benchmark::Counter::kIsIterationInvariantRate,
                                                  benchmark::Counter::kIs1000);
+  // gemm()'s measured choice for the shape (e: core/gemm_kernel, b: OpenBLAS, -: OpenBLAS only).
+  if (ours) state.SetLabel(std::string(c.name) + " dsmoe gemm [" + dsmoe::gemm_leaf_choice(c.ta, c.tb, c.M, c.N, c.K) + "]");
 }
 BENCHMARK(Gemm_SmallModel)
-    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6}, {0, 1}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {0, 1}})
     ->ArgNames({"case", "dsmoe"})->UseRealTime();

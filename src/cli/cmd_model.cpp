@@ -259,6 +259,13 @@ void cmd_prepare(const PrepareArgs& a) {
 // A few tokens of text from the trained model, prompted the way generate prompts (BOS first).
 void print_sample(Model& model, const TokenSplit& data, int64_t n, uint64_t seed) {
   const TextCodec codec = TextCodec::load(data.tokenizer);
+  // A model whose vocab_size exceeds its data's tokenizer (allowed: ids past it never occur in the
+  // data) may sample ids no text exists for; after a finished training that is not worth an error.
+  if (model.config().vocab_size > codec.vocab_size()) {
+    std::fprintf(stderr, "dsmoe: no sample: the model's vocab_size %lld is larger than the data's tokenizer (%s)\n",
+                 (long long)model.config().vocab_size, codec.describe().c_str());
+    return;
+  }
   SamplingOptions o;
   o.max_new_tokens = n;
   o.top_k = 40;

@@ -7,6 +7,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
 #include <vector>
 
 namespace dsmoe {
@@ -27,29 +32,95 @@ bool exact_leaf(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
   return !trans_b || N * K <= kMaxTransposedFloats || (!trans_a && M <= kMaxRowsBtInPlace);
 }
 
-// One single-threaded product. Where core/gemm_kernel reproduces OpenBLAS's rounding it runs instead
-// (no packing of A or B, no separate zeroing of C for beta 0: bench/RESULTS.md "Small-model
-// training"); B^T is then transposed into a per-thread scratch first, a small copy for the weights
-// of the small models (the lm_head, which every row block of the training forward multiplies, is
-// transposed once per forward by Model instead of once per block).
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  // Only where OpenBLAS would run the product on this thread: called outside a parallel region with
-  // several OpenMP threads it threads it itself, and its threaded driver cuts K differently.
-  const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
-  const bool exact = single_threaded && exact_leaf(trans_a, trans_b, M, N, K);
-  // A few rows against B^T (decode, and the small models' per-expert products): B^T read in place.
-  if (exact && trans_b && !trans_a && M <= kMaxRowsBtInPlace)
-    return gemm_exact_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  if (exact) {
-    if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    thread_local std::vector<float> bt;
-    if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));
-    transpose_for_gemm(bt.data(), B, ldb, N, K);
-    return gemm_exact(trans_a, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
-  }
+void blas_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
               (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+// A single-threaded product on core/gemm_kernel (no packing of A or B, no separate zeroing of C for
+// beta 0: bench/RESULTS.md "Small-model training"); B^T is transposed into a per-thread scratch
+// first, a small copy for the weights of the small models (the lm_head, which every row block of
+// the training forward multiplies, is laid out once per forward by Model instead), or read in
+// place for a few rows (decode, the small models' per-expert products).
+void exact_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (trans_b && !trans_a && M <= kMaxRowsBtInPlace) return gemm_exact_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!trans_b) return gemm_exact(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  thread_local std::vector<float> bt;
+  if (bt.size() < (size_t)(K * N)) bt.resize((size_t)(K * N));
+  transpose_for_gemm(bt.data(), B, ldb, N, K);
+  gemm_exact(trans_a, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+}
+
+// Which of the two runs a leaf product that both compute with the same bits. Neither is faster
+// everywhere: on a Zen 5 CPU OpenBLAS (which packs both operands) won by 20-50% on the Dense x16
+// FFN's products and the experts' gate/up, the kernel by 20-35% on the attention projections and the
+// experts' dW_down; on the Intel machine of bench/RESULTS.md the kernel won almost everywhere. So it
+// is measured: per thread and shape class, the first kTrialsEach calls of each run in turn, timed,
+// and the one with the lower best time per multiply-add runs from then on. The bits are the same
+// whichever runs, so a run's numbers do not depend on the timings. DSMOE_GEMM_LEAF=exact|openblas
+// fixes the choice (benchmarks that compare the two).
+constexpr int kTrialsEach = 4;
+
+struct LeafTrials {
+  double best[2] = {1e300, 1e300};  // seconds per multiply-add: [0] the kernel, [1] OpenBLAS
+  int calls = 0;
+};
+
+// Shape classes: each dimension to a quarter of an octave (the experts' row counts change every
+// step; their neighbours behave alike), with the transposes.
+uint64_t quarter_octave(int64_t x) {
+  const int lg = 63 - __builtin_clzll((uint64_t)x);
+  const int frac = lg >= 2 ? (int)((x >> (lg - 2)) & 3) : (int)((x << (2 - lg)) & 3);
+  return (uint64_t)(lg * 4 + frac);
+}
+uint64_t shape_class(bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
+  return (uint64_t)ta | (uint64_t)tb << 1 | quarter_octave(M) << 2 | quarter_octave(N) << 10 | quarter_octave(K) << 18;
+}
+
+// -1: measure; 0: always the kernel; 1: always OpenBLAS.
+int forced_leaf() {
+  static const int forced = [] {
+    const char* v = std::getenv("DSMOE_GEMM_LEAF");
+    if (!v || !*v || std::strcmp(v, "measure") == 0) return -1;
+    if (std::strcmp(v, "exact") == 0) return 0;
+    if (std::strcmp(v, "openblas") == 0) return 1;
+    // Read on the first product, possibly inside a parallel region, where an exception cannot
+    // reach the caller: said on stderr, once, instead.
+    std::fprintf(stderr, "dsmoe: warning: DSMOE_GEMM_LEAF='%.40s' is none of exact, openblas, measure: measuring\n", v);
+    return -1;
+  }();
+  return forced;
+}
+
+std::unordered_map<uint64_t, LeafTrials>& leaf_trials() {
+  thread_local std::unordered_map<uint64_t, LeafTrials> trials;
+  return trials;
+}
+
+// One single-threaded product. Only where OpenBLAS would run it on this thread (called outside a
+// parallel region with several OpenMP threads it threads the call itself, and its threaded driver
+// cuts K differently) may core/gemm_kernel run it instead: see exact_leaf.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
+  if (!single_threaded || !exact_leaf(trans_a, trans_b, M, N, K))
+    return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const int forced = forced_leaf();
+  if (forced == 0) return exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (forced == 1) return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  LeafTrials& t = leaf_trials()[shape_class(trans_a, trans_b, M, N, K)];
+  if (t.calls >= 2 * kTrialsEach) {
+    if (t.best[0] <= t.best[1]) return exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  const int which = t.calls++ % 2;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (which == 0) exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  t.best[which] = std::min(t.best[which], s / ((double)M * (double)N * (double)K));
 }
 
 // Below this many multiply-adds a second thread costs more than it saves.
@@ -158,6 +229,15 @@ void gemm_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, i
     band(M, M >= 16 * T ? 16 : 1, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
     if (b1 > b0) gemm_exact_panels(b1 - b0, N, K, alpha, A + b0 * lda, lda, panels, beta, C + b0 * ldc, ldc);
   }
+}
+
+char gemm_leaf_choice(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
+  if (!exact_leaf(trans_a, trans_b, M, N, K)) return '-';
+  const int forced = forced_leaf();
+  if (forced >= 0) return forced == 0 ? 'e' : 'b';
+  const auto it = leaf_trials().find(shape_class(trans_a, trans_b, M, N, K));
+  if (it == leaf_trials().end() || it->second.calls < 2 * kTrialsEach) return 'm';
+  return it->second.best[0] <= it->second.best[1] ? 'e' : 'b';
 }
 
 int blas_threads() { return openblas_get_num_threads(); }

@@ -14,9 +14,15 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 // are gemm()'s on the unpacked B. Split over the threads by rows.
 void gemm_panels(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* panels,
                  float beta, float* C, int64_t ldc);
-// Whether gemm() at this thread count computes every element of this product with core/gemm_kernel
-// (OpenBLAS's rounding reproduced; elsewhere OpenBLAS itself runs).
+// Whether gemm() at this thread count computes every element of this product as one
+// single-threaded OpenBLAS call does, which core/gemm_kernel reproduces bit for bit (and then runs
+// either, whichever was measured faster for the shape: gemm_leaf_choice).
 bool gemm_is_exact(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K);
+// Which implementation this thread's single-threaded gemm() leaf runs for a product of this shape
+// class (tests, benchmarks): 'e' core/gemm_kernel, 'b' OpenBLAS, 'm' still measuring (the first
+// calls of a shape class time both), '-' only OpenBLAS reproduces the bits here. Same bits either
+// way; DSMOE_GEMM_LEAF=exact|openblas|measure (default) fixes or measures the choice.
+char gemm_leaf_choice(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K);
 
 // Threading: dsmoe threads its GEMMs itself. A call made inside an OpenMP parallel region (per-expert
 // GEMMs run in parallel across experts, attention blocks, prefill tiles) runs on its thread: the

@@ -391,6 +391,20 @@ TEST(CliSafety, ProgressInAPipeIsPlainLinesAndTheSummaryIsTheRunAverage) {
   EXPECT_EQ(e.err.find('\r'), std::string::npos) << e.err;
 }
 
+// A model whose vocab_size exceeds its data's tokenizer trains (ids past the tokenizer never occur)
+// and the sample after training, which could draw ids no text exists for, is skipped with a note:
+// it failed the finished command with "token id N is not a byte" (exit 1).
+TEST(CliSafety, TheSampleAfterTrainingIsSkippedWhenTheModelsVocabularyIsLargerThanTheTokenizers) {
+  const std::string dir = scratch("sample_vocab");
+  const std::string data = make_dataset(dir + "/data");  // byte-level ids, vocab 256
+  const std::string cfg = write_config(dir, "config.json", {{"vocab_size", 4096}, {"training", {{"steps", 3}}}});
+  Proc t = run_cli({"train", "--config", cfg, "--data", data, "--out", dir + "/run", "--sample-tokens", "200"});
+  ASSERT_TRUE(t.ok()) << t.describe();
+  EXPECT_TRUE(contains(t.err, "no sample: the model's vocab_size 4096 is larger than the data's tokenizer")) << t.describe();
+  EXPECT_FALSE(contains(t.out, "sample>")) << t.describe();
+  EXPECT_TRUE(fs::exists(dir + "/run/checkpoint.safetensors"));
+}
+
 // ---------------------------------------------------------------- fine-tuning
 
 TEST(CliSafety, InitFromStartsFromTheFoldersWeightsAndRefusesModelChanges) {

@@ -205,6 +205,47 @@ TEST(GemmKernel, PanelsGiveGemmsBits) {
   EXPECT_GE(tried, 12);
 }
 
+// gemm()'s single-threaded leaf runs core/gemm_kernel or OpenBLAS, whichever its first calls of a
+// shape class measured faster (core/gemm.cpp): every call, while measuring and after, has
+// OpenBLAS's bits, and the choice is made after the trials (not left measuring). Shapes from the
+// small models and Dense x16 (both orientations of B, A transposed for weight gradients).
+TEST(GemmKernel, MeasuredLeafChoiceKeepsOpenBlasBits) {
+  if (!gemm_exact_available()) GTEST_SKIP() << "no AVX-512 or another OpenBLAS kernel set: core/gemm uses OpenBLAS";
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);  // a leaf product: one thread (or inside a parallel region)
+  Rng rng(23);
+  struct Case {
+    bool ta, tb;
+    Shape s;
+  };
+  for (const Case c : {Case{false, true, {455, 88, 64}}, Case{true, false, {64, 44, 455}}, Case{false, true, {512, 64, 64}},
+                       Case{false, false, {512, 704, 64}}, Case{true, false, {704, 64, 512}}}) {
+    const int64_t M = c.s.M, N = c.s.N, K = c.s.K;
+    ASSERT_NE(gemm_leaf_choice(c.ta, c.tb, M, N, K), '-') << M << "x" << N << "x" << K << " is a kernel shape";
+    std::vector<float> A((size_t)(M * K)), B((size_t)(K * N)), C0((size_t)(M * N));
+    for (auto& x : A) x = uniform(rng);
+    for (auto& x : B) x = uniform(rng);
+    for (auto& x : C0) x = uniform(rng);
+    const int64_t lda = c.ta ? M : K, ldb = c.tb ? K : N;
+    std::vector<float> want = C0;
+    cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, c.tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                (int)K, 0.5f, A.data(), (int)lda, B.data(), (int)ldb, 1.0f, want.data(), (int)N);
+    for (int call = 0; call < 12; ++call) {
+      const char before = gemm_leaf_choice(c.ta, c.tb, M, N, K);
+      std::vector<float> got = C0;
+      gemm(c.ta, c.tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f, got.data(), N);
+      int64_t bad = 0, first = -1;
+      for (size_t i = 0; i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ == 0) first = (int64_t)i;
+      ASSERT_EQ(bad, 0) << (c.ta ? "T" : "N") << (c.tb ? "T" : "N") << " " << M << "x" << N << "x" << K << " call "
+                        << call << " (choice '" << before << "'): first at C[" << first / N << "][" << first % N << "]";
+    }
+    const char chosen = gemm_leaf_choice(c.ta, c.tb, M, N, K);
+    EXPECT_TRUE(chosen == 'e' || chosen == 'b') << M << "x" << N << "x" << K << " still '" << chosen << "' after 12 calls";
+  }
+  omp_set_num_threads(threads);
+}
+
 TEST(GemmKernel, NaNInCIsIgnoredForBetaZero) {
   if (!gemm_exact_available()) GTEST_SKIP() << "no AVX-512 or another OpenBLAS kernel set";
   const int64_t M = 64, N = 64, K = 300;
