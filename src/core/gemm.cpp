@@ -22,7 +22,8 @@ namespace {
 // share of L3; every weight of the issue-16 models is smaller (hidden 64 x vocab 8192 = 0.5M floats).
 constexpr int64_t kMaxTransposedFloats = int64_t(1) << 20;
 
-// Whether a single-threaded leaf product runs on core/gemm_kernel (see sgemm).
+// Whether core/gemm_kernel may run a single-threaded leaf product (with OpenBLAS's bits; sgemm
+// then runs whichever of the two was measured faster).
 bool exact_leaf(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
   if (!gemm_exact_available() || !gemm_exact_applies(M, N, K)) return false;
   // A B^T is transposed per call, so only a small one (the small models' weights): the transpose of
