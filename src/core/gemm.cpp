@@ -108,18 +108,16 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   const bool single_threaded = omp_in_parallel() || omp_get_max_threads() == 1;
   if (!single_threaded || !exact_leaf(trans_a, trans_b, M, N, K))
     return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const auto run = [&](int which) {  // 0: the kernel, 1: OpenBLAS
+    (which == 0 ? exact_sgemm : blas_sgemm)(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  };
   const int forced = forced_leaf();
-  if (forced == 0) return exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  if (forced == 1) return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (forced >= 0) return run(forced);
   LeafTrials& t = leaf_trials()[shape_class(trans_a, trans_b, M, N, K)];
-  if (t.calls >= 2 * kTrialsEach) {
-    if (t.best[0] <= t.best[1]) return exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  if (t.calls >= 2 * kTrialsEach) return run(t.best[0] <= t.best[1] ? 0 : 1);
   const int which = t.calls++ % 2;
   const auto t0 = std::chrono::steady_clock::now();
-  if (which == 0) exact_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else blas_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  run(which);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   t.best[which] = std::min(t.best[which], s / ((double)M * (double)N * (double)K));
 }
